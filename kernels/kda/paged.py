@@ -1,0 +1,88 @@
+"""KDA over paged state slots, in plain PyTorch: the CPU product path and the GPU kernels' oracle.
+
+vLLM's allocator hands each sequence one state slot per KDA layer (slot 0 is the null slot: sequences
+mapped to it are skipped, their outputs left zero). The caches these functions read and write in place:
+
+    conv_state:      [num_slots, D, W-1]   the last W-1 inputs of each channel (dim-first view)
+    recurrent_state: [num_slots, H, V, K]  fp32 (or bf16), value-major as vLLM's kernels store it
+
+Token tensors are varlen-packed: ``x[cu_seqlens[i]:cu_seqlens[i+1]]`` belongs to sequence i.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from kernels.kda.chunk import chunk_kda
+from kernels.kda.reference import l2_normalize
+
+
+def short_conv_prefill(x, weight, conv_state, state_indices, has_initial_state, cu_seqlens):
+    """Causal depthwise conv + SiLU over varlen sequences, continuing from and updating conv_state.
+
+    x: [T, D]; weight: [D, W]. Returns [T, D] in x's dtype.
+    """
+    W = weight.shape[-1]
+    out = torch.zeros_like(x)
+    bounds = cu_seqlens.tolist()
+    for i, slot in enumerate(state_indices.tolist()):
+        if slot <= 0:
+            continue
+        start, end = bounds[i], bounds[i + 1]
+        prev = conv_state[slot].to(torch.float32)
+        if not bool(has_initial_state[i]):
+            prev = torch.zeros_like(prev)
+        xx = torch.cat([prev, x[start:end].to(torch.float32).t()], dim=1)      # [D, W-1+L]
+        y = F.conv1d(xx[None], weight.to(torch.float32)[:, None, :], groups=weight.shape[0])[0]
+        out[start:end] = F.silu(y).t().to(x.dtype)
+        conv_state[slot] = xx[:, xx.shape[1] - (W - 1):].to(conv_state.dtype)
+    return out
+
+
+def short_conv_decode(x, weight, conv_state, state_indices):
+    """One new token per sequence: x [N, D] -> [N, D]; conv_state rows shift by one in place."""
+    valid = state_indices > 0
+    slots = state_indices.clamp(min=0).long()
+    prev = conv_state.index_select(0, slots).to(torch.float32)                   # [N, D, W-1]
+    xx = torch.cat([prev, x.to(torch.float32)[:, :, None]], dim=2)               # [N, D, W]
+    y = F.silu((xx * weight.to(torch.float32)[None]).sum(-1))
+    # Rows mapped to the null slot write there too (its content is never read): no data-dependent
+    # shapes, so the decode step can be captured in a CUDA graph.
+    conv_state.index_copy_(0, slots, xx[:, :, 1:].to(conv_state.dtype))
+    return torch.where(valid[:, None], y, torch.zeros_like(y)).to(x.dtype)
+
+
+def kda_prefill(q, k, v, g, beta, scale, recurrent_state, state_indices, has_initial_state, cu_seqlens):
+    """Chunked KDA over varlen sequences; each sequence's final state lands in its slot.
+
+    q, k: [T, H, K] (not yet normalised); v: [T, H, V]; g: [T, H, K] log gate; beta: [T, H].
+    Computes in float32 (float64 if the inputs are float64). Returns o [T, H, V] in v's dtype.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k = l2_normalize(q.to(dtype)), l2_normalize(k.to(dtype))
+    v, g, beta = v.to(dtype), g.to(dtype), beta.to(dtype)
+    out = torch.zeros(v.shape, dtype=dtype, device=v.device)
+    bounds = cu_seqlens.tolist()
+    for i, slot in enumerate(state_indices.tolist()):
+        if slot <= 0:
+            continue
+        s, e = bounds[i], bounds[i + 1]
+        S0 = recurrent_state[slot].transpose(-1, -2).to(dtype) if bool(has_initial_state[i]) else None
+        o, S = chunk_kda(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], scale, S0)
+        out[s:e] = o
+        recurrent_state[slot] = S.transpose(-1, -2).to(recurrent_state.dtype)
+    return out
+
+
+def kda_decode(q, k, v, g, beta, scale, recurrent_state, state_indices):
+    """One token per sequence (q, k, g: [N, H, K]; v: [N, H, V]; beta: [N, H]), state updated in place."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    valid = state_indices > 0
+    slots = state_indices.clamp(min=0).long()
+    q, k = l2_normalize(q.to(dtype)), l2_normalize(k.to(dtype))
+    S = recurrent_state.index_select(0, slots).to(dtype).transpose(-1, -2)        # [N, H, K, V]
+    S = S * torch.exp(g.to(dtype))[..., None]
+    pred = torch.einsum("nhkv,nhk->nhv", S, k)
+    S = S + beta.to(dtype)[..., None, None] * k[..., None] * (v.to(dtype) - pred)[..., None, :]
+    o = scale * torch.einsum("nhkv,nhk->nhv", S, q)
+    recurrent_state.index_copy_(0, slots, S.transpose(-1, -2).to(recurrent_state.dtype))
+    return torch.where(valid[:, None, None], o, torch.zeros_like(o))

@@ -1,0 +1,83 @@
+"""MLA (NoPE, Kimi-Linear's) over vLLM's paged latent cache, in plain PyTorch.
+
+The cache holds one row of L + R values per token: the normalised latent c (L = kv_lora_rank, 512) and
+the position-free key part k_pe (R = 64), ``kv_cache: [num_blocks, block_size, L + R]``. Token t of a
+sequence lives at row ``block_table[t // block_size] * block_size + t % block_size``.
+
+kv_b_proj maps a latent to per-head keys and values: ``W_kvb: [H, P + V, L]`` (P = qk_nope_head_dim).
+    prefill (expanded):  k_h = [W_UK_h c | k_pe],  v_h = W_UV_h c,  softmax(q k^T * scale) v
+    decode  (absorbed):  q~_h = W_UK_h^T q_nope_h;  s = q~_h . c + q_pe_h . k_pe;  o_h = W_UV_h (p . c)
+Both compute the same attention; the absorbed form reads each cached row once per token.
+"""
+
+import torch
+
+
+def write_latent_cache(kv_cache, slot_mapping, kv_c, k_pe):
+    """Store new tokens' [c | k_pe] rows at ``slot_mapping`` (slots < 0 are padding and skipped)."""
+    flat = kv_cache.view(-1, kv_cache.shape[-1])
+    keep = slot_mapping >= 0
+    rows = torch.cat([kv_c, k_pe], dim=-1).to(flat.dtype)
+    flat.index_copy_(0, slot_mapping[keep].long(), rows[keep])
+
+
+def gather_rows(kv_cache, block_table, seq_lens, max_len: int):
+    """Rows of each sequence's first ``max_len`` positions: [N, max_len, L+R], and a validity mask."""
+    bs = kv_cache.shape[1]
+    pos = torch.arange(max_len, device=kv_cache.device)
+    blocks = block_table.long().gather(1, (pos // bs).expand(block_table.shape[0], -1).clamp(
+        max=block_table.shape[1] - 1))
+    rows = blocks * bs + (pos % bs)[None, :]
+    valid = pos[None, :] < seq_lens[:, None]
+    flat = kv_cache.view(-1, kv_cache.shape[-1])
+    return flat[rows.clamp(min=0)], valid
+
+
+def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale: float, max_len: int):
+    """One query token per sequence. q_nope: [N, H, P]; q_pe: [N, H, R]. Returns [N, H, V] (float32+)."""
+    L = W_kvb.shape[-1]
+    P = q_nope.shape[-1]
+    dtype = torch.promote_types(q_nope.dtype, torch.float32)
+    W = W_kvb.to(dtype)
+    rows, valid = gather_rows(kv_cache, block_table, seq_lens, max_len)
+    rows = rows.to(dtype)
+    c, kpe = rows[..., :L], rows[..., L:]
+    q_lat = torch.einsum("nhp,hpl->nhl", q_nope.to(dtype), W[:, :P, :])
+    s = (torch.einsum("nhl,ntl->nht", q_lat, c) + torch.einsum("nhr,ntr->nht", q_pe.to(dtype), kpe)) * scale
+    s = s.masked_fill(~valid[:, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    o_lat = torch.einsum("nht,ntl->nhl", p, c)
+    return torch.einsum("nhl,hvl->nhv", o_lat, W[:, P:, :])
+
+
+def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float):
+    """Causal attention of each sequence's new tokens over its whole cached prefix (itself included).
+
+    q: [T, H, P+R] for the new tokens, sequences packed in order; seq_lens: total lengths (context + new);
+    seq_lens / query_lens: total and new tokens per sequence (python ints). Returns [T, H, V] (float32+).
+    """
+    H = q.shape[1]
+    L = W_kvb.shape[-1]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    W = W_kvb.to(dtype)
+    P = q.shape[-1] - (kv_cache.shape[-1] - L)      # q = [nope | pe], the cache row = [c | k_pe]
+    V = W.shape[1] - P
+    out = q.new_empty(q.shape[0], H, V, dtype=dtype)
+    start = 0
+    for i, qlen in enumerate(query_lens):
+        total = int(seq_lens[i])
+        lens = torch.full((1,), total, device=kv_cache.device)
+        rows, _ = gather_rows(kv_cache, block_table[i:i + 1], lens, total)
+        rows = rows[0].to(dtype)
+        c, kpe = rows[:, :L], rows[:, L:]
+        kv = torch.einsum("tl,hdl->thd", c, W)                              # [S, H, P+V]
+        k = torch.cat([kv[..., :P], kpe[:, None, :].expand(-1, H, -1)], dim=-1)
+        v = kv[..., P:]
+        qi = q[start:start + qlen].to(dtype)
+        s = torch.einsum("qhd,khd->hqk", qi, k) * scale
+        q_pos = torch.arange(total - qlen, total, device=q.device)
+        mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
+        s = s.masked_fill(~mask[None], float("-inf"))
+        out[start:start + qlen] = torch.einsum("hqk,khv->qhv", torch.softmax(s, dim=-1), v)
+        start += qlen
+    return out
