@@ -1,9 +1,7 @@
 """The entry point: check the vLLM version, register the model class and the plugin's splitting ops."""
 
-import logging
 import os
 
-logger = logging.getLogger("vllm_kimilinear")
 
 SUPPORTED_VLLM = "0.26"
 ARCHITECTURE = "KimiLinearForCausalLM"
@@ -48,7 +46,7 @@ def register() -> None:
     from vllm.logger import init_logger
     from vllm_kimilinear.paths import describe_paths
 
-    init_logger(__name__).info("vllm-kimilinear %s is active for %s (%s)",
+    init_logger("vllm.plugins.kimilinear").info("vllm-kimilinear %s is active for %s (%s)",
                                _plugin_version(), ARCHITECTURE, describe_paths())
 
 

@@ -22,29 +22,35 @@ def short_conv_prefill(x, weight, conv_state, state_indices, has_initial_state, 
     x: [T, D]; weight: [D, W]. Returns [T, D] in x's dtype.
     """
     W = weight.shape[-1]
+    dtype = torch.promote_types(x.dtype, torch.float32)
     out = torch.zeros_like(x)
     bounds = cu_seqlens.tolist()
     for i, slot in enumerate(state_indices.tolist()):
         if slot <= 0:
             continue
         start, end = bounds[i], bounds[i + 1]
-        prev = conv_state[slot].to(torch.float32)
+        prev = conv_state[slot].to(dtype)
         if not bool(has_initial_state[i]):
             prev = torch.zeros_like(prev)
-        xx = torch.cat([prev, x[start:end].to(torch.float32).t()], dim=1)      # [D, W-1+L]
-        y = F.conv1d(xx[None], weight.to(torch.float32)[:, None, :], groups=weight.shape[0])[0]
+        xx = torch.cat([prev, x[start:end].to(dtype).t()], dim=1)              # [D, W-1+L]
+        y = F.conv1d(xx[None], weight.to(dtype)[:, None, :], groups=weight.shape[0])[0]
         out[start:end] = F.silu(y).t().to(x.dtype)
         conv_state[slot] = xx[:, xx.shape[1] - (W - 1):].to(conv_state.dtype)
     return out
 
 
-def short_conv_decode(x, weight, conv_state, state_indices):
-    """One new token per sequence: x [N, D] -> [N, D]; conv_state rows shift by one in place."""
+def short_conv_decode(x, weight, conv_state, state_indices, has_initial_state):
+    """One new token per sequence: x [N, D] -> [N, D]; conv_state rows shift by one in place.
+
+    Sequences without an initial state (a new 1-token prompt) start from zeros, not from their slot.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
     valid = state_indices > 0
     slots = state_indices.clamp(min=0).long()
-    prev = conv_state.index_select(0, slots).to(torch.float32)                   # [N, D, W-1]
-    xx = torch.cat([prev, x.to(torch.float32)[:, :, None]], dim=2)               # [N, D, W]
-    y = F.silu((xx * weight.to(torch.float32)[None]).sum(-1))
+    prev = conv_state.index_select(0, slots).to(dtype)                           # [N, D, W-1]
+    prev = prev * has_initial_state.to(dtype)[:, None, None]
+    xx = torch.cat([prev, x.to(dtype)[:, :, None]], dim=2)                       # [N, D, W]
+    y = F.silu((xx * weight.to(dtype)[None]).sum(-1))
     # Rows mapped to the null slot write there too (its content is never read): no data-dependent
     # shapes, so the decode step can be captured in a CUDA graph.
     conv_state.index_copy_(0, slots, xx[:, :, 1:].to(conv_state.dtype))
@@ -73,13 +79,17 @@ def kda_prefill(q, k, v, g, beta, scale, recurrent_state, state_indices, has_ini
     return out
 
 
-def kda_decode(q, k, v, g, beta, scale, recurrent_state, state_indices):
-    """One token per sequence (q, k, g: [N, H, K]; v: [N, H, V]; beta: [N, H]), state updated in place."""
+def kda_decode(q, k, v, g, beta, scale, recurrent_state, state_indices, has_initial_state):
+    """One token per sequence (q, k, g: [N, H, K]; v: [N, H, V]; beta: [N, H]), state updated in place.
+
+    Sequences without an initial state start from a zero state.
+    """
     dtype = torch.promote_types(q.dtype, torch.float32)
     valid = state_indices > 0
     slots = state_indices.clamp(min=0).long()
     q, k = l2_normalize(q.to(dtype)), l2_normalize(k.to(dtype))
     S = recurrent_state.index_select(0, slots).to(dtype).transpose(-1, -2)        # [N, H, K, V]
+    S = S * has_initial_state.to(dtype)[:, None, None, None]
     S = S * torch.exp(g.to(dtype))[..., None]
     pred = torch.einsum("nhkv,nhk->nhv", S, k)
     S = S + beta.to(dtype)[..., None, None] * k[..., None] * (v.to(dtype) - pred)[..., None, :]

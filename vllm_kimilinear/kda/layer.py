@@ -155,11 +155,12 @@ class KimiDeltaAttention(nn.Module, MambaBase):
             return qq.view(-1, H, D), kk.view(-1, H, D), vv.view(-1, H, D)
 
         if nd > 0:
-            x = paged.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd])
+            has_init = md.has_initial_state[:nd]
+            x = paged.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd], has_init)
             qq, kk, vv = split_qkv(x)
             g = kda_gate(g_raw[:nd_tok].view(-1, H, D), A_log, dt_bias)
             out[:nd_tok] = paged.kda_decode(qq, kk, vv, g, beta[:nd_tok], self.scale, rec_state,
-                                            slots[:nd]).to(out.dtype)
+                                            slots[:nd], has_init).to(out.dtype)
         if md.num_prefills > 0:
             cu = md.non_spec_query_start_loc[nd:] - nd_tok
             pslots = slots[nd:nd + md.num_prefills]

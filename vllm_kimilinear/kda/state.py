@@ -14,6 +14,10 @@ RECURRENT_DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16":
 def kda_state_shapes(vllm_config) -> tuple[tuple[int, ...], tuple[int, ...]]:
     from vllm.model_executor.layers.mamba.mamba_utils import MambaStateShapeCalculator
 
+    from vllm_kimilinear.config import read_layout
+
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    read_layout(vllm_config.model_config.hf_config, tp)   # a bad config fails here, with its message
     lac = vllm_config.model_config.hf_config.linear_attn_config
     return MambaStateShapeCalculator.kda_state_shape(
         vllm_config.parallel_config.tensor_parallel_size, lac["num_heads"], lac["head_dim"],

@@ -1,0 +1,21 @@
+"""Batch invariance through vLLM's scheduler: alone, batched, and batched under preemption."""
+
+import pytest
+
+from tests.vllm_helpers import greedy, make_llm, random_prompts
+
+
+@pytest.mark.slow
+def test_same_tokens_alone_batched_and_preempted(tiny_dir, in_process):
+    # Lengths just under the 128-token CPU block: while decoding, every request wants a new block at once.
+    prompts = random_prompts(lengths=(1, 100, 110, 120, 124, 126, 127, 250))
+    llm = make_llm(tiny_dir)
+    alone = [greedy(llm, [p])[0] for p in prompts]
+    assert greedy(llm, prompts) == alone
+    del llm
+    # 20 blocks shared by the MLA and KDA groups: all 8 prompts are admitted, but their decodes outgrow the
+    # cache, so the scheduler preempts requests and recomputes them later.
+    llm = make_llm(tiny_dir, num_gpu_blocks_override=20, disable_log_stats=False)
+    assert greedy(llm, prompts) == alone
+    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+    assert preemptions > 0, "the small KV cache did not force any preemption"

@@ -1,0 +1,101 @@
+"""Bad input gets one clear error at load time, naming the problem (checked by message)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vllm_kimilinear.config import read_layout
+from vllm_kimilinear.tiny import build, tiny_config
+
+LOAD = """
+import sys
+from vllm import LLM
+try:
+    LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=2,
+        gpu_memory_utilization=0.2)
+except Exception as e:
+    print("LOAD-ERROR:", type(e).__name__, e)
+    sys.exit(3)
+print("LOADED")
+"""
+
+
+def load_in_subprocess(model_dir: str) -> str:
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", TORCH_COMPILE_DISABLE="1")
+    r = subprocess.run([sys.executable, "-c", LOAD, model_dir], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 3, f"expected a load error, got rc={r.returncode}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def edited_model(tmp_path, edit, drop=()):
+    d = build(str(tmp_path / "m"), drop=drop)
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return d
+
+
+class Cfg:
+    """A config object as vLLM hands it to the model (attributes)."""
+
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def test_missing_linear_attn_config_unit():
+    cfg = tiny_config()
+    del cfg["linear_attn_config"]
+    with pytest.raises(ValueError, match="has no `linear_attn_config`"):
+        read_layout(Cfg(cfg))
+
+
+def test_layer_in_both_lists_unit():
+    cfg = tiny_config()
+    cfg["linear_attn_config"]["kda_layers"] = [1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"layers \[3\] are listed as both KDA"):
+        read_layout(Cfg(cfg))
+
+
+def test_uncovered_and_out_of_range_layers_unit():
+    cfg = tiny_config()
+    cfg["linear_attn_config"]["kda_layers"] = [1, 2]
+    with pytest.raises(ValueError, match=r"layers \[4\] are in neither"):
+        read_layout(Cfg(cfg))
+    cfg["linear_attn_config"]["kda_layers"] = [0, 1, 2, 4]
+    with pytest.raises(ValueError, match=r"numbers \[0\] are outside 1..4"):
+        read_layout(Cfg(cfg))
+
+
+def test_unsupported_head_size_and_semantics_unit():
+    cfg = tiny_config()
+    cfg["linear_attn_config"]["head_dim"] = 96
+    with pytest.raises(ValueError, match=r"KDA head size 96 .* supported: \[64, 128\]"):
+        read_layout(Cfg(cfg))
+    cfg = tiny_config(semantics="transformers")
+    with pytest.raises(ValueError, match=r"kimi_linear_semantics='transformers' is not known; allowed: \['engine', 'hf'\]"):
+        read_layout(Cfg(cfg))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no_linear_attn_config", "both_kinds", "head_size", "missing_tensor"])
+def test_bad_input_fails_at_load_with_clear_message(case, tmp_path):
+    if case == "no_linear_attn_config":
+        d, msg = edited_model(tmp_path, lambda c: c.pop("linear_attn_config")), "has no `linear_attn_config`"
+    elif case == "both_kinds":
+        d = edited_model(tmp_path, lambda c: c["linear_attn_config"].update(kda_layers=[1, 2, 3, 4]))
+        msg = "are listed as both KDA"
+    elif case == "head_size":
+        d = edited_model(tmp_path, lambda c: c["linear_attn_config"].update(head_dim=96))
+        msg = "KDA head size 96"
+    else:
+        d = edited_model(tmp_path, lambda c: None, drop=("model.layers.1.self_attn.A_log",))
+        msg = "model.layers.1.self_attn.A_log"
+    out = load_in_subprocess(d)
+    assert msg in out, out[-4000:]
+    assert "LOAD-ERROR:" in out
