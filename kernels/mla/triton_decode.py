@@ -1,0 +1,263 @@
+"""Absorbed MLA decode over the paged latent cache, as Triton kernels (split-K, "flash-decoding").
+
+One query token per sequence n, already mapped into latent space (q_lat = W_UK^T q_nope). For each
+head h and each cached position t < seq_lens[n], with the row [c_t | k_pe_t] of ``kv_cache``:
+
+    s_t = (q_lat . c_t + q_pe . k_pe_t) * scale,   p = softmax_t(s),   o_lat = sum_t p_t c_t
+
+Stage 1 gives each program one sequence, a group of BLOCK_H heads and one split (a contiguous run of
+positions); it streams that run's rows once for all its heads, keeping a running max m, sum l and
+accumulator (fp32), and writes them as a partial. Stage 2 merges the splits of each (sequence, head).
+With one split, stage 1 writes the final result and stage 2 is skipped. An fp8 (e4m3) cache holds
+``value / k_scale``; the kernel reads the raw fp8 values and applies k_scale to the scores and output.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned back by * ln 2
+MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
+MAX_SPLITS = 256
+
+
+@triton.jit
+def _mla_decode_split(
+    q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, seq_lens_ptr, k_scale_ptr,
+    acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    num_heads, num_splits, qk_scale_log2,
+    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_kv_blk, s_kv_row, s_bt_n,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    hg = tl.program_id(1)
+    split = tl.program_id(2)
+
+    seq_len = tl.load(seq_lens_ptr + n)
+    # Each split covers a whole number of BLOCK_N tiles; trailing splits may be empty.
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    heads = hg * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_ok = heads < num_heads
+    offs_l = tl.arange(0, BLOCK_L)
+    offs_r = tl.arange(0, BLOCK_R)
+    l_ok = offs_l < L
+    r_ok = offs_r < R
+
+    q = tl.load(q_lat_ptr + n * s_ql_n + heads[:, None] * s_ql_h + offs_l[None, :],
+                mask=h_ok[:, None] & l_ok[None, :], other=0.0)
+    qp = tl.load(q_pe_ptr + n * s_qp_n + heads[:, None] * s_qp_h + offs_r[None, :],
+                 mask=h_ok[:, None] & r_ok[None, :], other=0.0).to(q.dtype)
+
+    if IS_FP8:
+        k_scale = tl.load(k_scale_ptr).to(tl.float32)
+    else:
+        k_scale = 1.0
+    score_mul = qk_scale_log2 * k_scale          # scores in log2 units, fp8 scale folded in
+
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
+
+    bt_row = bt_ptr + n * s_bt_n
+    for t0 in range(start, end, BLOCK_N):
+        tok = t0 + tl.arange(0, BLOCK_N)
+        t_ok = tok < end
+        page = tl.load(bt_row + tok // BLOCK_SIZE, mask=t_ok, other=0).to(tl.int64)
+        row = kv_ptr + page * s_kv_blk + (tok % BLOCK_SIZE).to(tl.int64) * s_kv_row
+        c = tl.load(row[:, None] + offs_l[None, :], mask=t_ok[:, None] & l_ok[None, :], other=0.0)
+        kpe = tl.load(row[:, None] + L + offs_r[None, :], mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+        c = c.to(q.dtype)
+        kpe = kpe.to(q.dtype)
+
+        s = tl.dot(q, tl.trans(c), input_precision=DOT_PRECISION)
+        s = tl.dot(qp, tl.trans(kpe), acc=s, input_precision=DOT_PRECISION)
+        s = tl.where(t_ok[None, :], s * score_mul, float("-inf"))
+
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(c.dtype), c, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m = m_new
+
+    acc = acc * k_scale
+    if DIRECT:
+        has = l_sum > 0.0
+        out = acc / tl.where(has, l_sum, 1.0)[:, None]
+        tl.store(o_ptr + n * s_o_n + heads[:, None] * s_o_h + offs_l[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=h_ok[:, None] & l_ok[None, :])
+        lse = tl.where(has, (m + tl.log2(tl.where(has, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
+        tl.store(lse_ptr + n * s_lse_n + heads, lse, mask=h_ok)
+    else:
+        tl.store(acc_ptr + n * s_acc_n + heads[:, None] * s_acc_h + split * s_acc_s + offs_l[None, :],
+                 acc, mask=h_ok[:, None] & l_ok[None, :])
+        ml = ml_ptr + n * s_ml_n + heads * s_ml_h + split * 2
+        tl.store(ml, m, mask=h_ok)
+        tl.store(ml + 1, l_sum, mask=h_ok)
+
+
+@triton.jit
+def _mla_decode_combine(
+    acc_ptr, ml_ptr, o_ptr, lse_ptr, num_splits,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_l = tl.arange(0, BLOCK_L)
+    l_ok = offs_l < L
+    ml = ml_ptr + n * s_ml_n + h * s_ml_h
+    part = acc_ptr + n * s_acc_n + h * s_acc_h
+
+    m = tl.full([], float("-inf"), tl.float32)
+    l_sum = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_L], tl.float32)
+    for s in range(0, num_splits):
+        l_s = tl.load(ml + s * 2 + 1)
+        if l_s > 0.0:                            # empty splits hold m = -inf, l = 0
+            m_s = tl.load(ml + s * 2)
+            m_new = tl.maximum(m, m_s)
+            a = tl.exp2(m - m_new)
+            b = tl.exp2(m_s - m_new)
+            acc = acc * a + tl.load(part + s * s_acc_s + offs_l, mask=l_ok, other=0.0) * b
+            l_sum = l_sum * a + l_s * b
+            m = m_new
+
+    has = l_sum > 0.0
+    out = acc / tl.where(has, l_sum, 1.0)
+    tl.store(o_ptr + n * s_o_n + h * s_o_h + offs_l, out.to(o_ptr.dtype.element_ty), mask=l_ok)
+    lse = tl.where(has, (m + tl.log2(tl.where(has, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(lse_ptr + n * s_lse_n + h, lse)
+
+
+_SM_COUNT: dict = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4                                  # the interpreter: keep the grid small
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
+    """Splits per sequence from host-known values: about two programs per SM, >= 256 positions a split."""
+    if max_seq_len <= 0:
+        return 1
+    want = -(-2 * num_sms // max(1, batch * num_head_groups))
+    cap = max(1, max_seq_len // MIN_TOKENS_PER_SPLIT)
+    return max(1, min(want, cap, MAX_SPLITS))
+
+
+def default_block_h(num_heads: int) -> int:
+    """Heads per program: all of them up to 64 (tl.dot needs at least 16 rows)."""
+    return min(64, max(16, triton.next_power_of_2(num_heads)))
+
+
+def default_config(num_heads: int, L: int) -> dict:
+    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages."""
+    big = L >= 256
+    return dict(block_h=default_block_h(num_heads), block_n=32 if big else 16, num_warps=8 if big else 4,
+                num_stages=2)
+
+
+def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int | None = None,
+               k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
+               out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
+               num_warps: int | None = None, num_stages: int | None = None):
+    """Absorbed MLA decode attention over the paged latent cache.
+
+    q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
+    kv_cache: [num_blocks, block_size, L + R] rows [c | k_pe], unit last stride (fp32/bf16/fp16, or
+    float8_e4m3fn / its uint8 view holding value / k_scale); block_table: [N, >= cdiv(len, block_size)]
+    int32/int64; seq_lens: [N] int32, entries > 0 (a 0 gives o = 0, lse = -inf).
+    k_scale: float or a 1-element fp32 tensor, applied to fp8 caches only (None means 1.0).
+    num_splits: splits per sequence; None picks ``choose_num_splits`` from ``max_seq_len`` (a host int;
+    without it, the block table's width x block_size). Nothing here syncs with the device.
+    Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
+    ``out_lse``: the natural log of the softmax denominator of the scaled scores).
+    block_h / block_n / num_warps / num_stages override the launch configuration (for tuning).
+    """
+    N, H, L = q_lat.shape
+    R = q_pe.shape[-1]
+    num_blocks, bs, D = kv_cache.shape
+    assert q_pe.shape[:2] == (N, H) and D == L + R, "shapes: q_lat [N,H,L], q_pe [N,H,R], kv [nb,bs,L+R]"
+    assert block_table.shape[0] >= N and seq_lens.shape[0] >= N
+    if kv_cache.dtype == torch.uint8:
+        kv_cache = kv_cache.view(torch.float8_e4m3fn)
+    is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    if q_lat.stride(-1) != 1:
+        q_lat = q_lat.contiguous()
+    if q_pe.stride(-1) != 1:
+        q_pe = q_pe.contiguous()
+    assert kv_cache.stride(-1) == 1, "kv_cache rows must have unit last stride"
+    if seq_lens.dtype not in (torch.int32, torch.int64):
+        seq_lens = seq_lens.to(torch.int32)
+    dev = q_lat.device
+
+    if is_fp8:
+        if k_scale is None:
+            k_scale = 1.0
+        if not isinstance(k_scale, torch.Tensor):
+            k_scale = torch.full((1,), float(k_scale), dtype=torch.float32, device=dev)
+        k_scale_arg = k_scale.to(device=dev, dtype=torch.float32).reshape(-1)[:1]
+    else:
+        k_scale_arg = seq_lens                   # unused placeholder pointer
+
+    cfg = default_config(H, L)
+    block_h = block_h or cfg["block_h"]
+    block_n = block_n or cfg["block_n"]
+    num_warps = num_warps or cfg["num_warps"]
+    num_stages = num_stages or cfg["num_stages"]
+    head_groups = triton.cdiv(H, block_h)
+    if num_splits is None:
+        bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
+        num_splits = choose_num_splits(N, head_groups, bound, _num_sms(dev))
+    num_splits = max(1, int(num_splits))
+
+    if out is None:
+        out = torch.empty(N, H, L, dtype=q_lat.dtype, device=dev)
+    lse = out_lse if out_lse is not None else torch.empty(N, H, dtype=torch.float32, device=dev)
+    assert out.shape == (N, H, L) and out.stride(-1) == 1, "out: [N, H, L] with unit last stride"
+    assert lse.shape == (N, H) and lse.stride(-1) == 1 and lse.dtype == torch.float32, "out_lse: [N, H] fp32"
+    if N == 0:
+        return out, lse
+    direct = num_splits == 1
+    if direct:
+        acc = ml = out                            # unused
+        acc_strides = (0, 0, 0)
+        ml_strides = (0, 0)
+    else:
+        acc = torch.empty(N, H, num_splits, L, dtype=torch.float32, device=dev)
+        ml = torch.empty(N, H, num_splits, 2, dtype=torch.float32, device=dev)
+        acc_strides = (acc.stride(0), acc.stride(1), acc.stride(2))
+        ml_strides = (ml.stride(0), ml.stride(1))
+
+    precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
+    _mla_decode_split[(N, head_groups, num_splits)](
+        q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg,
+        acc, ml, out, lse,
+        H, num_splits, float(scale) * LOG2E,
+        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
+        *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
+        L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
+        BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
+        IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if not direct:
+        _mla_decode_combine[(N, H)](
+            acc, ml, out, lse, num_splits,
+            *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
+            L=L, BLOCK_L=triton.next_power_of_2(L), num_warps=4,
+        )
+    return out, lse
