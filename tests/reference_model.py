@@ -26,7 +26,9 @@ def l2norm(x, eps=1e-6):
 
 
 class ReferenceKimiLinear:
-    def __init__(self, path: str, semantics: str | None = None):
+    def __init__(self, path: str, semantics: str | None = None, latent_cache_dtype: torch.dtype | None = None):
+        """``latent_cache_dtype=torch.float8_e4m3fn`` stores MLA latents as an fp8 cache would (scale 1)."""
+        self.latent_cache_dtype = latent_cache_dtype
         with open(os.path.join(path, "config.json")) as f:
             self.cfg = json.load(f)
         self.semantics = semantics or self.cfg.get("kimi_linear_semantics", "engine")
@@ -78,8 +80,11 @@ class ReferenceKimiLinear:
         q = (w[p + "q_proj.weight"] @ x).view(Hm, P + R)
         lat = w[p + "kv_a_proj_with_mqa.weight"] @ x
         eps = 1e-6 if self.semantics == "hf" else self.eps
-        st["c"].append(rms_norm(lat[:L], w[p + "kv_a_layernorm.weight"], eps))
-        st["kpe"].append(lat[L:])
+        c_new, kpe_new = rms_norm(lat[:L], w[p + "kv_a_layernorm.weight"], eps), lat[L:]
+        if self.latent_cache_dtype is not None:
+            c_new, kpe_new = (x.to(self.latent_cache_dtype).to(DT) for x in (c_new, kpe_new))
+        st["c"].append(c_new)
+        st["kpe"].append(kpe_new)
         C, KPE = torch.stack(st["c"]), torch.stack(st["kpe"])                   # [S, L], [S, R]
         kv = (C @ w[p + "kv_b_proj.weight"].T).view(-1, Hm, P + V)              # NoPE: no rotation
         k = torch.cat([kv[..., :P], KPE[:, None, :].expand(-1, Hm, R)], -1)     # [S, H, P+R]

@@ -4,17 +4,20 @@
 def kda_path() -> str:
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu():
-        return "torch (CPU)"
-    return f"torch ({current_platform.device_name})"
+    if current_platform.is_cuda_alike():
+        from vllm_kimilinear.kda.dispatch import triton_kda_available
+
+        if triton_kda_available():
+            return "Triton chunked prefill + in-place decode"
+    return "torch chunked prefill + decode"
 
 
 def mla_path() -> str:
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu():
-        return "torch paged latent cache (CPU)"
-    return f"torch paged latent cache ({current_platform.device_name})"
+    if current_platform.is_cuda_alike():
+        return "paged latent cache, Triton split-K decode, torch expanded prefill"
+    return "paged latent cache, torch absorbed decode + expanded prefill"
 
 
 def describe_paths() -> str:

@@ -12,13 +12,27 @@ Both compute the same attention; the absorbed form reads each cached row once pe
 
 import torch
 
+from kernels.mla.fp8 import dequantize_latent, quantize_latent
 
-def write_latent_cache(kv_cache, slot_mapping, kv_c, k_pe):
-    """Store new tokens' [c | k_pe] rows at ``slot_mapping`` (slots < 0 are padding and skipped)."""
+
+def write_latent_cache(kv_cache, slot_mapping, kv_c, k_pe, k_scale=None):
+    """Store new tokens' [c | k_pe] rows at ``slot_mapping`` (slots < 0 are padding and skipped).
+
+    A uint8 cache is an fp8 (e4m3) cache: rows are stored as saturate(row / k_scale).
+    """
     flat = kv_cache.view(-1, kv_cache.shape[-1])
     keep = slot_mapping >= 0
-    rows = torch.cat([kv_c, k_pe], dim=-1).to(flat.dtype)
-    flat.index_copy_(0, slot_mapping[keep].long(), rows[keep])
+    rows = torch.cat([kv_c, k_pe], dim=-1)
+    if flat.dtype == torch.uint8:
+        rows = quantize_latent(rows, 1.0 if k_scale is None else k_scale).view(torch.uint8)
+    flat.index_copy_(0, slot_mapping[keep].long(), rows[keep].to(flat.dtype))
+
+
+def rows_as_float(rows, dtype, k_scale=None):
+    """Cache rows as floats: dequantised from an fp8 (uint8) cache, else cast."""
+    if rows.dtype == torch.uint8:
+        return dequantize_latent(rows, 1.0 if k_scale is None else k_scale, dtype)
+    return rows.to(dtype)
 
 
 def gather_rows(kv_cache, block_table, seq_lens, max_len: int):
@@ -33,14 +47,15 @@ def gather_rows(kv_cache, block_table, seq_lens, max_len: int):
     return flat[rows.clamp(min=0)], valid
 
 
-def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale: float, max_len: int):
+def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale: float, max_len: int,
+                    k_scale=None):
     """One query token per sequence. q_nope: [N, H, P]; q_pe: [N, H, R]. Returns [N, H, V] (float32+)."""
     L = W_kvb.shape[-1]
     P = q_nope.shape[-1]
     dtype = torch.promote_types(q_nope.dtype, torch.float32)
     W = W_kvb.to(dtype)
     rows, valid = gather_rows(kv_cache, block_table, seq_lens, max_len)
-    rows = rows.to(dtype)
+    rows = rows_as_float(rows, dtype, k_scale)
     c, kpe = rows[..., :L], rows[..., L:]
     q_lat = torch.einsum("nhp,hpl->nhl", q_nope.to(dtype), W[:, :P, :])
     s = (torch.einsum("nhl,ntl->nht", q_lat, c) + torch.einsum("nhr,ntr->nht", q_pe.to(dtype), kpe)) * scale
@@ -50,7 +65,7 @@ def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale:
     return torch.einsum("nhl,hvl->nhv", o_lat, W[:, P:, :])
 
 
-def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float):
+def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float, k_scale=None):
     """Causal attention of each sequence's new tokens over its whole cached prefix (itself included).
 
     q: [T, H, P+R] for the new tokens, sequences packed in order; seq_lens: total lengths (context + new);
@@ -68,7 +83,7 @@ def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scal
         total = int(seq_lens[i])
         lens = torch.full((1,), total, device=kv_cache.device)
         rows, _ = gather_rows(kv_cache, block_table[i:i + 1], lens, total)
-        rows = rows[0].to(dtype)
+        rows = rows_as_float(rows[0], dtype, k_scale)
         c, kpe = rows[:, :L], rows[:, L:]
         kv = torch.einsum("tl,hdl->thd", c, W)                              # [S, H, P+V]
         k = torch.cat([kv[..., :P], kpe[:, None, :].expand(-1, H, -1)], dim=-1)

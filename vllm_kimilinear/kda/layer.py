@@ -27,7 +27,7 @@ from vllm.utils.torch_utils import (LayerNameType, _encode_layer_name, _resolve_
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 from kernels.kda import paged
-from kernels.kda.reference import kda_gate
+from vllm_kimilinear.kda import dispatch
 from vllm_kimilinear.kda.backend import KimiKDABackend
 from vllm_kimilinear.kda.state import kda_state_dtypes, kda_state_shapes
 
@@ -158,18 +158,17 @@ class KimiDeltaAttention(nn.Module, MambaBase):
             has_init = md.has_initial_state[:nd]
             x = paged.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd], has_init)
             qq, kk, vv = split_qkv(x)
-            g = kda_gate(g_raw[:nd_tok].view(-1, H, D), A_log, dt_bias)
-            out[:nd_tok] = paged.kda_decode(qq, kk, vv, g, beta[:nd_tok], self.scale, rec_state,
-                                            slots[:nd], has_init).to(out.dtype)
+            out[:nd_tok] = dispatch.kda_decode(qq, kk, vv, g_raw[:nd_tok].view(-1, H, D), beta[:nd_tok], A_log,
+                                               dt_bias, self.scale, rec_state, slots[:nd], has_init).to(out.dtype)
         if md.num_prefills > 0:
             cu = md.non_spec_query_start_loc[nd:] - nd_tok
             pslots = slots[nd:nd + md.num_prefills]
             has_init = md.has_initial_state[nd:nd + md.num_prefills]
             x = paged.short_conv_prefill(qkv[nd_tok:], weight, conv_state, pslots, has_init, cu)
             qq, kk, vv = split_qkv(x)
-            g = kda_gate(g_raw[nd_tok:n_tok].view(-1, H, D), A_log, dt_bias)
-            out[nd_tok:n_tok] = paged.kda_prefill(qq, kk, vv, g, beta[nd_tok:n_tok], self.scale, rec_state,
-                                                  pslots, has_init, cu).to(out.dtype)
+            out[nd_tok:n_tok] = dispatch.kda_prefill(qq, kk, vv, g_raw[nd_tok:n_tok].view(-1, H, D),
+                                                     beta[nd_tok:n_tok], A_log, dt_bias, self.scale, rec_state,
+                                                     pslots, has_init, cu).to(out.dtype)
 
 
 def _kda_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_raw: torch.Tensor, beta: torch.Tensor,

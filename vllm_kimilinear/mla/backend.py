@@ -49,39 +49,61 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
             query_lens=(qsl[1:] - qsl[:-1]).tolist())
 
 
-class TorchMLAImpl:
-    """The attention math on the paged cache (``kernels.mla.paged``), any device."""
+class KimiMLAImpl:
+    """The attention math on the paged cache: cache writes and prefills through ``kernels.mla.paged``
+    (torch, expanded form); decodes through the Triton kernel on CUDA, the torch absorbed form elsewhere."""
 
     def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float):
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
 
-    def forward(self, q, kv_c, k_pe, kv_cache, W_kvb, md: KimiMLAMetadata, out: torch.Tensor) -> None:
+    def decode(self, q, kv_cache, W_kvb, md: KimiMLAMetadata, k_scale) -> torch.Tensor:
+        nd = md.num_decodes
+        q_nope, q_pe = q[..., :self.nope], q[..., self.nope:]
+        if not q.is_cuda:
+            return paged.decode_absorbed(q_nope, q_pe, kv_cache, md.block_table[:nd], md.seq_lens[:nd], W_kvb,
+                                         self.scale, md.max_seq_len, k_scale)
+        from kernels.mla.triton_decode import mla_decode
+
+        W = W_kvb.to(q.dtype)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), W[:, :self.nope, :]).transpose(0, 1)     # [N, H, L]
+        o_lat, _ = mla_decode(q_lat, q_pe, kv_cache, md.block_table[:nd], md.seq_lens[:nd], self.scale,
+                              k_scale=k_scale if kv_cache.dtype == torch.uint8 else None,
+                              max_seq_len=md.max_seq_len)
+        return torch.bmm(o_lat.transpose(0, 1), W[:, self.nope:, :].transpose(1, 2)).transpose(0, 1)
+
+    def forward(self, q, kv_c, k_pe, kv_cache, W_kvb, md: KimiMLAMetadata, out: torch.Tensor,
+                k_scale: torch.Tensor | None = None) -> None:
         n = md.num_actual_tokens
-        paged.write_latent_cache(kv_cache, md.slot_mapping, kv_c[:n], k_pe[:n])
+        paged.write_latent_cache(kv_cache, md.slot_mapping, kv_c[:n], k_pe[:n], k_scale)
         nd, nd_tok = md.num_decodes, md.num_decode_tokens
         if nd > 0:
-            qd = q[:nd_tok]
-            o = paged.decode_absorbed(qd[..., :self.nope], qd[..., self.nope:], kv_cache, md.block_table[:nd],
-                                      md.seq_lens[:nd], W_kvb, self.scale, md.max_seq_len)
+            o = self.decode(q[:nd_tok], kv_cache, W_kvb, md, k_scale)
             out[:nd_tok] = o.reshape(nd_tok, -1).to(out.dtype)
         if md.num_prefills > 0:
             sl = slice(nd, nd + md.num_prefills)
-            o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
-                                       md.query_lens[sl], W_kvb, self.scale)
+            if q.is_cuda:
+                from vllm_kimilinear.mla.prefill import prefill_flash
+
+                o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
+                                  md.query_lens[sl], W_kvb, self.scale, k_scale)
+            else:
+                o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
+                                           md.query_lens[sl], W_kvb, self.scale, k_scale)
             out[nd_tok:n] = o.reshape(n - nd_tok, -1).to(out.dtype)
 
 
 class KimiMLABackend(MLACommonBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
-    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16", "float16", "float32"]
+    # fp8 / fp8_e4m3: an e4m3 latent cache (vLLM allocates it as uint8) with one scale per layer.
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"]
 
     @staticmethod
     def get_name() -> str:
         return "KIMILINEAR_MLA"
 
     @staticmethod
-    def get_impl_cls() -> type[TorchMLAImpl]:
-        return TorchMLAImpl
+    def get_impl_cls() -> type[KimiMLAImpl]:
+        return KimiMLAImpl
 
     @staticmethod
     def get_builder_cls() -> type[KimiMLAMetadataBuilder]:

@@ -45,6 +45,9 @@ class LatentAttention(nn.Module, AttentionLayerBase):
             raise ValueError(f"--kv-cache-dtype {self.cache_dtype_str!r} is not supported by vllm-kimilinear's "
                              f"MLA cache yet; supported: {KimiMLABackend.supported_kv_cache_dtypes}.")
         self.impl = KimiMLABackend.get_impl_cls()(num_heads, qk_nope_head_dim, kv_lora_rank, self.scale)
+        # The fp8 cache's scale (stored = row / k_scale). Kimi-Linear checkpoints ship none; 1.0 suits the
+        # RMS-normalised latent (kernels/mla/fp8.py).
+        self.register_buffer("k_scale", torch.ones(1, dtype=torch.float32), persistent=False)
         self.kv_cache = torch.tensor([])
         ctx = get_current_vllm_config().compilation_config.static_forward_context
         if prefix in ctx:
@@ -70,7 +73,7 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         md = get_forward_context().attn_metadata
         if md is None:          # profile run
             return
-        self.impl.forward(q, kv_c, k_pe, self.kv_cache, self.kv_b_weight(), md[self.prefix], out)
+        self.impl.forward(q, kv_c, k_pe, self.kv_cache, self.kv_b_weight(), md[self.prefix], out, self.k_scale)
 
 
 class KimiMLAAttention(nn.Module):

@@ -1,0 +1,101 @@
+"""End to end on a GPU: the plugin's Kimi-Linear against vLLM 0.26's in-tree one, same workloads, one command.
+
+Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= empty, which switches the
+plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
+layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
+
+    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick]
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = [("prefill 16x8192 -> 16", 16, 8192, 16), ("decode 128x256 -> 512", 128, 256, 512),
+             ("mixed 64x2048 -> 256", 64, 2048, 256), ("long 1x131072 -> 64", 1, 131072, 64)]
+QUICK = [("prefill 8x8192 -> 16", 8, 8192, 16), ("decode 64x256 -> 256", 64, 256, 256),
+         ("mixed 32x2048 -> 128", 32, 2048, 128)]
+
+
+def worker(args) -> None:
+    sys.path.insert(0, HERE)
+    from kimi_config import kimi_config
+
+    d = f"/tmp/kimi{args.layers}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/config.json", "w") as f:
+        json.dump(kimi_config(args.layers), f)
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    work = QUICK if args.quick else WORKLOADS
+    max_len = max(p + o for _, _, p, o in work) + 16
+    t0 = time.time()
+    llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, max_model_len=max_len,
+              gpu_memory_utilization=0.88, max_num_seqs=128, max_num_batched_tokens=16384)
+    cls = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")[0]
+    print("RESULT " + json.dumps({"load_s": round(time.time() - t0, 1), "model_class": cls}), flush=True)
+    rng = random.Random(0)
+
+    def prompts(n, plen):
+        return [TokensPrompt(prompt_token_ids=[rng.randrange(1000, 150000) for _ in range(plen)]) for _ in range(n)]
+
+    for name, n, plen, olen in work:
+        sp = SamplingParams(max_tokens=olen, ignore_eos=True, temperature=0.0, detokenize=False)
+        llm.generate(prompts(min(n, 4), min(plen, 4096)), sp, use_tqdm=False)      # warm-up
+        ps = prompts(n, plen)
+        t = time.time()
+        outs = llm.generate(ps, sp, use_tqdm=False)
+        dt = time.time() - t
+        gen = sum(len(o.outputs[0].token_ids) for o in outs)
+        print("RESULT " + json.dumps({"workload": name, "time_s": round(dt, 3), "out_tok_s": round(gen / dt, 1),
+                                      "total_tok_s": round((gen + n * plen) / dt, 1)}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--sides", default="plugin,intree")
+    ap.add_argument("--quick", action="store_true", help="smaller workloads (fits a 10-minute GPU call)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    import torch
+
+    results = {}
+    for side in args.sides.split(","):
+        env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")
+        if side == "intree":
+            env["VLLM_PLUGINS"] = ""
+        cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers)] + (["--quick"] if args.quick else [])
+        t = time.time()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        rows = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+        if p.returncode != 0:
+            print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{p.stderr[-3000:]}", flush=True)
+        results[side] = rows
+        print(f"[{side}] {rows[:1]}", flush=True)
+    print(f"\nGPU: {torch.cuda.get_device_name()}  layers: {args.layers}  date: {time.strftime('%Y-%m-%d')}")
+    names = [r["workload"] for rows in results.values() for r in rows if "workload" in r]
+    names = list(dict.fromkeys(names))
+    print("| workload | " + " | ".join(f"{s} time s | {s} out tok/s | {s} total tok/s" for s in results) + " | plugin/intree |")
+    print("|---|" + "---|---|---|" * len(results) + "---|")
+    for name in names:
+        cells, times = [], {}
+        for side, rows in results.items():
+            r = next((r for r in rows if r.get("workload") == name), None)
+            cells += [f"{r['time_s']:.2f}", f"{r['out_tok_s']:.0f}", f"{r['total_tok_s']:.0f}"] if r else ["n/a"] * 3
+            if r:
+                times[side] = r["time_s"]
+        ratio = f"{times['intree'] / times['plugin']:.2f}x" if {"plugin", "intree"} <= times.keys() else "n/a"
+        print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

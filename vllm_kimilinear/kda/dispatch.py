@@ -1,0 +1,45 @@
+"""Picks the KDA core for a tensor's device: the project's Triton kernels on CUDA, the torch paths elsewhere.
+
+Both take the same inputs: q, k raw (normalised inside), g_raw the gate pre-activation (the gate
+-exp(A_log) * softplus(g_raw + dt_bias) is applied inside), beta after its sigmoid, states in paged slots.
+Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks).
+"""
+
+import functools
+import os
+
+import torch
+
+from kernels.kda import paged
+from kernels.kda.reference import kda_gate
+
+
+@functools.cache
+def triton_kda_available() -> bool:
+    if os.environ.get("VLLM_KIMILINEAR_KDA", "").lower() == "torch" or not torch.cuda.is_available():
+        return False
+    try:
+        import kernels.kda.triton_chunk  # noqa: F401
+        import kernels.kda.triton_decode  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init):
+    if q.is_cuda and triton_kda_available():
+        from kernels.kda.triton_decode import recurrent_kda_decode
+
+        return recurrent_kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init)
+    g = kda_gate(g_raw, A_log, dt_bias)
+    return paged.kda_decode(q, k, v, g, beta, scale, rec_state, slots, has_init)
+
+
+def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens):
+    if q.is_cuda and triton_kda_available():
+        from kernels.kda.triton_chunk import chunk_kda_prefill
+
+        return chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init,
+                                 cu_seqlens.to(torch.int32))
+    g = kda_gate(g_raw, A_log, dt_bias)
+    return paged.kda_prefill(q, k, v, g, beta, scale, rec_state, slots, has_init, cu_seqlens)
