@@ -1,0 +1,329 @@
+"""KDA kernels on one GPU: this project's Triton kernels against vLLM 0.26's in-tree ones, Kimi-Linear shapes.
+
+One run prints, for H=32 heads, K=V=128, bf16 activations, fp32 (and bf16) state slots [slots, H, V, K]:
+  1. the ceilings measured here: device-to-device copy bandwidth, a bf16 8192^3 matrix product;
+  2. accuracy against float64 math (relative error of outputs and final states), ours and vLLM's;
+  3. prefill times for 32768 tokens split 1x32768, 8x4096, 64x512, 256x128 (median of do_bench);
+  4. decode times for N = 64, 256, 1024, 4096 sequences (vLLM only where its grid launches).
+Run from the repository root with vLLM 0.26 importable:  python benchmarks/bench_kda_kernels.py
+"""
+
+import argparse
+import datetime
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, ".")
+from kernels.kda.chunk import chunk_kda                                       # noqa: E402
+from kernels.kda.reference import kda_gate, l2_normalize                      # noqa: E402
+from kernels.kda.triton_chunk import chunk_kda_prefill                        # noqa: E402
+from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
+
+DEV = "cuda"
+H, K, V = 32, 128, 128
+SCALE = K ** -0.5
+LINES = []
+
+
+def say(s=""):
+    print(s, flush=True)
+    LINES.append(s)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def bench(fn, rep=200):
+    return do_bench(fn, warmup=50, rep=rep, return_mode="median")
+
+
+def make(T, N_slots, gen_scale=1.0, regime="normal", dtype=torch.bfloat16, state_dtype=torch.float32):
+    q = torch.randn(T, H, K, device=DEV).to(dtype)
+    k = torch.randn(T, H, K, device=DEV).to(dtype)
+    v = torch.randn(T, H, V, device=DEV).to(dtype)
+    g = torch.randn(T, H, K, device=DEV) * gen_scale
+    if regime == "huge":
+        g = torch.where(torch.rand_like(g) < 0.5, -1e4, 1e4)
+    elif regime == "spiky":
+        g = torch.where(torch.rand_like(g) < 0.05, torch.full_like(g, 1e4), g)
+    g = g.to(dtype)
+    beta = torch.rand(T, H, device=DEV)
+    A_log = torch.log(torch.empty(1, 1, H, 1, device=DEV).uniform_(1, 16))
+    dt_bias = torch.randn(H * K, device=DEV) * 0.1
+    pool = (torch.randn(N_slots, H, V, K, device=DEV) * 0.01).to(state_dtype)
+    return q, k, v, g, beta, A_log, dt_bias, pool
+
+
+def truth_prefill(q, k, v, g, beta, A_log, dt_bias, pool, slots, has_init, cu):
+    """float64 chunked math per sequence; returns (o, {slot: final state V-major})."""
+    d = torch.float64
+    gl = kda_gate(g.to(d), A_log.to(d), dt_bias.to(d))
+    qn, kn = l2_normalize(q.to(d)), l2_normalize(k.to(d))
+    o = torch.zeros(q.shape[0], H, V, dtype=d, device=DEV)
+    states = {}
+    b = cu.tolist()
+    for i, s in enumerate(slots.tolist()):
+        if s <= 0:
+            continue
+        S0 = pool[s].to(d).transpose(-1, -2) if bool(has_init[i]) else None
+        oi, S = chunk_kda(qn[b[i]:b[i + 1]], kn[b[i]:b[i + 1]], v[b[i]:b[i + 1]].to(d), gl[b[i]:b[i + 1]],
+                          beta[b[i]:b[i + 1]].to(d), SCALE, S0)
+        o[b[i]:b[i + 1]] = oi
+        states[s] = S.transpose(-1, -2)
+    return o, states
+
+
+def truth_decode(q, k, v, g, beta, A_log, dt_bias, pool, slots):
+    d = torch.float64
+    gl = kda_gate(g.to(d), A_log.to(d), dt_bias.to(d))
+    qn, kn = l2_normalize(q.to(d)), l2_normalize(k.to(d))
+    S = pool[slots.long()].to(d).transpose(-1, -2) * torch.exp(gl)[..., None]          # [N, H, K, V]
+    pred = torch.einsum("nhkv,nhk->nhv", S, kn)
+    S = S + beta.to(d)[..., None, None] * kn[..., None] * (v.to(d) - pred)[..., None, :]
+    return SCALE * torch.einsum("nhkv,nhk->nhv", S, qn), S.transpose(-1, -2)
+
+
+def load_vllm():
+    try:
+        from vllm.third_party.flash_linear_attention.ops.kda import (chunk_kda_with_fused_gate, fused_kda_gate,
+                                                                      fused_recurrent_kda)
+        return chunk_kda_with_fused_gate, fused_kda_gate, fused_recurrent_kda
+    except Exception as e:          # noqa: BLE001
+        say(f"vLLM not importable ({e!r}); its columns stay empty")
+        return None
+
+
+def vllm_prefill_fn(vl, q, k, v, g, beta, A_log, dt_bias, s0, cu):
+    chunk, _, _ = vl
+    return lambda: chunk(q=q[None], k=k[None], v=v[None], raw_g=g[None], beta=beta[None], A_log=A_log,
+                         g_bias=dt_bias, initial_state=s0, output_final_state=True,
+                         use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+
+
+def vllm_decode_fn(vl, q, k, v, g, beta, A_log, dt_bias, pool, idx):
+    _, gate, rec = vl
+    n = q.shape[0]
+    cu = torch.arange(0, n + 1, device=DEV, dtype=torch.int32)
+
+    def fn():
+        g1 = gate(g.view(n, H * K), A_log, K, g_bias=dt_bias).unsqueeze(0)
+        return rec(q=q[None], k=k[None], v=v[None], g=g1, beta=beta[None], initial_state=pool,
+                   use_qk_l2norm_in_kernel=True, cu_seqlens=cu, ssm_state_indices=idx)
+    return fn
+
+
+def ceilings():
+    x = torch.randn(2 ** 28, device=DEV)                 # 1 GiB
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    copy_tbs = 2 * x.numel() * 4 / ms / 1e9
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    ms_mm = bench(lambda: a @ b)
+    mm_tf = 2 * 8192 ** 3 / ms_mm / 1e9
+    del x, y, a, b
+    return copy_tbs, mm_tf
+
+
+def accuracy(vl):
+    say("## accuracy vs float64 (relative error = |x - ref| / |ref|)")
+    say("| case | ours o | ours state | vLLM o | vLLM state |")
+    say("|---|---|---|---|---|")
+    cases = [("1x2048 bf16, gate N(0,1)", [2048], 1.0, "normal", torch.bfloat16, torch.float32),
+             ("1x2048 bf16, gate x0.1", [2048], 0.1, "normal", torch.bfloat16, torch.float32),
+             ("varlen 1,63,64,65,700,1000,2048 bf16", [1, 63, 64, 65, 700, 1000, 2048], 1.0, "normal",
+              torch.bfloat16, torch.float32),
+             ("1x2048 bf16, gate raw +-1e4", [2048], 1.0, "huge", torch.bfloat16, torch.float32),
+             ("1x2048 bf16, gate N(0,1) + 5% raw 1e4", [2048], 1.0, "spiky", torch.bfloat16, torch.float32),
+             ("1x2048 bf16, bf16 state", [2048], 1.0, "normal", torch.bfloat16, torch.bfloat16),
+             ("varlen 1,63,65,700 fp32 inputs (exact path)", [1, 63, 65, 700], 1.0, "normal", torch.float32,
+              torch.float32)]
+    for name, lens, gs, regime, dt, sdt in cases:
+        N = len(lens)
+        T = sum(lens)
+        q, k, v, g, beta, A_log, dt_bias, pool = make(T, N + 2, gs, regime, dt, sdt)
+        cu = torch.tensor([0] + lens, device=DEV).cumsum(0).to(torch.int32)
+        slots = torch.arange(1, N + 1, device=DEV, dtype=torch.int32)
+        has = torch.ones(N, dtype=torch.bool, device=DEV)
+        o_ref, st_ref = truth_prefill(q, k, v, g, beta, A_log, dt_bias, pool, slots, has, cu)
+        st = pool.clone()
+        o = chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots, has, cu)
+        S_ours = torch.stack([st[s] for s in st_ref])
+        S_ref = torch.stack(list(st_ref.values()))
+        fin = torch.isfinite(o).all().item() and torch.isfinite(st).all().item()
+        row = f"| {name} | {rel(o, o_ref):.2e}{'' if fin else ' NONFINITE'} | {rel(S_ours, S_ref):.2e} |"
+        if vl is not None and dt == torch.bfloat16 and sdt == torch.float32:
+            s0 = pool[1:N + 1].clone().contiguous()
+            ov, sv = vllm_prefill_fn(vl, q, k, v, g, beta, A_log, dt_bias, s0, cu)()
+            fin = torch.isfinite(ov).all().item()
+            row += f" {rel(ov[0], o_ref):.2e}{'' if fin else ' NONFINITE'} | {rel(sv, S_ref):.2e} |"
+        else:
+            row += " - | - |"
+        say(row)
+    # decode and verify
+    for sdt in (torch.float32, torch.bfloat16):
+        n = 256
+        q, k, v, g, beta, A_log, dt_bias, pool = make(n, n + 1, state_dtype=sdt)
+        idx = torch.arange(1, n + 1, device=DEV, dtype=torch.int32)
+        o_ref, S_ref = truth_decode(q, k, v, g, beta, A_log, dt_bias, pool, idx)
+        st = pool.clone()
+        o = recurrent_kda_decode(q, k, v, g, beta, A_log, dt_bias, SCALE, st, idx)
+        row = f"| decode N=256, {str(sdt)[6:]} state | {rel(o, o_ref):.2e} | {rel(st[1:], S_ref):.2e} |"
+        if vl is not None and sdt == torch.float32:
+            st2 = pool.clone()
+            ov, _ = vllm_decode_fn(vl, q, k, v, g, beta, A_log, dt_bias, st2, idx)()
+            row += f" {rel(ov[0], o_ref):.2e} | {rel(st2[1:], S_ref):.2e} |"
+        else:
+            row += " - | - |"
+        say(row)
+    n, T = 64, 4
+    q, k, v, g, beta, A_log, dt_bias, pool = make(n * T, n * (T + 1) + 1)
+    init = torch.arange(1, n + 1, device=DEV, dtype=torch.int32)
+    idx = (n + 1 + torch.arange(n * T, device=DEV, dtype=torch.int32)).view(n, T)
+    st = pool.clone()
+    o = recurrent_kda_verify(q, k, v, g, beta, A_log, dt_bias, SCALE, st, init, idx)
+    ref = pool.clone()
+    errs = []
+    for j in range(T):
+        rows = torch.arange(n, device=DEV) * T + j
+        src = init if j == 0 else idx[:, j - 1]
+        oj, Sj = truth_decode(q[rows], k[rows], v[rows], g[rows], beta[rows], A_log, dt_bias, ref, src)
+        ref[idx[:, j].long()] = Sj.to(ref.dtype)
+        errs.append((rel(o[rows], oj), rel(st[idx[:, j].long()], Sj)))
+    say(f"| verify N=64 x T=4, fp32 state (worst token) | {max(e[0] for e in errs):.2e} | "
+        f"{max(e[1] for e in errs):.2e} | - | - |")
+    say()
+
+
+def prefill_flops(T):
+    """Nominal FLOPs of the chunked algorithm (dense 64x64 in-chunk products, per token and head)."""
+    C = 64
+    per = 2 * C * K * 2 + 2 * C * K + 2 * C * V + 3 * 2 * K * V + 2 * C * V
+    return T * H * per
+
+
+def prefill_bytes(T, N, state_bytes=4):
+    return T * H * (3 * K + V) * 2 + T * H * 4 + T * H * V * 2 + 2 * N * H * V * K * state_bytes
+
+
+PREFILL_CONFIGS = {
+    "default": {},
+    "intra_s2": dict(intra_stages=2),
+    "diag32w4": dict(BKD=32, diag_warps=4),
+    "BV64w8": dict(BV=64, inter_warps=8),
+    "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
+    "merge_tf32x3": dict(prec_m="tf32x3"),
+}
+
+
+def prefill_times(vl, copy_tbs, mm_tf, sweep):
+    say("## prefill, 32768 tokens, H=32, K=V=128, bf16, fp32 state slots (median ms)")
+    splits = [(1, 32768), (8, 4096), (64, 512), (256, 128)]
+    cfgs = PREFILL_CONFIGS if sweep else {"default": {}}
+    rows = []
+    for n, L in splits:
+        T = n * L
+        q, k, v, g, beta, A_log, dt_bias, pool = make(T, n + 1)
+        cu = torch.arange(0, T + 1, L, device=DEV, dtype=torch.int32)
+        slots = torch.arange(1, n + 1, device=DEV, dtype=torch.int32)
+        has = torch.ones(n, dtype=torch.bool, device=DEV)
+        res = {}
+        for name, cfg in cfgs.items():
+            st = pool.clone()
+            fn = lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots, has, cu,  # noqa: E731
+                                           _config=cfg)
+            res[name] = bench(fn)
+        st = pool.clone()
+        res["intra only"] = bench(lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots,
+                                                            has, cu, _config=dict(skip_inter=True)))
+        bst = pool.to(torch.bfloat16)
+        res["default, bf16 state"] = bench(lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, bst,
+                                                                     slots, has, cu))
+        vms = None
+        if vl is not None:
+            s0 = pool[1:].clone()
+            vms = bench(vllm_prefill_fn(vl, q, k, v, g, beta, A_log, dt_bias, s0, cu))
+        rows.append((n, L, res, vms))
+        say(f"{n}x{L}: vLLM {vms if vms is None else round(vms, 3)} ms | " +
+            " | ".join(f"{k_}: {v_:.3f}" for k_, v_ in res.items()))
+        del q, k, v, g, pool
+        torch.cuda.empty_cache()
+    say()
+    say("| split | vLLM 0.26 ms | ours ms | speed-up | ours TFLOP/s (nominal) | ours TB/s (min. bytes) | "
+        "ours bf16-state ms | parallel kernels alone ms | best setting in sweep |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for n, L, res, vms in rows:
+        T = n * L
+        ms = res["default"]
+        swept = {k_: v_ for k_, v_ in res.items() if k_ in PREFILL_CONFIGS}
+        bn = min(swept, key=swept.get)
+        say(f"| {n}x{L} | {'-' if vms is None else f'{vms:.3f}'} | {ms:.3f} | "
+            f"{'-' if vms is None else f'{vms / ms:.2f}x'} | {prefill_flops(T) / ms / 1e9:.1f} | "
+            f"{prefill_bytes(T, n) / ms / 1e9:.2f} | {res['default, bf16 state']:.3f} | {res['intra only']:.3f} | "
+            f"{bn} {swept[bn]:.3f} |")
+    say(f"(ceilings measured in this run: copy {copy_tbs:.2f} TB/s, bf16 matmul {mm_tf:.0f} TFLOP/s)")
+    say()
+
+
+def decode_times(vl, copy_tbs):
+    say("## decode, one token per sequence, H=32, K=V=128, bf16 activations (median ms)")
+    say("| N | state | vLLM 0.26 ms | ours ms | ours / vLLM time | ours TB/s | % of copy | best ours config |")
+    say("|---|---|---|---|---|---|---|---|")
+    vll = {}
+    for n in (64, 256, 1024, 4096):
+        for sdt in (torch.float32, torch.bfloat16):
+            q, k, v, g, beta, A_log, dt_bias, pool = make(n, n + 1, state_dtype=sdt)
+            idx = torch.arange(1, n + 1, device=DEV, dtype=torch.int32)
+            nbytes = 2 * n * H * V * K * pool.element_size()
+            best = None
+            opts = [(8, 1), (16, 1), (16, 2), (32, 2), (32, 4)] if sdt == torch.float32 else \
+                [(8, 1), (16, 1), (16, 2), (32, 2)]
+            for bv, nw in opts:
+                ms = bench(lambda: recurrent_kda_decode(q, k, v, g, beta, A_log, dt_bias, SCALE, pool, idx,  # noqa
+                                                        _bv=bv, _num_warps=nw), rep=300)
+                if best is None or ms < best[0]:
+                    best = (ms, bv, nw)
+            ms_def = bench(lambda: recurrent_kda_decode(q, k, v, g, beta, A_log, dt_bias, SCALE, pool, idx), rep=300)
+            vms = None
+            if vl is not None and sdt == torch.float32 and n * H <= 65535:
+                vms = bench(vllm_decode_fn(vl, q, k, v, g, beta, A_log, dt_bias, pool, idx), rep=300)
+                vll[n] = vms
+            base = vll.get(n)
+            say(f"| {n} | {str(sdt)[6:]} | {'-' if vms is None else f'{vms:.4f}'} | {ms_def:.4f} | "
+                f"{'-' if base is None else f'{ms_def / base:.3f}'} | {nbytes / ms_def / 1e9:.2f} | "
+                f"{100 * nbytes / ms_def / 1e9 / copy_tbs:.0f}% | best {best[0]:.4f} (BV={best[1]}, warps={best[2]}) |")
+            del q, k, v, g, pool
+            torch.cuda.empty_cache()
+    say("(ours / vLLM time for a bf16 state compares with vLLM's fp32-state decode)")
+    say()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="also time alternative launch settings for prefill")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: acc,prefill,decode")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    torch.manual_seed(0)
+    say(f"# bench_kda_kernels.py on {torch.cuda.get_device_name()}, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
+        f"torch {torch.__version__}, triton {triton.__version__}")
+    vl = load_vllm()
+    copy_tbs, mm_tf = ceilings()
+    say(f"ceilings: device-to-device copy {copy_tbs:.2f} TB/s (read + write), bf16 matmul 8192^3 {mm_tf:.0f} TFLOP/s")
+    say()
+    if "acc" not in skip:
+        accuracy(vl)
+    if "prefill" not in skip:
+        prefill_times(vl, copy_tbs, mm_tf, args.sweep)
+    if "decode" not in skip:
+        decode_times(vl, copy_tbs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The Triton KDA kernels (prefill, decode, verify) against the float64 torch math, on fresh random inputs.
+
+On a machine without CUDA these run under Triton's interpreter: set TRITON_INTERPRET=1 before Python
+starts (``TRITON_INTERPRET=1 pytest tests/kernels/test_kda_triton.py``). Shapes stay small (H=2,
+K=V=32 or 64, at most ~200 tokens) because the interpreter runs each program in Python. Inputs are
+fp32 here (the interpreter computes bf16 products wrongly); bf16 is checked on the GPU by
+``benchmarks/bench_kda_kernels.py``.
+"""
+
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA device and TRITON_INTERPRET=1 not set (set it before Python starts to run the "
+                "Triton kernels on the CPU)", allow_module_level=True)
+
+from kernels.kda.chunk import chunk_kda                                    # noqa: E402
+from kernels.kda.reference import kda_gate, l2_normalize, recurrent_kda    # noqa: E402
+from kernels.kda.triton_chunk import chunk_kda_prefill                     # noqa: E402
+from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+H = 2
+TOL = 2e-5          # fp32 kernels vs float64 truth, relative (norm of the difference / norm of the truth)
+
+
+def rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def gate_raw(shape, regime, gen):
+    """Gate pre-activations: mild ~N(0,1); strong ~N(2,3^2); 'huge' +-1e4 at random (log-decay -1e4*A or ~0
+    per step); 'spiky' mild values with 5% of +1e4 (a full reset now and then)."""
+    x = torch.randn(shape, generator=gen)
+    if regime == "mild":
+        return x
+    if regime == "strong":
+        return 2.0 + 3.0 * x
+    if regime == "huge":
+        return torch.where(torch.rand(shape, generator=gen) < 0.5, -1e4, 1e4)
+    if regime == "spiky":
+        return torch.where(torch.rand(shape, generator=gen) < 0.05, torch.full_like(x, 1e4), x)
+    raise ValueError(regime)
+
+
+def make_tokens(T, K, V, regime, gen):
+    q = torch.randn(T, H, K, generator=gen)
+    k = torch.randn(T, H, K, generator=gen)
+    v = torch.randn(T, H, V, generator=gen)
+    g = gate_raw((T, H, K), regime, gen)
+    beta = torch.rand(T, H, generator=gen)
+    return q, k, v, g, beta
+
+
+def make_params(K, gen):
+    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(1, 16, generator=gen))
+    dt_bias = torch.randn(H * K, generator=gen) * 0.5
+    return A_log, dt_bias
+
+
+def truth_sequence(q, k, v, g_raw, beta, A_log, dt_bias, scale, S0):
+    """fp64 chunked math for one sequence; S0 key-major [H, K, V] or None. Returns (o, S key-major)."""
+    d = torch.float64
+    g = kda_gate(g_raw.to(d), A_log.to(d), dt_bias.to(d))
+    return chunk_kda(l2_normalize(q.to(d)), l2_normalize(k.to(d)), v.to(d), g, beta.to(d), scale,
+                     None if S0 is None else S0.to(d))
+
+
+def dev(*xs):
+    return [x.to(DEV) for x in xs]
+
+
+PREFILL_CASES = [
+    # (lengths, has_initial_state, slots, regime, K)
+    ([1, 63, 64, 65, 130], [True, False, True, True, False], [1, 2, 0, 4, 6], "mild", 32),
+    ([64, 1, 129], [False, True, True], [5, 3, 1], "strong", 32),
+    ([130, 0, 63], [True, True, False], [2, 3, 4], "huge", 32),
+    ([100, 70], [True, True], [6, 1], "spiky", 32),
+    ([65, 2], [True, False], [3, 0], "mild", 64),
+    ([200], [True], [1], "strong", 64),
+]
+
+
+@pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
+def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K):
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
+    V, T, N = K, sum(lengths), len(lengths)
+    q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
+    A_log, dt_bias = make_params(K, gen)
+    scale = K ** -0.5
+    state0 = torch.randn(8, H, V, K, generator=gen) * 0.3          # [slots, H, V, K], V-major
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    state = state0.clone()
+    out = torch.full((T, H, V), float("nan"))
+    qd, kd, vd, gd, bd, Ad, dd, st, cud, outd = dev(q, k, v, g, beta, A_log, dt_bias, state, cu, out)
+    o = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, st,
+                          torch.tensor(slots, dtype=torch.int32, device=DEV),
+                          torch.tensor(has_init, device=DEV), cud, out=outd)
+    assert o.data_ptr() == outd.data_ptr()
+    o, st = o.cpu(), st.cpu()
+    assert not torch.isnan(o).any(), "some outputs were never written"
+
+    want_state = state0.clone().double()
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if slots[i] <= 0:
+            assert (o[s:e] == 0).all(), "a null-slot sequence must leave zero outputs"
+            continue
+        S0 = state0[slots[i]].transpose(-1, -2) if has_init[i] else None
+        o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, scale, S0)
+        if e > s:
+            assert rel(o[s:e], o_ref) < TOL, (i, rel(o[s:e], o_ref))
+        want_state[slots[i]] = S_ref.transpose(-1, -2)
+        assert rel(st[slots[i]], want_state[slots[i]]) < TOL, (i, rel(st[slots[i]], want_state[slots[i]]))
+    untouched = [j for j in range(8) if j not in [s for s in slots if s > 0]]
+    for j in untouched:
+        assert torch.equal(st[j], state0[j]), f"slot {j} must be left untouched"
+    assert torch.isfinite(st).all()
+
+
+def test_chunk_prefill_bf16_state_and_strided_inputs():
+    """bf16 state slots (read and written in bf16) and q/k/v as column views of one fused projection."""
+    gen = torch.Generator().manual_seed(7)
+    K = V = 32
+    lengths = [70, 5]
+    T = sum(lengths)
+    qkv = torch.randn(T, 3 * H * K, generator=gen)
+    q, k, v = (x.view(T, H, K) for x in qkv.split(H * K, dim=-1))
+    g = gate_raw((T, H, K), "mild", gen)
+    beta = torch.rand(T, H, generator=gen)
+    A_log, dt_bias = make_params(K, gen)
+    state0 = (torch.randn(4, H, V, K, generator=gen) * 0.3).bfloat16()
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    st = state0.clone().to(DEV)
+    o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
+                          torch.tensor([2, 3], dtype=torch.int32, device=DEV),
+                          torch.tensor([True, True], device=DEV), cu.to(DEV)).cpu()
+    st = st.cpu()
+    for i, (s, e, slot) in enumerate([(0, 70, 2), (70, 75, 3)]):
+        o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5,
+                                      state0[slot].float().transpose(-1, -2))
+        assert rel(o[s:e], o_ref) < TOL
+        assert rel(st[slot], S_ref.transpose(-1, -2)) < 8e-3        # bf16 storage of the state
+    assert torch.equal(st[0], state0[0]) and torch.equal(st[1], state0[1])
+
+
+def test_prefill_then_decode_equals_one_prefill():
+    """Prefill 66 tokens, decode 3 more one by one: same outputs and state as prefilling all 69."""
+    gen = torch.Generator().manual_seed(11)
+    K = V = 32
+    T = 69
+    q, k, v, g, beta = make_tokens(T, K, V, "strong", gen)
+    A_log, dt_bias = make_params(K, gen)
+    scale = K ** -0.5
+    pool = torch.randn(3, H, V, K, generator=gen).to(DEV)
+    slot = torch.tensor([2], dtype=torch.int32, device=DEV)
+    init = torch.tensor([False], device=DEV)
+    qd, kd, vd, gd, bd, Ad, dd = dev(q, k, v, g, beta, A_log, dt_bias)
+    o_all = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, pool.clone(), slot, init,
+                              torch.tensor([0, T], dtype=torch.int32, device=DEV)).cpu()
+    st = pool.clone()
+    o1 = chunk_kda_prefill(qd[:66], kd[:66], vd[:66], gd[:66], bd[:66], Ad, dd, scale, st, slot, init,
+                           torch.tensor([0, 66], dtype=torch.int32, device=DEV)).cpu()
+    outs = [o1]
+    for t in range(66, T):
+        outs.append(recurrent_kda_decode(qd[t:t + 1], kd[t:t + 1], vd[t:t + 1], gd[t:t + 1], bd[t:t + 1],
+                                         Ad, dd, scale, st, slot).cpu())
+    o_ref, S_ref = truth_sequence(q, k, v, g, beta, A_log, dt_bias, scale, None)
+    assert rel(torch.cat(outs), o_ref) < TOL
+    assert rel(o_all, o_ref) < TOL
+    assert rel(st[2].cpu(), S_ref.transpose(-1, -2)) < TOL
+
+
+def truth_step(q, k, v, g_raw, beta, A_log, dt_bias, scale, S):
+    """One fp64 recurrent step for a batch: q, k, g_raw [N, H, K]; S key-major [N, H, K, V]."""
+    d = torch.float64
+    outs, states = [], []
+    for i in range(q.shape[0]):
+        g = kda_gate(g_raw[i:i + 1].to(d), A_log.to(d), dt_bias.to(d))
+        o, Sn = recurrent_kda(l2_normalize(q[i:i + 1].to(d)), l2_normalize(k[i:i + 1].to(d)), v[i:i + 1].to(d),
+                              g, beta[i:i + 1].to(d), scale, S[i].to(d))
+        outs.append(o[0])
+        states.append(Sn)
+    return torch.stack(outs), torch.stack(states)
+
+
+@pytest.mark.parametrize("regime,K,state_dtype", [("mild", 32, torch.float32), ("huge", 32, torch.float32),
+                                                  ("strong", 64, torch.float32), ("mild", 64, torch.bfloat16)])
+def test_decode_matches_fp64(regime, K, state_dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((regime, K, state_dtype)).encode()))
+    V, N = K, 7
+    q, k, v, g, beta = make_tokens(N, K, V, regime, gen)
+    A_log, dt_bias = make_params(K, gen)
+    scale = K ** -0.5
+    state0 = (torch.randn(9, H, V, K, generator=gen) * 0.3).to(state_dtype)
+    slots = torch.tensor([3, 0, 1, 8, 5, 0, 2], dtype=torch.int32)
+    has_init = torch.tensor([True, True, False, True, True, False, True])
+    st = state0.clone().to(DEV)
+    out = torch.full((N, H, V), float("nan"), device=DEV)
+    o = recurrent_kda_decode(*dev(q, k, v, g, beta, A_log, dt_bias), scale, st, slots.to(DEV),
+                             has_initial_state=has_init.to(DEV), out=out).cpu()
+    st = st.cpu()
+    S = state0.float()[slots.clamp(min=0).long()].transpose(-1, -2) * has_init.float()[:, None, None, None]
+    o_ref, S_ref = truth_step(q, k, v, g, beta, A_log, dt_bias, scale, S)
+    valid = slots > 0
+    tol_s = TOL if state_dtype == torch.float32 else 8e-3
+    tol_o = TOL if state_dtype == torch.float32 else 8e-3
+    assert not torch.isnan(o).any()
+    assert (o[~valid] == 0).all()
+    assert rel(o[valid], o_ref[valid]) < tol_o
+    assert rel(st[slots[valid].long()], S_ref[valid].transpose(-1, -2)) < tol_s
+    for j in (0, 4, 6, 7):                                           # null slot and unused slots
+        assert torch.equal(st[j], state0[j])
+
+
+def test_decode_without_init_flags_reads_every_slot():
+    gen = torch.Generator().manual_seed(3)
+    K = V = 32
+    N = 3
+    q, k, v, g, beta = make_tokens(N, K, V, "mild", gen)
+    A_log, dt_bias = make_params(K, gen)
+    state0 = torch.randn(4, H, V, K, generator=gen) * 0.3
+    slots = torch.tensor([1, 2, 3], dtype=torch.int32)
+    st = state0.clone().to(DEV)
+    o = recurrent_kda_decode(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st, slots.to(DEV)).cpu()
+    o_ref, S_ref = truth_step(q, k, v, g, beta, A_log, dt_bias, K ** -0.5, state0[1:].transpose(-1, -2))
+    assert rel(o, o_ref) < TOL and rel(st[1:].cpu(), S_ref.transpose(-1, -2)) < TOL
+
+
+def test_verify_keeps_every_state():
+    gen = torch.Generator().manual_seed(5)
+    K = V = 32
+    N, T = 3, 4
+    q, k, v, g, beta = make_tokens(N * T, K, V, "strong", gen)
+    A_log, dt_bias = make_params(K, gen)
+    scale = K ** -0.5
+    state0 = torch.randn(16, H, V, K, generator=gen) * 0.3
+    initial = torch.tensor([1, 0, 9], dtype=torch.int32)
+    idx = torch.tensor([[2, 3, 4, 5], [6, 7, 8, 15], [10, 0, 11, 9]], dtype=torch.int32)
+    st = state0.clone().to(DEV)
+    out = torch.full((N * T, H, V), float("nan"), device=DEV)
+    o = recurrent_kda_verify(*dev(q, k, v, g, beta, A_log, dt_bias), scale, st, initial.to(DEV), idx.to(DEV),
+                             out=out).cpu()
+    st = st.cpu()
+    assert not torch.isnan(o).any()
+    assert (o[T:2 * T] == 0).all()
+    for n in (0, 2):
+        S = state0[initial[n]].transpose(-1, -2).double()
+        for j in range(T):
+            t = n * T + j
+            o_ref, S = truth_step(q[t:t + 1], k[t:t + 1], v[t:t + 1], g[t:t + 1], beta[t:t + 1], A_log, dt_bias,
+                                  scale, S[None])
+            S = S[0]
+            assert rel(o[t], o_ref[0]) < TOL
+            if idx[n, j] > 0:
+                assert rel(st[idx[n, j]], S.transpose(-1, -2)) < TOL
+    for j in (0, 1, 6, 7, 8, 12, 13, 14, 15):                         # null, sequence 1's slots, unused
+        assert torch.equal(st[j], state0[j])
+
+
+def test_chunk_prefill_fast_path_storage():
+    """The bf16-input settings (bf16 W/QG/KG, fp16 2^G k, tf32 products) on fp32 inputs: same data flow as on
+    the GPU's fast path, so only bf16 rounding of the stored intermediates separates it from the truth."""
+    from kernels.kda.triton_chunk import _FAST
+    gen = torch.Generator().manual_seed(13)
+    K = V = 32
+    lengths = [65, 30]
+    T = sum(lengths)
+    q, k, v, g, beta = make_tokens(T, K, V, "strong", gen)
+    A_log, dt_bias = make_params(K, gen)
+    state0 = torch.randn(3, H, V, K, generator=gen) * 0.3
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    st = state0.clone().to(DEV)
+    cfg = dict(_FAST, ws_dtype=torch.bfloat16)
+    o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
+                          torch.tensor([1, 2], dtype=torch.int32, device=DEV),
+                          torch.tensor([True, False], device=DEV), cu.to(DEV), _config=cfg).cpu()
+    st = st.cpu()
+    for i, (s, e) in enumerate([(0, 65), (65, 95)]):
+        S0 = state0[1].transpose(-1, -2) if i == 0 else None
+        o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, S0)
+        assert rel(o[s:e], o_ref) < 1e-2, rel(o[s:e], o_ref)             # bf16 intermediates: ~3e-3 expected
+        assert rel(st[i + 1], S_ref.transpose(-1, -2)) < 1e-2
