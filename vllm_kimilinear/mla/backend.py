@@ -81,7 +81,7 @@ class KimiMLAImpl:
             out[:nd_tok] = o.reshape(nd_tok, -1).to(out.dtype)
         if md.num_prefills > 0:
             sl = slice(nd, nd + md.num_prefills)
-            if q.is_cuda:
+            if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):      # FlashAttention has no fp32
                 from vllm_kimilinear.mla.prefill import prefill_flash
 
                 o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
