@@ -62,3 +62,15 @@ def test_register_refuses_wrong_installed_vllm(monkeypatch):
     monkeypatch.setattr(plugin, "_registered_pid", None)
     with pytest.raises(RuntimeError, match="vLLM 0.33.0 is installed"):
         plugin.register()
+
+
+def test_foreign_kernels_package_is_refused(monkeypatch):
+    """PyPI's unrelated `kernels` shadowing ours must fail loudly, naming the fix."""
+    import sys
+    import types
+
+    from vllm_kimilinear.kernels_check import check_kernels_package
+
+    monkeypatch.setitem(sys.modules, "kernels", types.ModuleType("kernels"))
+    with pytest.raises(ImportError, match=r"not vllm-kimilinear.s kernels package .*\(pip uninstall kernels\)"):
+        check_kernels_package()

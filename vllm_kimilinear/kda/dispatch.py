@@ -16,7 +16,9 @@ from kernels.kda.reference import kda_gate
 
 @functools.cache
 def triton_kda_available() -> bool:
-    if os.environ.get("VLLM_KIMILINEAR_KDA", "").lower() == "torch" or not torch.cuda.is_available():
+    """Whether the Triton KDA kernels may be used (callers check the tensors are on CUDA; this asks no
+    CUDA question, so vLLM's front-end process can call it before it forks)."""
+    if os.environ.get("VLLM_KIMILINEAR_KDA", "").lower() == "torch":
         return False
     try:
         import kernels.kda.triton_chunk  # noqa: F401
