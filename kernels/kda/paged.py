@@ -19,24 +19,35 @@ from kernels.kda.reference import l2_normalize
 def short_conv_prefill(x, weight, conv_state, state_indices, has_initial_state, cu_seqlens):
     """Causal depthwise conv + SiLU over varlen sequences, continuing from and updating conv_state.
 
-    x: [T, D]; weight: [D, W]. Returns [T, D] in x's dtype.
+    x: [T, D]; weight: [D, W]. Returns [T, D] in x's dtype. One conv over an extended buffer in which each
+    sequence's W-1 state rows stand in front of its tokens; no loop over sequences, no host sync. Rows of
+    null-slot sequences come out zero; their "new state" lands in the null slot 0, which is never read.
+    Computes in float32 or wider on a CPU, in x's dtype (fp32 accumulation) on a GPU.
     """
+    T, D = x.shape
     W = weight.shape[-1]
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    out = torch.zeros_like(x)
-    bounds = cu_seqlens.tolist()
-    for i, slot in enumerate(state_indices.tolist()):
-        if slot <= 0:
-            continue
-        start, end = bounds[i], bounds[i + 1]
-        prev = conv_state[slot].to(dtype)
-        if not bool(has_initial_state[i]):
-            prev = torch.zeros_like(prev)
-        xx = torch.cat([prev, x[start:end].to(dtype).t()], dim=1)              # [D, W-1+L]
-        y = F.conv1d(xx[None], weight.to(dtype)[:, None, :], groups=weight.shape[0])[0]
-        out[start:end] = F.silu(y).t().to(x.dtype)
-        conv_state[slot] = xx[:, xx.shape[1] - (W - 1):].to(conv_state.dtype)
-    return out
+    P = W - 1
+    N = state_indices.shape[0]
+    dev = x.device
+    low = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    dtype = x.dtype if low else torch.promote_types(x.dtype, torch.float32)
+    valid = state_indices > 0
+    slots = state_indices.clamp(min=0).long()
+    cu = cu_seqlens.long()
+    seq = torch.searchsorted(cu[1:], torch.arange(T, device=dev), right=True)   # sequence of each token
+    shift = torch.arange(N, device=dev) * P
+    prev = conv_state.index_select(0, slots).to(dtype) * (has_initial_state & valid).to(dtype)[:, None, None]
+    ext = torch.empty(T + N * P, D, dtype=dtype, device=dev)
+    lanes = torch.arange(P, device=dev)
+    ext[((cu[:-1] + shift)[:, None] + lanes).reshape(-1)] = prev.transpose(1, 2).reshape(-1, D)
+    pos = torch.arange(T, device=dev) + (seq + 1) * P                              # each token's row in ext
+    ext[pos] = x.to(dtype)
+    full = F.conv1d(ext.t()[None], weight.to(dtype)[:, None, :], groups=D)[0]     # full[:, j] = sum_w w * ext[j+w]
+    y = F.silu(full[:, pos - P].t())
+    y = y * valid[seq].to(dtype)[:, None]
+    tail = ((cu[1:] + shift + P)[:, None] - P + lanes).reshape(-1)                 # last W-1 rows per sequence
+    conv_state.index_copy_(0, slots, ext[tail].view(N, P, D).transpose(1, 2).to(conv_state.dtype))
+    return y.to(x.dtype)
 
 
 def short_conv_decode(x, weight, conv_state, state_indices, has_initial_state):

@@ -16,16 +16,17 @@ from kernels.mla.fp8 import dequantize_latent, quantize_latent
 
 
 def write_latent_cache(kv_cache, slot_mapping, kv_c, k_pe, k_scale=None):
-    """Store new tokens' [c | k_pe] rows at ``slot_mapping`` (slots < 0 are padding and skipped).
+    """Store new tokens' [c | k_pe] rows at ``slot_mapping``.
 
-    A uint8 cache is an fp8 (e4m3) cache: rows are stored as saturate(row / k_scale).
+    Padding tokens (slot < 0) are written to row 0, which belongs to vLLM's null block 0 and is never read:
+    no mask, so no data-dependent shapes or host sync (CUDA-graph safe). A uint8 cache is an fp8 (e4m3)
+    cache: rows are stored as saturate(row / k_scale).
     """
     flat = kv_cache.view(-1, kv_cache.shape[-1])
-    keep = slot_mapping >= 0
     rows = torch.cat([kv_c, k_pe], dim=-1)
     if flat.dtype == torch.uint8:
         rows = quantize_latent(rows, 1.0 if k_scale is None else k_scale).view(torch.uint8)
-    flat.index_copy_(0, slot_mapping[keep].long(), rows[keep].to(flat.dtype))
+    flat.index_copy_(0, slot_mapping.clamp(min=0).long(), rows.to(flat.dtype))
 
 
 def rows_as_float(rows, dtype, k_scale=None):

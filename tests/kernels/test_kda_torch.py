@@ -133,3 +133,26 @@ def test_decode_without_initial_state_ignores_stale_slot():
     x, w = torch.randn(1, 6, dtype=D64), torch.randn(6, 4, dtype=D64)
     y = paged.short_conv_decode(x, w, conv, torch.tensor([1]), torch.tensor([False]))
     assert torch.allclose(y, torch.nn.functional.silu(x * w[:, -1]), rtol=1e-12, atol=0)
+
+
+def test_short_conv_prefill_varlen_with_states_and_null_slot():
+    """Several sequences in one call: each continues from its own state (or zeros), null slots untouched."""
+    D, W = 10, 4
+    g = torch.Generator().manual_seed(5)
+    lens, slots = [1, 7, 2, 30, 3], [4, 2, 0, 1, 3]
+    has_init = [True, False, True, True, False]
+    x = torch.randn(sum(lens), D, generator=g, dtype=D64)
+    w = torch.randn(D, W, generator=g, dtype=D64)
+    state = torch.randn(5, D, W - 1, generator=g, dtype=D64)
+    before = state.clone()
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
+    y = paged.short_conv_prefill(x, w, state, torch.tensor(slots), torch.tensor(has_init), cu)
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if slots[i] == 0:
+            assert (y[s:e] == 0).all()
+            continue
+        prev = before[slots[i]] if has_init[i] else torch.zeros(D, W - 1, dtype=D64)
+        xx = torch.cat([prev, x[s:e].t()], dim=1)
+        want = torch.nn.functional.silu(torch.nn.functional.conv1d(xx[None], w[:, None, :], groups=D)[0].t())
+        assert torch.allclose(y[s:e], want, rtol=1e-12, atol=1e-12)
+        assert torch.equal(state[slots[i]], xx[:, -(W - 1):])
