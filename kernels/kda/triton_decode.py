@@ -32,6 +32,15 @@ def _token_inputs(q_ptr, k_ptr, g_ptr, v_ptr, beta_ptr, dtb_ptr, t, h, kc, vc,
 
 
 @triton.jit
+def _delta_step(S, qv, kv, decay, vv, b, scale):
+    """One KDA step on a [BV, K] value-major state tile: decay, delta-rule update, read out (fp32)."""
+    S = S * decay[None, :]
+    d = b * (vv - tl.sum(S * kv[None, :], axis=1))
+    S = S + d[:, None] * kv[None, :]
+    return S, tl.sum(S * qv[None, :], axis=1) * scale
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr, state_ptr, slot_ptr, init_ptr, o_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ot, s_oh, s_ss, s_sh, s_sv,
@@ -61,10 +70,7 @@ def _decode_kernel(
     qv, kv, decay, vv, b = _token_inputs(q_ptr, k_ptr, g_ptr, v_ptr, beta_ptr, dtb_ptr, n, h, kc, vc,
                                          s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, s_vt, s_vh, s_bt, s_bh,
                                          neg_a, K)
-    S = S * decay[None, :]
-    d = b * (vv - tl.sum(S * kv[None, :], axis=1))
-    S = S + d[:, None] * kv[None, :]
-    o = tl.sum(S * qv[None, :], axis=1) * scale
+    S, o = _delta_step(S, qv, kv, decay, vv, b, scale)
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
     tl.store(o_ptr + o_off, o.to(o_ptr.dtype.element_ty))
 
@@ -97,10 +103,7 @@ def _verify_kernel(
         qv, kv, decay, vv, b = _token_inputs(q_ptr, k_ptr, g_ptr, v_ptr, beta_ptr, dtb_ptr, t, h, kc, vc,
                                              s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, s_vt, s_vh, s_bt, s_bh,
                                              neg_a, K)
-        S = S * decay[None, :]
-        d = b * (vv - tl.sum(S * kv[None, :], axis=1))
-        S = S + d[:, None] * kv[None, :]
-        o = tl.sum(S * qv[None, :], axis=1) * scale
+        S, o = _delta_step(S, qv, kv, decay, vv, b, scale)
         tl.store(o_ptr + t.to(tl.int64) * s_ot + h * s_oh + vc, o.to(o_ptr.dtype.element_ty))
         dst = tl.load(idx_ptr + n * s_in + j * s_ij)
         if dst > 0:
