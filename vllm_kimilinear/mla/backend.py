@@ -50,8 +50,9 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
 
 
 class KimiMLAImpl:
-    """The attention math on the paged cache: cache writes and prefills through ``kernels.mla.paged``
-    (torch, expanded form); decodes through the Triton kernel on CUDA, the torch absorbed form elsewhere."""
+    """The attention math on the paged cache. Cache writes: ``kernels.mla.paged``. Decodes (absorbed form):
+    the Triton kernel on CUDA, torch elsewhere. Prefills (expanded form): vLLM's FlashAttention varlen on
+    CUDA in bf16/fp16, torch otherwise (CPU, float32)."""
 
     def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float):
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
