@@ -99,8 +99,6 @@ def expected_checkpoint_names(config) -> list[str]:
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     if not getattr(config, "tie_word_embeddings", False):
         names.append("lm_head.weight")
-    first_dense = getattr(config, "first_k_dense_replace", 0)
-    freq = getattr(config, "moe_layer_freq", 1)
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
         names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight",
@@ -113,7 +111,7 @@ def expected_checkpoint_names(config) -> list[str]:
         else:
             names += [p + f"self_attn.{n}" for n in (
                 "q_proj.weight", "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight")]
-        if is_moe_layer(config, i, first_dense, freq):
+        if is_moe_layer(config, i):
             m = p + "block_sparse_moe."
             names += [m + "gate.weight", m + "gate.e_score_correction_bias"]
             for e in range(config.num_experts):
@@ -125,9 +123,9 @@ def expected_checkpoint_names(config) -> list[str]:
     return names
 
 
-def is_moe_layer(config, layer_idx: int, first_dense: int | None = None, freq: int | None = None) -> bool:
+def is_moe_layer(config, layer_idx: int) -> bool:
+    """Layer ``layer_idx`` (0-based) has routed experts: past the first dense layers, every moe_layer_freq-th."""
     if not getattr(config, "num_experts", None):
         return False
-    first_dense = getattr(config, "first_k_dense_replace", 0) if first_dense is None else first_dense
-    freq = getattr(config, "moe_layer_freq", 1) if freq is None else freq
-    return layer_idx >= first_dense and layer_idx % freq == 0
+    return (layer_idx >= getattr(config, "first_k_dense_replace", 0)
+            and layer_idx % getattr(config, "moe_layer_freq", 1) == 0)

@@ -10,7 +10,11 @@ import json
 import math
 import os
 
+from types import SimpleNamespace
+
 import torch
+
+from vllm_kimilinear.config import is_moe_layer
 
 CORPUS = [
     "Kimi Linear mixes delta attention layers with latent attention layers.",
@@ -85,7 +89,7 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
             t[a + "kv_a_layernorm.weight"] = 1 + 0.1 * torch.randn(C, generator=g)
             t[a + "kv_b_proj.weight"] = lin(Hm * (P + V), C)
             t[a + "o_proj.weight"] = lin(h, Hm * V)
-        if cfg["num_experts"] and i >= cfg["first_k_dense_replace"] and i % cfg["moe_layer_freq"] == 0:
+        if is_moe_layer(SimpleNamespace(**cfg), i):
             m = p + "block_sparse_moe."
             t[m + "gate.weight"] = lin(cfg["num_experts"], h, 2.0)
             t[m + "gate.e_score_correction_bias"] = 0.3 * torch.randn(cfg["num_experts"], generator=g)

@@ -32,6 +32,15 @@ def _token_inputs(q_ptr, k_ptr, g_ptr, v_ptr, beta_ptr, dtb_ptr, t, h, kc, vc,
 
 
 @triton.jit
+def _program_tile(H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
+    """This program's sequence n, head h, value rows vc and key columns kc (1-D grid over N*H*(V/BV))."""
+    pid = tl.program_id(0)
+    NV: tl.constexpr = V // BV
+    nh = pid // NV
+    return nh // H, nh % H, (pid % NV) * BV + tl.arange(0, BV), tl.arange(0, K)
+
+
+@triton.jit
 def _delta_step(S, qv, kv, decay, vv, b, scale):
     """One KDA step on a [BV, K] value-major state tile: decay, delta-rule update, read out (fp32)."""
     S = S * decay[None, :]
@@ -46,14 +55,7 @@ def _decode_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ot, s_oh, s_ss, s_sh, s_sv,
     scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    NV: tl.constexpr = V // BV
-    vb = pid % NV
-    nh = pid // NV
-    n = nh // H
-    h = nh % H
-    vc = vb * BV + tl.arange(0, BV)
-    kc = tl.arange(0, K)
+    n, h, vc, kc = _program_tile(H, K, V, BV)
     slot = tl.load(slot_ptr + n)
     o_off = n.to(tl.int64) * s_ot + h * s_oh + vc
     if slot <= 0:
@@ -81,14 +83,7 @@ def _verify_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ot, s_oh, s_ss, s_sh, s_sv,
     s_in, s_ij, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    NV: tl.constexpr = V // BV
-    vb = pid % NV
-    nh = pid // NV
-    n = nh // H
-    h = nh % H
-    vc = vb * BV + tl.arange(0, BV)
-    kc = tl.arange(0, K)
+    n, h, vc, kc = _program_tile(H, K, V, BV)
     slot = tl.load(init_slot_ptr + n)
     if slot <= 0:
         for j in range(0, T):

@@ -48,6 +48,17 @@ def gather_rows(kv_cache, block_table, seq_lens, max_len: int):
     return flat[rows.clamp(min=0)], valid
 
 
+def expand_latents(rows, W, P: int):
+    """Float cache rows [S, L+R] -> per-head keys [S, H, P+R] = [W_UK c | k_pe] and values [S, H, V] = W_UV c.
+
+    W: kv_b_proj as [H, P + V, L], in the rows' dtype.
+    """
+    H, L = W.shape[0], W.shape[-1]
+    kv = torch.einsum("tl,hdl->thd", rows[:, :L], W)                        # [S, H, P+V]
+    k = torch.cat([kv[..., :P], rows[:, None, L:].expand(-1, H, -1)], dim=-1)
+    return k, kv[..., P:]
+
+
 def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale: float, max_len: int,
                     k_scale=None):
     """One query token per sequence. q_nope: [N, H, P]; q_pe: [N, H, R]. Returns [N, H, V] (float32+)."""
@@ -69,8 +80,8 @@ def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale:
 def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float, k_scale=None):
     """Causal attention of each sequence's new tokens over its whole cached prefix (itself included).
 
-    q: [T, H, P+R] for the new tokens, sequences packed in order; seq_lens: total lengths (context + new);
-    seq_lens / query_lens: total and new tokens per sequence (python ints). Returns [T, H, V] (float32+).
+    q: [T, H, P+R] for the new tokens, sequences packed in order; seq_lens / query_lens: total (context + new)
+    and new tokens per sequence (python ints). Returns [T, H, V] (float32+).
     """
     H = q.shape[1]
     L = W_kvb.shape[-1]
@@ -84,11 +95,7 @@ def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scal
         total = int(seq_lens[i])
         lens = torch.full((1,), total, device=kv_cache.device)
         rows, _ = gather_rows(kv_cache, block_table[i:i + 1], lens, total)
-        rows = rows_as_float(rows[0], dtype, k_scale)
-        c, kpe = rows[:, :L], rows[:, L:]
-        kv = torch.einsum("tl,hdl->thd", c, W)                              # [S, H, P+V]
-        k = torch.cat([kv[..., :P], kpe[:, None, :].expand(-1, H, -1)], dim=-1)
-        v = kv[..., P:]
+        k, v = expand_latents(rows_as_float(rows[0], dtype, k_scale), W, P)
         qi = q[start:start + qlen].to(dtype)
         s = torch.einsum("qhd,khd->hqk", qi, k) * scale
         q_pos = torch.arange(total - qlen, total, device=q.device)

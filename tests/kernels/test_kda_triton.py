@@ -88,7 +88,7 @@ PREFILL_CASES = [
 @pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
 def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
-    V, T, N = K, sum(lengths), len(lengths)
+    V, T = K, sum(lengths)
     q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
     A_log, dt_bias = make_params(K, gen)
     scale = K ** -0.5
