@@ -22,6 +22,28 @@ QUICK = [("prefill 8x8192 -> 16", 8, 8192, 16), ("decode 64x256 -> 256", 64, 256
          ("mixed 32x2048 -> 128", 32, 2048, 128)]
 
 
+def kv_report(model) -> dict:
+    """What vLLM allocated for the MLA layers (latent rows) and KDA layers, read from the layers' own caches."""
+    import torch
+    mla, kda = [], []
+    for name, mod in model.named_modules():
+        kv = getattr(mod, "kv_cache", None)
+        if isinstance(kv, (list, tuple)) and len(kv) == 1:
+            kv = kv[0]
+        if isinstance(kv, torch.Tensor) and kv.numel() > 0 and kv.dim() == 3:
+            mla.append((name, list(kv.shape), str(kv.dtype), kv.element_size()))
+        elif isinstance(kv, (list, tuple)) and len(kv) == 2 and all(isinstance(t, torch.Tensor) for t in kv):
+            kda.append(sum(t.numel() * t.element_size() for t in kv))
+    if not mla:
+        return {"mla_layers": 0, "kda_layers": len(kda)}
+    _, shape, dtype, esize = mla[0]
+    tokens = shape[0] * shape[1]
+    per_tok = shape[2] * esize
+    return {"mla_layers": len(mla), "kda_layers": len(kda), "mla_cache_shape": shape, "mla_cache_dtype": dtype,
+            "block_size": shape[1], "capacity_tokens": tokens, "bytes_per_token_per_mla_layer": per_tok,
+            "gib_1m_tokens_7_mla_layers": round(7 * per_tok * 1048576 / 2**30, 3)}
+
+
 def worker(args) -> None:
     sys.path.insert(0, HERE)
     from kimi_config import kimi_config
@@ -40,6 +62,7 @@ def worker(args) -> None:
               gpu_memory_utilization=0.88, max_num_seqs=128, max_num_batched_tokens=16384)
     cls = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")[0]
     print("RESULT " + json.dumps({"load_s": round(time.time() - t0, 1), "model_class": cls}), flush=True)
+    print("RESULT " + json.dumps({"kv": llm.apply_model(kv_report)[0]}), flush=True)
     rng = random.Random(0)
 
     def prompts(n, plen):

@@ -11,6 +11,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# The fp64 reference runs first on CPU threads; a forked engine core then hangs in its first parallel fill
+# (seen on the H100: stuck in a pinned torch.zeros). Spawned engine processes start clean.
+os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
 
 def main() -> int:

@@ -65,7 +65,7 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     return e, is_r
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
@@ -114,7 +114,7 @@ def _merge_level(X, N, rr, cc, S: tl.constexpr, PREC: tl.constexpr):
     return X - tl.dot(p, X, input_precision=PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _chunk_intra_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
     cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,

@@ -77,7 +77,7 @@ def _decode_kernel(
     tl.store(o_ptr + o_off, o.to(o_ptr.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_in", "T"])
 def _verify_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr, state_ptr, init_slot_ptr, idx_ptr, o_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ot, s_oh, s_ss, s_sh, s_sv,

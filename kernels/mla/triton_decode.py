@@ -21,7 +21,7 @@ MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partial
 MAX_SPLITS = 256
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
 def _mla_decode_split(
     q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, seq_lens_ptr, k_scale_ptr,
     acc_ptr, ml_ptr, o_ptr, lse_ptr,
@@ -102,7 +102,7 @@ def _mla_decode_split(
         tl.store(ml + 1, l_sum, mask=h_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
 def _mla_decode_combine(
     acc_ptr, ml_ptr, o_ptr, lse_ptr, num_splits,
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
