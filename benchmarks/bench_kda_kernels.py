@@ -23,7 +23,7 @@ from kernels.kda.reference import kda_gate, l2_normalize                      # 
 from kernels.kda.triton_chunk import chunk_kda_prefill                        # noqa: E402
 from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
 
-DEV = "cuda"
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 H, K, V = 32, 128, 128
 SCALE = K ** -0.5
 LINES = []

@@ -1,8 +1,9 @@
-"""Where the KDA prefill's time goes: per-kernel CUDA times of ours and of vLLM 0.26's chunk pipeline.
+"""Where the KDA prefill's time goes, and which prefill design to keep: ours vs vLLM 0.26's chunk pipeline.
 
-Runs each side a few times under torch.profiler on 32768 tokens (H=32, K=V=128, bf16, fp32 state slots)
-and prints, per CUDA kernel name, the mean time per call of the whole prefill. With --configs it also
-times our prefill under alternative launch settings (median of do_bench).
+On 32768 tokens (H=32, K=V=128, bf16, fp32 state slots) it prints, per CUDA kernel name, the mean time per
+prefill call (torch.profiler) for vLLM and for our default; with --configs, for each of our designs and
+launch settings: relative error of o and of the final state against float64 on a 1x2048 case (gate N(0,1)),
+and the do_bench median at each split.
 
     python benchmarks/profile_kda_prefill.py [--splits 1x32768,64x512] [--configs]
 """
@@ -19,18 +20,22 @@ from triton.testing import do_bench
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from bench_kda_kernels import DEV, SCALE, load_vllm, make, vllm_prefill_fn   # noqa: E402
+from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, vllm_prefill_fn   # noqa: E402
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 
 CONFIGS = {
-    "intra warps 8": dict(intra_warps=8),
-    "intra stages 1": dict(intra_stages=1),
-    "BK 32": dict(BK=32),
-    "BKD 32, diag warps 4": dict(BKD=32, diag_warps=4),
-    "inter BV 16": dict(BV=16),
-    "inter BV 64, warps 8": dict(BV=64, inter_warps=8),
-    "inter stages 3": dict(inter_stages=3),
-    "BVI 64": dict(BVI=64),
+    "default (diag kernel + 2 levels; columns-first sequential)": {},
+    "levels: all pairs on tensor cores, no diag kernel": dict(pairs="levels"),
+    "levels, BK 32": dict(pairs="levels", BK=32),
+    "levels, intra 8 warps": dict(pairs="levels", intra_warps=8),
+    "levels + rows-first sequential": dict(pairs="levels", inter_rows_first=True),
+    "levels + rows-first, bf16 state products": dict(pairs="levels", inter_rows_first=True, inter_dot="bf16"),
+    "levels + rows-first, all bf16 products": dict(pairs="levels", inter_rows_first=True, inter_dot="bf16",
+                                                   inter_av="bf16"),
+    "levels + rows-first bf16, BV 64 8 warps": dict(pairs="levels", inter_rows_first=True, inter_dot="bf16",
+                                                    BV=64, inter_warps=8),
+    "levels + rows-first bf16, BV 16": dict(pairs="levels", inter_rows_first=True, inter_dot="bf16", BV=16),
+    "columns-first, bf16 state products": dict(inter_dot="bf16"),
 }
 
 
@@ -48,14 +53,28 @@ def kernel_table(fn, reps=5):
     return sorted(((ms / reps, name) for name, ms in tot.items()), reverse=True)
 
 
+def accuracy(cfg):
+    """Relative errors (o, final state) against float64 on one 2048-token sequence, gate N(0,1)."""
+    q, k, v, g, beta, A_log, dt_bias, pool = make(2048, 2)
+    cu = torch.tensor([0, 2048], device=DEV, dtype=torch.int32)
+    slots = torch.tensor([1], device=DEV, dtype=torch.int32)
+    init = torch.ones(1, dtype=torch.bool, device=DEV)
+    o_ref, st_ref = truth_prefill(q, k, v, g, beta, A_log, dt_bias, pool, slots, init, cu)
+    st = pool.clone()
+    o = chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots, init, cu, _config=cfg)
+    return rel(o, o_ref), rel(st[1], st_ref[1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--splits", default="1x32768,64x512")
     ap.add_argument("--configs", action="store_true")
     args = ap.parse_args()
     vl = load_vllm()
-    print(f"GPU: {torch.cuda.get_device_name()}")
-    for split in args.splits.split(","):
+    print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
+    splits = args.splits.split(",")
+    times = {}
+    for split in splits:
         n, length = map(int, split.split("x"))
         T = n * length
         q, k, v, g, beta, A_log, dt_bias, pool = make(T, n + 1)
@@ -67,25 +86,49 @@ def main():
         def ours(cfg=None):
             return lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, pool, slots, init, cu,
                                              _config=cfg)
-        sides = [("ours", ours())]
+        sides = [("ours default", ours()), ("ours levels + rows-first", ours(dict(pairs="levels",
+                                                                                  inter_rows_first=True)))]
         if vl is not None:
-            sides.append(("vLLM", vllm_prefill_fn(vl, q, k, v, g, beta, A_log.view(-1), dt_bias, s0,
-                                                   cu.long())))
+            sides.append(("vLLM", vllm_prefill_fn(vl, q, k, v, g, beta, A_log.view(-1), dt_bias, s0, cu.long())))
         for side, fn in sides:
-            rows = kernel_table(fn)
+            try:
+                rows = kernel_table(fn)
+            except Exception as e:       # noqa: BLE001
+                print(f"\n## {split} {side}: failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            ms_total = do_bench(fn, warmup=20, rep=100, return_mode="median")
+            times[(split, side)] = ms_total
             print(f"\n## {split} {side}: {sum(ms for ms, _ in rows):.3f} ms of kernels per call "
-                  f"(do_bench median {do_bench(fn, warmup=20, rep=100, return_mode='median'):.3f} ms)")
+                  f"(do_bench median {ms_total:.3f} ms)", flush=True)
             for ms, name in rows:
                 print(f"  {ms:8.3f} ms  {name}")
         if args.configs:
-            print(f"\n## {split} ours, launch settings (do_bench median ms)")
-            for label, cfg in [("default", None)] + list(CONFIGS.items()):
+            for label, cfg in CONFIGS.items():
                 try:
-                    ms = do_bench(ours(cfg), warmup=20, rep=100, return_mode="median")
-                    skip = do_bench(ours(dict(cfg or {}, skip_inter=True)), warmup=20, rep=100, return_mode="median")
-                    print(f"  {label:28s} {ms:8.3f} ms (parallel kernels alone {skip:.3f})", flush=True)
+                    times[(split, label)] = do_bench(ours(cfg), warmup=20, rep=100, return_mode="median")
                 except Exception as e:       # noqa: BLE001
-                    print(f"  {label:28s} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                    times[(split, label)] = f"failed: {type(e).__name__}: {str(e)[:100]}"
+        del q, k, v, g, pool
+        torch.cuda.empty_cache()
+    if args.configs:
+        vl_ms = {sp: times.get((sp, "vLLM")) for sp in splits}
+        print("\n| design / setting | o rel. err (1x2048) | state rel. err | " +
+              " | ".join(f"{sp} ms (vLLM / ours)" for sp in splits) + " |")
+        print("|---|---|---|" + "---|" * len(splits))
+        for label, cfg in CONFIGS.items():
+            try:
+                eo, es = accuracy(cfg)
+                acc = f"{eo:.2e} | {es:.2e}"
+            except Exception as e:       # noqa: BLE001
+                acc = f"failed: {type(e).__name__} | -"
+            cells = []
+            for sp in splits:
+                t = times.get((sp, label))
+                if isinstance(t, float):
+                    cells.append(f"{t:.3f}" + (f" ({vl_ms[sp] / t:.2f}x)" if vl_ms[sp] else ""))
+                else:
+                    cells.append(str(t))
+            print(f"| {label} | {acc} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

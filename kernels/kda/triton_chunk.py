@@ -65,6 +65,24 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     return e, is_r
 
 
+@triton.jit
+def _level_pairs(G, qs, ks, rows, rr, cc, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """The level-S pairs of one column slice, exact for any gate: row r in the upper half of a 2S-block, column
+    c in its lower half, through the reference row p = last row of the lower half (gathered from G):
+    sum_d k_r 2^(G_r - G_p) * k_c 2^(G_p - G_c) (and q_r for the second), both exponents <= 0. Returns the two
+    [BT, BT] products, zero outside this level's positions."""
+    p = (rows // (2 * S)) * (2 * S) + S - 1
+    Gp = tl.gather(G, tl.broadcast_to(p[:, None], (BT, BK)), axis=0)
+    is_r = (rows % (2 * S)) >= S
+    e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
+    colf = tl.where(is_r[:, None], 0.0, ks * e)
+    ke = tl.where(is_r[:, None], ks * e, 0.0)
+    qe = tl.where(is_r[:, None], qs * e, 0.0)
+    m = ((rr // (2 * S)) == (cc // (2 * S))) & ((rr % (2 * S)) >= S) & ((cc % (2 * S)) < S)
+    return (tl.where(m, tl.dot(ke, tl.trans(colf), input_precision=PREC), 0.0),
+            tl.where(m, tl.dot(qe, tl.trans(colf), input_precision=PREC), 0.0))
+
+
 @triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
@@ -124,6 +142,7 @@ def _chunk_intra_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BVI: tl.constexpr,
     PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+    ALL_LEVELS: tl.constexpr, LOG_BT: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -152,8 +171,10 @@ def _chunk_intra_kernel(
     ssq_k = tl.zeros([BT], dtype=tl.float32)
     a_kk = tl.zeros([BT, BT], dtype=tl.float32)                # level 32: rows 32..63 x columns 0..31
     a_qk = tl.zeros([BT, BT], dtype=tl.float32)
-    b_kk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)   # level 16, inside each 32-token half
-    b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
+    qk_diag = tl.zeros([BT], dtype=tl.float32)                 # q_r . k_r (ALL_LEVELS only)
+    if not ALL_LEVELS:
+        b_kk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)   # level 16, inside each 32-token half
+        b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
     for k0 in range(0, K, BK):
         cols = k0 + tl.arange(0, BK)
         qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h,
@@ -168,37 +189,46 @@ def _chunk_intra_kernel(
         tl.store(kg_ptr + off, (ks * tl.exp2((g_last[None, :] - G).to(tl.float32))).to(wsd))
         tl.store(ek_ptr + off, (ks * eg).to(ek_ptr.dtype.element_ty))
         tl.store(gl_ptr + base * K + cols, tl.exp2(g_last.to(tl.float32)))
-        # off-diagonal sub-blocks through reference rows: level 32, then level 16
-        e, is_r = _level_factor(G, rows, 32, BT, BK)
-        colf = tl.where(is_r[:, None], 0.0, ks * e)
-        ke = tl.where(is_r[:, None], ks * e, 0.0)
-        qe = tl.where(is_r[:, None], qs * e, 0.0)
-        a_kk += tl.dot(ke, tl.trans(colf), input_precision=PREC_A)
-        a_qk += tl.dot(qe, tl.trans(colf), input_precision=PREC_A)
-        e, is_r = _level_factor(G, rows, 16, BT, BK)
-        colf = tl.where(is_r[:, None], 0.0, ks * e)
-        ke = tl.where(is_r[:, None], ks * e, 0.0)
-        qe = tl.where(is_r[:, None], qs * e, 0.0)
-        colf = tl.trans(tl.reshape(colf, (2, BT // 2, BK)), (0, 2, 1))
-        b_kk += tl.dot(tl.reshape(ke, (2, BT // 2, BK)), colf, input_precision=PREC_A)
-        b_qk += tl.dot(tl.reshape(qe, (2, BT // 2, BK)), colf, input_precision=PREC_A)
+        if ALL_LEVELS:                                         # every pair through reference rows
+            qk_diag += tl.sum(qs * ks, axis=1)
+            for lv in tl.static_range(LOG_BT):
+                d_kk, d_qk = _level_pairs(G, qs, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
+                a_kk += d_kk
+                a_qk += d_qk
+        else:
+            # off-diagonal sub-blocks through reference rows: level 32, then level 16
+            e, is_r = _level_factor(G, rows, 32, BT, BK)
+            colf = tl.where(is_r[:, None], 0.0, ks * e)
+            ke = tl.where(is_r[:, None], ks * e, 0.0)
+            qe = tl.where(is_r[:, None], qs * e, 0.0)
+            a_kk += tl.dot(ke, tl.trans(colf), input_precision=PREC_A)
+            a_qk += tl.dot(qe, tl.trans(colf), input_precision=PREC_A)
+            e, is_r = _level_factor(G, rows, 16, BT, BK)
+            colf = tl.where(is_r[:, None], 0.0, ks * e)
+            ke = tl.where(is_r[:, None], ks * e, 0.0)
+            qe = tl.where(is_r[:, None], qs * e, 0.0)
+            colf = tl.trans(tl.reshape(colf, (2, BT // 2, BK)), (0, 2, 1))
+            b_kk += tl.dot(tl.reshape(ke, (2, BT // 2, BK)), colf, input_precision=PREC_A)
+            b_qk += tl.dot(tl.reshape(qe, (2, BT // 2, BK)), colf, input_precision=PREC_A)
 
     rq = tl.rsqrt(ssq_q + 1e-6)
     rk = tl.rsqrt(ssq_k + 1e-6)
     tl.store(rn_ptr + base * 2 * BT + rows, rq)
     tl.store(rn_ptr + base * 2 * BT + BT + rows, rk)
-    # assemble the dense 64x64 matrices: level 32 + level 16 halves + diagonal blocks
-    hi = tl.arange(0, 2)
-    same2 = hi[:, None, None, None] == hi[None, None, :, None]
-    bi = tl.arange(0, NC)
-    same4 = bi[:, None, None, None] == bi[None, None, :, None]
-    a_kk += tl.reshape(tl.where(same2, b_kk[:, :, None, :], 0.0), (BT, BT))
-    a_qk += tl.reshape(tl.where(same2, b_qk[:, :, None, :], 0.0), (BT, BT))
-    dd = dd_ptr + base * 2 * BT * BC + rr * BC + tl.arange(0, BC)[None, :]   # diagonal blocks (diag kernel)
-    d_kk = tl.reshape(tl.load(dd), (NC, BC, BC))
-    d_qk = tl.reshape(tl.load(dd + BT * BC), (NC, BC, BC))
-    a_kk += tl.reshape(tl.where(same4, d_kk[:, :, None, :], 0.0), (BT, BT))
-    a_qk += tl.reshape(tl.where(same4, d_qk[:, :, None, :], 0.0), (BT, BT))
+    if ALL_LEVELS:                                             # the diagonal: q_r . k_r (factor 1)
+        a_qk += tl.where(rr == cc, qk_diag[:, None], 0.0)
+    else:                                  # assemble level 32 + level 16 halves + diagonal blocks (diag kernel)
+        hi = tl.arange(0, 2)
+        same2 = hi[:, None, None, None] == hi[None, None, :, None]
+        bi = tl.arange(0, NC)
+        same4 = bi[:, None, None, None] == bi[None, None, :, None]
+        a_kk += tl.reshape(tl.where(same2, b_kk[:, :, None, :], 0.0), (BT, BT))
+        a_qk += tl.reshape(tl.where(same2, b_qk[:, :, None, :], 0.0), (BT, BT))
+        dd = dd_ptr + base * 2 * BT * BC + rr * BC + tl.arange(0, BC)[None, :]   # diagonal blocks (diag kernel)
+        d_kk = tl.reshape(tl.load(dd), (NC, BC, BC))
+        d_qk = tl.reshape(tl.load(dd + BT * BC), (NC, BC, BC))
+        a_kk += tl.reshape(tl.where(same4, d_kk[:, :, None, :], 0.0), (BT, BT))
+        a_qk += tl.reshape(tl.where(same4, d_qk[:, :, None, :], 0.0), (BT, BT))
     aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
     tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
     # N = diag(beta) A (strictly lower), normalised; L = I + N
@@ -234,7 +264,7 @@ def _chunk_inter_kernel(
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
     s_ot, s_oh, s_ss, s_sh, s_sv,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    DOT_DT: tl.constexpr, PREC: tl.constexpr,
+    DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, ROWS_FIRST: tl.constexpr,
 ):
     n = tl.program_id(0)
     h = tl.program_id(1)
@@ -267,17 +297,29 @@ def _chunk_inter_kernel(
         qg = tl.load(qg_ptr + wk).to(DOT_DT)
         kg = tl.load(kg_ptr + wk).to(DOT_DT)
         u = tl.load(u_ptr + base * BT * V + rows[:, None] * V + vc[None, :]).to(tl.float32)
-        aqk = tl.load(aqk_ptr + base * BT * BT + rows[:, None] * BT + rows[None, :]).to(DOT_DT)
+        aqk = tl.load(aqk_ptr + base * BT * BT + rows[:, None] * BT + rows[None, :])
         gl = tl.load(gl_ptr + base * K + kc)
         rq = tl.load(rn_ptr + base * 2 * BT + rows)
         rk = tl.load(rn_ptr + base * 2 * BT + BT + rows)
-        st = tl.trans(S.to(DOT_DT))                                           # [K, BV]
-        v_new = u - tl.dot(w, st, input_precision=PREC)
-        o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + tl.dot(aqk, v_new.to(DOT_DT), input_precision=PREC)
-        tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
-                 mask=(tok < eos)[:, None])
-        vk = (v_new * rk[:, None]).to(DOT_DT)                                 # KG holds raw k: fold its norm here
-        S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
+        if ROWS_FIRST:
+            # value rows first: every product has the register-resident operand (state, v_new^T) on the left
+            # and a loaded one on the right, the operand placement Hopper's tensor cores take directly
+            sd = S.to(DOT_DT)
+            vt = tl.trans(u) - tl.dot(sd, tl.trans(w), input_precision=PREC)              # v_new^T [BV, BT]
+            ot = rq[None, :] * tl.dot(sd, tl.trans(qg), input_precision=PREC) + \
+                tl.dot(vt.to(AV_DT), tl.trans(aqk.to(AV_DT)), input_precision=PREC)
+            tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
+                     mask=(tok < eos)[None, :])
+            S = S * gl[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kg, input_precision=PREC)
+        else:
+            st = tl.trans(S.to(DOT_DT))                                           # [K, BV]
+            v_new = u - tl.dot(w, st, input_precision=PREC)
+            o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
+                tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
+            tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
+                     mask=(tok < eos)[:, None])
+            vk = (v_new * rk[:, None]).to(DOT_DT)                             # KG holds raw k: fold its norm here
+            S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
@@ -288,12 +330,12 @@ def _as_heads(x, H, D):
 
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
-_FAST = dict(BK=16, BKD=16, diag_warps=2, BVI=32, BV=32, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(pairs="diag", BK=16, BKD=16, diag_warps=2, BVI=32, BV=32, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
-             inter_dot="fp32", inter_prec="tf32", intra_warps=4, intra_stages=3, inter_warps=4, inter_stages=2)
-_EXACT = dict(BK=16, BKD=16, diag_warps=2, BVI=32, BV=32, ws_dtype=torch.float32, ek_dtype=torch.float32,
-              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
-              inter_dot="fp32", inter_prec="ieee", intra_warps=4, intra_stages=3, inter_warps=4, inter_stages=2)
+             inter_dot="fp32", inter_av="fp32", inter_rows_first=False, inter_prec="tf32",
+             intra_warps=4, intra_stages=3, inter_warps=4, inter_stages=2)
+_EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
+              inter_prec="ieee")
 
 
 def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_state, state_indices,
@@ -320,6 +362,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     cfg = dict(_EXACT if q.dtype == torch.float32 else _FAST)
     if _config:
         cfg.update(_config)
+    assert cfg["pairs"] in ("diag", "levels"), f"pairs must be 'diag' or 'levels', not {cfg['pairs']!r}"
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
     q, k, g_raw = _as_heads(q, H, K), _as_heads(k, H, K), _as_heads(g_raw, H, K)
@@ -346,15 +389,18 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     gl = torch.empty(nchb, H, K, dtype=torch.float32, device=dev)
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
     rn = torch.empty(nchb, H, 2, BT, dtype=torch.float32, device=dev)         # 1/|q|, 1/|k| per token
-    dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
+    # diagonal 16x16 blocks (the "diag" design only)
+    dd = rn if cfg["pairs"] == "levels" else torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)
     slots = state_indices.to(torch.int32)
     a_log = A_log.reshape(-1).to(torch.float32)
     dtb = dt_bias.reshape(-1).to(torch.float32)
 
-    _chunk_diag_kernel[(nchb * (BT // BC), H)](
-        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, BKD=min(cfg["BKD"], K), num_warps=cfg["diag_warps"])
+    all_levels = cfg["pairs"] == "levels"
+    if not all_levels:
+        _chunk_diag_kernel[(nchb * (BT // BC), H)](
+            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+            H=H, K=K, BT=BT, BC=BC, BKD=min(cfg["BKD"], K), num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,
@@ -362,17 +408,20 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
         PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+        ALL_LEVELS=all_levels, LOG_BT=BT.bit_length() - 1,
         num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
-    # The sequential kernel multiplies in fp32 (tf32 on the fast path). Its bf16-operand variant gave wrong
-    # outputs on an H100 (Triton 3.6; rel. error 0.87, state still right; not root-caused), so it is not offered.
-    assert cfg["inter_dot"] == "fp32"
-    dot_dt = tl.float32
+    # The sequential kernel multiplies in fp32 (tf32 on the fast path) by default. bf16 operands ("inter_dot" for
+    # the products with the state, "inter_av" for Aqk v_new) are offered for benchmarking only: with the
+    # columns-first formulation they gave wrong outputs on an H100 (Triton 3.6; rel. error 0.87, state still
+    # right; not root-caused); the rows-first formulation ("inter_rows_first") is not yet measured on a GPU.
+    dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
-        H=H, K=K, V=V, BT=BT, BV=bv, DOT_DT=dot_dt, PREC=cfg["inter_prec"],
+        H=H, K=K, V=V, BT=BT, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
+        PREC=cfg["inter_prec"], ROWS_FIRST=cfg["inter_rows_first"],
         num_warps=cfg["inter_warps"], num_stages=cfg["inter_stages"])
     return o

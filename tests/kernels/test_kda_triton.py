@@ -85,8 +85,13 @@ PREFILL_CASES = [
 ]
 
 
+# (pairs, inter_rows_first): the two ways of forming the in-chunk pairs x the two sequential formulations
+DESIGNS = [("diag", False), ("levels", False), ("levels", True)]
+
+
+@pytest.mark.parametrize("pairs,rows_first", DESIGNS)
 @pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
-def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K):
+def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, rows_first):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
     V, T = K, sum(lengths)
     q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
@@ -99,7 +104,8 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K):
     qd, kd, vd, gd, bd, Ad, dd, st, cud, outd = dev(q, k, v, g, beta, A_log, dt_bias, state, cu, out)
     o = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, st,
                           torch.tensor(slots, dtype=torch.int32, device=DEV),
-                          torch.tensor(has_init, device=DEV), cud, out=outd)
+                          torch.tensor(has_init, device=DEV), cud, out=outd,
+                          _config={"pairs": pairs, "inter_rows_first": rows_first})
     assert o.data_ptr() == outd.data_ptr()
     o, st = o.cpu(), st.cpu()
     assert not torch.isnan(o).any(), "some outputs were never written"
