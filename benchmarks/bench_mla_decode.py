@@ -404,6 +404,8 @@ def main():
                     if args.no_sweep or time.time() - T0 > args.budget_s:
                         break
                     sweep_rows.append(sweep(Case(dt, cache, B, ctx, BS, gen)))
+                    real = cache.view(cache.shape[0] * BS // BS_REAL, BS_REAL, L + R)
+                    sweep_rows.append(sweep(Case(dt, real, B, ctx, BS_REAL, gen)))
     except DeviceBroken as e:
         log(f"STOPPED: the CUDA context is unusable after {e}; rerun with --kernels leaving that one out "
             f"(choices: {','.join(names)})")
@@ -419,7 +421,7 @@ def main():
     if sweep_rows:
         log("")
         log("our launch configurations: default vs fastest of the sweep (eager median us; config = "
-            "block_h/block_n/warps/stages/splits; every config's time is in the log above)")
+            "block_h/block_n/warps/stages/splits/prefetch; every config's time is in the log above)")
         table(("cache", "batch", "ctx", "default_cfg", "default_us", "best_cfg", "best_us", "best_GB/s", "gain"),
               sweep_rows)
     log(f"total {time.time() - T0:.0f}s")
@@ -490,16 +492,19 @@ def sweep(case):
     d = default_config(H, L)
     bh0 = d["block_h"]
     s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, _num_sms(case.cache.device))
-    cfgs = [(bh0, d["block_n"], d["num_warps"], d["num_stages"], s0), (bh0, 32, 8, 2, s0), (bh0, 32, 8, 3, s0), (bh0, 16, 8, 2, s0), (bh0, 64, 8, 2, s0),
-            (bh0, 16, 4, 3, s0), (16, 32, 8, 2, s0), (16, 32, 4, 2, s0),
-            (bh0, 32, 8, 2, max(1, s0 // 2)), (bh0, 32, 8, 2, min(256, 2 * s0))]
+    # (block_h, block_n, warps, stages, splits, prefetch); prefetch "-" = the kernel's default for the case
+    dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-")
+    cfgs = [dflt, (bh0, 32, 8, 3, s0, "-"), (bh0, 32, 8, 4, s0, "-"), (bh0, 16, 8, 3, s0, "-"),
+            (bh0, 16, 8, 4, s0, "-"), (bh0, 32, 8, 2, s0, False), (bh0, 32, 8, 2, s0, True),
+            (bh0, 16, 8, 2, s0, True), (bh0, 16, 4, 2, s0, True), (bh0, 64, 8, 2, s0, "-"), (16, 32, 8, 3, s0, "-"),
+            (bh0, 32, 8, 3, max(1, s0 // 2), "-"), (bh0, 32, 8, 3, min(256, 2 * s0), "-")]
     res = []
     for cfg in dict.fromkeys(cfgs):
-        bh, bn, nw, ns, sp = cfg
+        bh, bn, nw, ns, sp, pf = cfg
         try:
             fn = lambda: mla_decode(case.q_lat, case.q_pe, case.cache, case.block_table, case.seq_lens,  # noqa
                                     SCALE, sp, case.k_scale, block_h=bh, block_n=bn, num_warps=nw,
-                                    num_stages=ns)[0]
+                                    num_stages=ns, prefetch=None if pf == "-" else pf)[0]
             fn()
             res.append((cfg, do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3))
         except Exception as e:
@@ -508,10 +513,10 @@ def sweep(case):
             if is_sticky(e):
                 raise DeviceBroken(f"ours {cfg}: {short(e)}") from e
     name = lambda c: "/".join(str(x) for x in c)  # noqa
-    log(f"  sweep {case.dtype} {case.B}x{case.ctx}: " + "; ".join(f"{name(c)}: {us:.1f}" for c, us in res))
+    log(f"  sweep {case.dtype} {case.B}x{case.ctx} block {case.bs}: " + "; ".join(f"{name(c)}: {us:.1f}" for c, us in res))
     (c0, us0), (cb, usb) = res[0], min(res, key=lambda r: r[1])
     gbs = f"{case.bytes / (usb * 1e-6) / 1e9:.0f}" if math.isfinite(usb) else "n/a"
-    return (case.dtype, case.B, case.ctx, name(c0), f"{us0:.1f}", name(cb), f"{usb:.1f}", gbs,
+    return (case.dtype, case.B, f"{case.ctx} (block {case.bs})", name(c0), f"{us0:.1f}", name(cb), f"{usb:.1f}", gbs,
             f"{us0 / usb:.2f}x" if math.isfinite(usb) and math.isfinite(us0) else "n/a")
 
 

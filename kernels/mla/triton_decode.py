@@ -10,6 +10,12 @@ positions); it streams that run's rows once for all its heads, keeping a running
 accumulator (fp32), and writes them as a partial. Stage 2 merges the splits of each (sequence, head).
 With one split, stage 1 writes the final result and stage 2 is skipped. An fp8 (e4m3) cache holds
 ``value / k_scale``; the kernel reads the raw fp8 values and applies k_scale to the scores and output.
+
+Reading the cache: with pages of at least PAGE_LOOP_MIN_TILES tiles (vLLM gives this model ~1888-token
+blocks), a split walks its pages one by one, with one block-table load per page. The tile loads of the
+inner loop then depend on no load of that loop, and Triton multi-buffers them. Small pages use a flat loop
+with a lookup per position. fp8 tiles and flat-loop tiles are prefetched one tile ahead into registers
+instead, because Triton's pipelining covers neither.
 """
 
 import torch
@@ -19,6 +25,48 @@ import triton.language as tl
 LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned back by * ln 2
 MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
+PAGE_LOOP_MIN_TILES = 4        # pages of at least this many tiles take the page-by-page loop
+PROGRAMS_PER_SM = 4            # one program fits an SM at the default launch: about four waves
+
+
+@triton.jit
+def _load_tile(row, t_ok, offs_l, offs_r, l_ok, r_ok, L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr,
+               BLOCK_R: tl.constexpr):
+    """The latent part c and the position part k_pe of the cached rows at ``row`` (masked rows read as 0)."""
+    if BLOCK_L == L:
+        c = tl.load(row[:, None] + offs_l[None, :], mask=t_ok[:, None], other=0.0)
+    else:
+        c = tl.load(row[:, None] + offs_l[None, :], mask=t_ok[:, None] & l_ok[None, :], other=0.0)
+    if BLOCK_R == R:
+        kpe = tl.load(row[:, None] + L + offs_r[None, :], mask=t_ok[:, None], other=0.0)
+    else:
+        kpe = tl.load(row[:, None] + L + offs_r[None, :], mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+    return c, kpe
+
+
+@triton.jit
+def _row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE: tl.constexpr):
+    """Addresses of the cached rows of positions ``tok`` (one block-table lookup each; past ``end``: block 0)."""
+    page = tl.load(bt_row + tok // BLOCK_SIZE, mask=tok < end, other=0).to(tl.int64)
+    return kv_ptr + page * s_kv_blk + (tok % BLOCK_SIZE).to(tl.int64) * s_kv_row
+
+
+@triton.jit
+def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.constexpr):
+    """Fold one tile of cached rows (c, kpe; ``t_ok``: which rows are real) into the running softmax state
+    (m, l_sum in log2 units; acc unnormalised)."""
+    c = c.to(q.dtype)
+    kpe = kpe.to(q.dtype)
+    s = tl.dot(q, tl.trans(c), input_precision=DOT_PRECISION)
+    s = tl.dot(qp, tl.trans(kpe), acc=s, input_precision=DOT_PRECISION)
+    s = tl.where(t_ok[None, :], s * score_mul, float("-inf"))
+
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_sum = l_sum * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(c.dtype), c, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return m_new, l_sum, acc
 
 
 @triton.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
@@ -30,7 +78,8 @@ def _mla_decode_split(
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
     L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr, PAGE_LOOP: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     hg = tl.program_id(1)
@@ -65,26 +114,52 @@ def _mla_decode_split(
     acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
 
     bt_row = bt_ptr + n * s_bt_n
-    for t0 in range(start, end, BLOCK_N):
-        tok = t0 + tl.arange(0, BLOCK_N)
-        t_ok = tok < end
-        page = tl.load(bt_row + tok // BLOCK_SIZE, mask=t_ok, other=0).to(tl.int64)
-        row = kv_ptr + page * s_kv_blk + (tok % BLOCK_SIZE).to(tl.int64) * s_kv_row
-        c = tl.load(row[:, None] + offs_l[None, :], mask=t_ok[:, None] & l_ok[None, :], other=0.0)
-        kpe = tl.load(row[:, None] + L + offs_r[None, :], mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-        c = c.to(q.dtype)
-        kpe = kpe.to(q.dtype)
-
-        s = tl.dot(q, tl.trans(c), input_precision=DOT_PRECISION)
-        s = tl.dot(qp, tl.trans(kpe), acc=s, input_precision=DOT_PRECISION)
-        s = tl.where(t_ok[None, :], s * score_mul, float("-inf"))
-
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(c.dtype), c, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m = m_new
+    if PAGE_LOOP:
+        # Page by page: one block-table load per page, then an inner loop over the page's tiles whose loads
+        # depend on no other load in that loop, so Triton multi-buffers them (an in-loop page lookup leaves a
+        # single buffer: the pipeliner gives the indirect load the first stage and the data only one).
+        for pg in range(start // BLOCK_SIZE, tl.cdiv(end, BLOCK_SIZE)):
+            page_base = kv_ptr + tl.load(bt_row + pg).to(tl.int64) * s_kv_blk
+            p0 = pg * BLOCK_SIZE
+            hi = tl.minimum(end, p0 + BLOCK_SIZE)
+            first = tl.maximum(start, p0)
+            if PREFETCH:     # the next tile's loads are issued before this tile's products (registers)
+                tok = first + tl.arange(0, BLOCK_N)
+                c_nx, kpe_nx = _load_tile(page_base + (tok - p0).to(tl.int64) * s_kv_row, tok < hi, offs_l, offs_r,
+                                          l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+                for t0 in range(first, hi, BLOCK_N):
+                    c, kpe = c_nx, kpe_nx
+                    nxt = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+                    c_nx, kpe_nx = _load_tile(page_base + (nxt - p0).to(tl.int64) * s_kv_row, nxt < hi, offs_l,
+                                              offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+                    tok = t0 + tl.arange(0, BLOCK_N)
+                    m, l_sum, acc = _attend(q, qp, c, kpe, tok < hi, m, l_sum, acc, score_mul, DOT_PRECISION)
+            else:
+                for t0 in range(first, hi, BLOCK_N):
+                    tok = t0 + tl.arange(0, BLOCK_N)
+                    t_ok = tok < hi
+                    c, kpe = _load_tile(page_base + (tok - p0).to(tl.int64) * s_kv_row, t_ok, offs_l, offs_r,
+                                        l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+                    m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION)
+    else:                    # small pages: one flat loop, a block-table lookup per position
+        if PREFETCH:
+            tok = start + tl.arange(0, BLOCK_N)
+            c_nx, kpe_nx = _load_tile(_row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
+                                      tok < end, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+            for t0 in range(start, end, BLOCK_N):
+                c, kpe = c_nx, kpe_nx
+                nxt = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+                c_nx, kpe_nx = _load_tile(_row_addresses(kv_ptr, bt_row, nxt, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
+                                          nxt < end, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+                tok = t0 + tl.arange(0, BLOCK_N)
+                m, l_sum, acc = _attend(q, qp, c, kpe, tok < end, m, l_sum, acc, score_mul, DOT_PRECISION)
+        else:
+            for t0 in range(start, end, BLOCK_N):
+                tok = t0 + tl.arange(0, BLOCK_N)
+                t_ok = tok < end
+                c, kpe = _load_tile(_row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
+                                    t_ok, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+                m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION)
 
     acc = acc * k_scale
     if DIRECT:
@@ -149,10 +224,11 @@ def _num_sms(device: torch.device) -> int:
 
 
 def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
-    """Splits per sequence from host-known values: about two programs per SM, >= 256 positions a split."""
+    """Splits per sequence from host-known values: about PROGRAMS_PER_SM programs per SM (several waves, so
+    that the last, partly filled wave costs little), >= MIN_TOKENS_PER_SPLIT positions a split."""
     if max_seq_len <= 0:
         return 1
-    want = -(-2 * num_sms // max(1, batch * num_head_groups))
+    want = -(-PROGRAMS_PER_SM * num_sms // max(1, batch * num_head_groups))
     cap = max(1, max_seq_len // MIN_TOKENS_PER_SPLIT)
     return max(1, min(want, cap, MAX_SPLITS))
 
@@ -163,16 +239,18 @@ def default_block_h(num_heads: int) -> int:
 
 
 def default_config(num_heads: int, L: int) -> dict:
-    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages."""
+    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages. Three stages give
+    the page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`); not yet tuned on a
+    GPU against other settings."""
     big = L >= 256
     return dict(block_h=default_block_h(num_heads), block_n=32 if big else 16, num_warps=8 if big else 4,
-                num_stages=2)
+                num_stages=3)
 
 
 def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int | None = None,
                k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
-               num_warps: int | None = None, num_stages: int | None = None):
+               num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -184,7 +262,11 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     without it, the block table's width x block_size). Nothing here syncs with the device.
     Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
-    block_h / block_n / num_warps / num_stages override the launch configuration (for tuning).
+    block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
+    (default: fp8 caches, and pages too small for the page-by-page loop) loads the next tile into registers
+    before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
+    multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
+    come from a block-table load in the same loop.
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -242,6 +324,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         ml_strides = (ml.stride(0), ml.stride(1))
 
     precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
+    page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n
     _mla_decode_split[(N, head_groups, num_splits)](
         q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg,
         acc, ml, out, lse,
@@ -251,7 +334,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
         L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
-        IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision,
+        IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
+        PREFETCH=(is_fp8 or not page_loop) if prefetch is None else prefetch,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:

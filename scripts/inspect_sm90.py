@@ -1,0 +1,116 @@
+"""Compile the project's Triton kernels for an H100 (sm_90a) without a GPU and report what ptxas made of them.
+
+For each kernel variant: registers per thread, spill bytes, shared memory, and counts of the instructions
+that matter here (wgmma / mma.sync tensor-core products, cp.async and TMA bulk copies, local-memory
+traffic). A development aid for choosing designs between GPU sessions; numbers are static, not timings.
+
+    python scripts/inspect_sm90.py [mla|kda-prefill|kda-decode ...]
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_kernel(fn, ptrs, const, floats=(), div16=(), **options):
+    """AOT-compile ``fn``: pointer args typed by ``ptrs``, constexprs by ``const``, the rest i32 (or fp32)."""
+    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a in floats else "i32") for a in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)
+             if a in fn.arg_names}
+    return triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=TARGET, options=options)
+
+
+def report(label, k):
+    ptx = k.asm["ptx"]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", path, "-o", os.path.join(d, "k.o")], capture_output=True,
+                           text=True)
+    info = r.stderr
+    regs = re.search(r"Used (\d+) registers", info)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
+    counts = {name: len(re.findall(pat, ptx)) for name, pat in [
+        ("wgmma", r"wgmma\.mma_async"), ("mma.sync", r"\bmma\.sync"), ("cp.async", r"cp\.async\.c"),
+        ("tma", r"cp\.async\.bulk"), ("ld.local", r"ld\.local"), ("ld.global", r"ld\.global"),
+        ("f64 ops", r"\.f64\b")]}
+    print(f"{label:60s} regs {regs.group(1) if regs else '?':>4}  spill st/ld "
+          f"{spill.group(1) + '/' + spill.group(2) if spill else '?':>9}  smem {k.metadata.shared:>6}  " +
+          "  ".join(f"{n} {c}" for n, c in counts.items()), flush=True)
+
+
+def mla():
+    from kernels.mla.triton_decode import _mla_decode_split
+    ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32",
+                k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
+    div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_o_n", "s_o_h", "num_heads")
+    for kv in ("bf16", "fp8e4nv"):
+        for bn, nw, ns, page_loop, prefetch in [(32, 8, 2, False, False), (32, 8, 2, False, True),
+                                                (32, 8, 3, True, False), (32, 8, 4, True, False),
+                                                (16, 8, 4, True, False), (32, 8, 2, True, True),
+                                                (16, 8, 2, True, True)]:
+            const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888 if page_loop else 64, BLOCK_H=32,
+                         BLOCK_N=bn, IS_FP8=kv != "bf16", DIRECT=False, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
+                         PREFETCH=prefetch)
+            k = compile_kernel(_mla_decode_split, dict(ptrs, kv_ptr="*" + kv), const, floats=("qk_scale_log2",),
+                               div16=div16, num_warps=nw, num_stages=ns)
+            report(f"mla {kv} block_n {bn} warps {nw} stages {ns} page_loop {page_loop} prefetch {prefetch}", k)
+
+
+def kda_prefill():
+    from kernels.kda.triton_chunk import BC, BT, _chunk_diag_kernel, _chunk_inter_kernel, _chunk_intra_kernel
+    bf, f32 = "*bf16", "*fp32"
+    div16 = ("s_qt", "s_qh", "s_kt", "s_kh", "s_vt", "s_vh", "s_gt", "s_gh", "s_ot", "s_oh", "s_ss", "s_sh", "s_sv")
+    ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
+                slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
+                kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
+                state_ptr=f32, init_ptr="*i1")
+    k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, BKD=16), div16=div16, num_warps=2)
+    report("kda diag kernel (BKD 16, 2 warps)", k)
+    for levels in (False, True):
+        for bk, nw in [(16, 4), (32, 4), (32, 8)]:
+            const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32",
+                         PREC_O="tf32", ALL_LEVELS=levels, LOG_BT=BT.bit_length() - 1)
+            k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
+                               num_stages=3)
+            report(f"kda intra {'all levels' if levels else 'diag + 2 levels'} BK {bk} warps {nw}", k)
+    import triton.language as tl
+    for rows_first in (False, True):
+        for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:
+            for bv, nw in [(32, 4), (64, 8), (16, 4)]:
+                dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
+                const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=dts[av], PREC="tf32",
+                             ROWS_FIRST=rows_first)
+                try:
+                    k = compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2)
+                    report(f"kda inter {'rows' if rows_first else 'cols'}-first {dot}/{av} BV {bv} warps {nw}", k)
+                except Exception as e:     # noqa: BLE001
+                    print(f"kda inter {'rows' if rows_first else 'cols'}-first {dot}/{av} BV {bv}: "
+                          f"{type(e).__name__}: {str(e)[:300]}")
+
+
+def kda_decode():
+    from kernels.kda.triton_decode import _decode_kernel
+    ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", g_ptr="*bf16", beta_ptr="*fp32", alog_ptr="*fp32",
+                dtb_ptr="*fp32", state_ptr="*fp32", slot_ptr="*i32", init_ptr="*i1", o_ptr="*bf16")
+    for bv, nw in [(8, 1), (32, 4)]:
+        k = compile_kernel(_decode_kernel, ptrs, dict(H=32, K=128, V=128, BV=bv, HAS_INIT=True), floats=("scale",),
+                           num_warps=nw)
+        report(f"kda decode BV {bv} warps {nw}", k)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["mla", "kda-prefill", "kda-decode"]
+    for w in which:
+        {"mla": mla, "kda-prefill": kda_prefill, "kda-decode": kda_decode}[w]()
