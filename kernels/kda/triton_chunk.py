@@ -16,6 +16,12 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
    initial state from and writes the final state into the sequence's slot (in place).
 
+Two ways to form the in-chunk pairs (``_config["pairs"]``; "diag" is the default until the GPU has timed
+"levels"): "diag" as described above; "levels" skips the diagonal kernel and takes every pair through
+reference rows on tensor cores (levels 32, 16, 8, 4, 2, 1; the reference rows' G gathered in registers),
+the k-k pairs in the first pass over the columns and the q-k pairs in a second one, so that a single 64x64
+accumulator is live at a time (no register spills at 8 warps on sm_90, `scripts/inspect_sm90.py`).
+
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
 sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
 row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binary hierarchy at
@@ -66,21 +72,19 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _level_pairs(G, qs, ks, rows, rr, cc, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+def _level_pairs(G, xs, ks, rows, rr, cc, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """The level-S pairs of one column slice, exact for any gate: row r in the upper half of a 2S-block, column
     c in its lower half, through the reference row p = last row of the lower half (gathered from G):
-    sum_d k_r 2^(G_r - G_p) * k_c 2^(G_p - G_c) (and q_r for the second), both exponents <= 0. Returns the two
-    [BT, BT] products, zero outside this level's positions."""
+    sum_d x_r 2^(G_r - G_p) * k_c 2^(G_p - G_c), both exponents <= 0 (x = k or q). Returns the [BT, BT] product,
+    zero outside this level's positions."""
     p = (rows // (2 * S)) * (2 * S) + S - 1
     Gp = tl.gather(G, tl.broadcast_to(p[:, None], (BT, BK)), axis=0)
     is_r = (rows % (2 * S)) >= S
     e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
     colf = tl.where(is_r[:, None], 0.0, ks * e)
-    ke = tl.where(is_r[:, None], ks * e, 0.0)
-    qe = tl.where(is_r[:, None], qs * e, 0.0)
+    xe = tl.where(is_r[:, None], xs * e, 0.0)
     m = ((rr // (2 * S)) == (cc // (2 * S))) & ((rr % (2 * S)) >= S) & ((cc % (2 * S)) < S)
-    return (tl.where(m, tl.dot(ke, tl.trans(colf), input_precision=PREC), 0.0),
-            tl.where(m, tl.dot(qe, tl.trans(colf), input_precision=PREC), 0.0))
+    return tl.where(m, tl.dot(xe, tl.trans(colf), input_precision=PREC), 0.0)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -169,10 +173,10 @@ def _chunk_intra_kernel(
     # norms are applied afterwards (A_n = diag(rk) A diag(rk), and in the sequential kernel for QG, KG).
     ssq_q = tl.zeros([BT], dtype=tl.float32)
     ssq_k = tl.zeros([BT], dtype=tl.float32)
-    a_kk = tl.zeros([BT, BT], dtype=tl.float32)                # level 32: rows 32..63 x columns 0..31
-    a_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    a_kk = tl.zeros([BT, BT], dtype=tl.float32)
     qk_diag = tl.zeros([BT], dtype=tl.float32)                 # q_r . k_r (ALL_LEVELS only)
     if not ALL_LEVELS:
+        a_qk = tl.zeros([BT, BT], dtype=tl.float32)            # level 32: rows 32..63 x columns 0..31
         b_kk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)   # level 16, inside each 32-token half
         b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
     for k0 in range(0, K, BK):
@@ -189,12 +193,10 @@ def _chunk_intra_kernel(
         tl.store(kg_ptr + off, (ks * tl.exp2((g_last[None, :] - G).to(tl.float32))).to(wsd))
         tl.store(ek_ptr + off, (ks * eg).to(ek_ptr.dtype.element_ty))
         tl.store(gl_ptr + base * K + cols, tl.exp2(g_last.to(tl.float32)))
-        if ALL_LEVELS:                                         # every pair through reference rows
+        if ALL_LEVELS:           # every k-k pair through reference rows; the q-k pairs come in a second pass
             qk_diag += tl.sum(qs * ks, axis=1)
             for lv in tl.static_range(LOG_BT):
-                d_kk, d_qk = _level_pairs(G, qs, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
-                a_kk += d_kk
-                a_qk += d_qk
+                a_kk += _level_pairs(G, ks, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
         else:
             # off-diagonal sub-blocks through reference rows: level 32, then level 16
             e, is_r = _level_factor(G, rows, 32, BT, BK)
@@ -215,9 +217,7 @@ def _chunk_intra_kernel(
     rk = tl.rsqrt(ssq_k + 1e-6)
     tl.store(rn_ptr + base * 2 * BT + rows, rq)
     tl.store(rn_ptr + base * 2 * BT + BT + rows, rk)
-    if ALL_LEVELS:                                             # the diagonal: q_r . k_r (factor 1)
-        a_qk += tl.where(rr == cc, qk_diag[:, None], 0.0)
-    else:                                  # assemble level 32 + level 16 halves + diagonal blocks (diag kernel)
+    if not ALL_LEVELS:                                  # assemble level 32 + level 16 halves + diagonal blocks (diag kernel)
         hi = tl.arange(0, 2)
         same2 = hi[:, None, None, None] == hi[None, None, :, None]
         bi = tl.arange(0, NC)
@@ -229,8 +229,9 @@ def _chunk_intra_kernel(
         d_qk = tl.reshape(tl.load(dd + BT * BC), (NC, BC, BC))
         a_kk += tl.reshape(tl.where(same4, d_kk[:, :, None, :], 0.0), (BT, BT))
         a_qk += tl.reshape(tl.where(same4, d_qk[:, :, None, :], 0.0), (BT, BT))
-    aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
-    tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
+    if not ALL_LEVELS:
+        aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
+        tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
     # N = diag(beta) A (strictly lower), normalised; L = I + N
     nmat = tl.where(rr > cc, a_kk * (rk * beta)[:, None] * rk[None, :], 0.0)
     # L^-1 by doubling: inverses of 2x2 blocks, then 4, 8, 16, 32, 64 (block forward substitution)
@@ -256,6 +257,16 @@ def _chunk_intra_kernel(
                      other=0.0).to(tl.float32)
         u = tl.dot(tb, vs, input_precision=PREC_O)
         tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
+    if ALL_LEVELS:      # second pass over the columns: the q-k pairs (one 64x64 accumulator live at a time)
+        a_qk = tl.where(rr == cc, qk_diag[:, None], 0.0)
+        for k0 in range(0, K, BK):
+            cols = k0 + tl.arange(0, BK)
+            qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h,
+                                    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
+            for lv in tl.static_range(LOG_BT):
+                a_qk += _level_pairs(G, qs, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
+        aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
+        tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
 
 
 @triton.jit
