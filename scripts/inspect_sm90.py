@@ -79,7 +79,7 @@ def kda_prefill():
     k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, BKD=16), div16=div16, num_warps=2)
     report("kda diag kernel (BKD 16, 2 warps)", k)
     for levels in (False, True):
-        for bk, nw in [(16, 4), (32, 4), (32, 8)]:
+        for bk, nw in [(16, 4), (16, 8), (32, 8)]:
             const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32",
                          PREC_O="tf32", ALL_LEVELS=levels, LOG_BT=BT.bit_length() - 1)
             k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
