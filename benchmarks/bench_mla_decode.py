@@ -421,7 +421,7 @@ def main():
     if sweep_rows:
         log("")
         log("our launch configurations: default vs fastest of the sweep (eager median us; config = "
-            "block_h/block_n/warps/stages/splits/prefetch; every config's time is in the log above)")
+            "block_h/block_n/warps/stages/splits/prefetch/tokens_as_rows; every config's time is in the log above)")
         table(("cache", "batch", "ctx", "default_cfg", "default_us", "best_cfg", "best_us", "best_GB/s", "gain"),
               sweep_rows)
     log(f"total {time.time() - T0:.0f}s")
@@ -492,19 +492,21 @@ def sweep(case):
     d = default_config(H, L)
     bh0 = d["block_h"]
     s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, _num_sms(case.cache.device))
-    # (block_h, block_n, warps, stages, splits, prefetch); prefetch "-" = the kernel's default for the case
-    dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-")
-    cfgs = [dflt, (bh0, 32, 8, 3, s0, "-"), (bh0, 32, 8, 4, s0, "-"), (bh0, 16, 8, 3, s0, "-"),
-            (bh0, 16, 8, 4, s0, "-"), (bh0, 32, 8, 2, s0, False), (bh0, 32, 8, 2, s0, True),
-            (bh0, 16, 8, 2, s0, True), (bh0, 16, 4, 2, s0, True), (bh0, 64, 8, 2, s0, "-"), (16, 32, 8, 3, s0, "-"),
-            (bh0, 32, 8, 3, max(1, s0 // 2), "-"), (bh0, 32, 8, 3, min(256, 2 * s0), "-")]
+    # (block_h, block_n, warps, stages, splits, prefetch, tokens_as_rows); prefetch "-" = the kernel's default
+    dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-", False)
+    cfgs = [dflt, (bh0, 32, 8, 4, s0, "-", False), (bh0, 16, 8, 3, s0, "-", False),
+            (bh0, 16, 8, 4, s0, "-", False), (bh0, 32, 8, 2, s0, False, False), (bh0, 32, 8, 2, s0, True, False),
+            (bh0, 16, 8, 2, s0, True, False), (bh0, 64, 8, 3, s0, "-", False),
+            (bh0, 64, 8, 2, s0, False, True), (bh0, 64, 8, 2, s0, True, True), (bh0, 32, 8, 3, s0, "-", True),
+            (bh0, 64, 4, 2, s0, False, True), (16, 32, 8, 3, s0, "-", False),
+            (bh0, 32, 8, 3, max(1, s0 // 2), "-", False), (bh0, 32, 8, 3, min(256, 2 * s0), "-", False)]
     res = []
     for cfg in dict.fromkeys(cfgs):
-        bh, bn, nw, ns, sp, pf = cfg
+        bh, bn, nw, ns, sp, pf, tar = cfg
         try:
             fn = lambda: mla_decode(case.q_lat, case.q_pe, case.cache, case.block_table, case.seq_lens,  # noqa
                                     SCALE, sp, case.k_scale, block_h=bh, block_n=bn, num_warps=nw,
-                                    num_stages=ns, prefetch=None if pf == "-" else pf)[0]
+                                    num_stages=ns, prefetch=None if pf == "-" else pf, tokens_as_rows=tar)[0]
             fn()
             res.append((cfg, do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3))
         except Exception as e:

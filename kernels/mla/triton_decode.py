@@ -52,21 +52,33 @@ def _row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE: tl.
 
 
 @triton.jit
-def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.constexpr):
+def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.constexpr,
+            TOKENS_AS_ROWS: tl.constexpr):
     """Fold one tile of cached rows (c, kpe; ``t_ok``: which rows are real) into the running softmax state
-    (m, l_sum in log2 units; acc unnormalised)."""
+    (m, l_sum in log2 units; acc unnormalised: [BLOCK_H, BLOCK_L], or its transpose with TOKENS_AS_ROWS)."""
     c = c.to(q.dtype)
     kpe = kpe.to(q.dtype)
-    s = tl.dot(q, tl.trans(c), input_precision=DOT_PRECISION)
-    s = tl.dot(qp, tl.trans(kpe), acc=s, input_precision=DOT_PRECISION)
-    s = tl.where(t_ok[None, :], s * score_mul, float("-inf"))
-
-    m_new = tl.maximum(m, tl.max(s, axis=1))
-    alpha = tl.exp2(m - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_sum = l_sum * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(c.dtype), c, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
-    return m_new, l_sum, acc
+    if TOKENS_AS_ROWS:
+        # transposed products: the tile is the left operand (64-row tiles reach Hopper's wgmma, which the
+        # 32 query heads alone do not), scores are [BLOCK_N, BLOCK_H], acc is [BLOCK_L, BLOCK_H]
+        st = tl.dot(c, tl.trans(q), input_precision=DOT_PRECISION)
+        st = tl.dot(kpe, tl.trans(qp), acc=st, input_precision=DOT_PRECISION)
+        st = tl.where(t_ok[:, None], st * score_mul, float("-inf"))
+        m_new = tl.maximum(m, tl.max(st, axis=0))
+        alpha = tl.exp2(m - m_new)
+        pt = tl.exp2(st - m_new[None, :])
+        l_new = l_sum * alpha + tl.sum(pt, axis=0)
+        acc_new = tl.dot(tl.trans(c), pt.to(c.dtype), acc=acc * alpha[None, :], input_precision=DOT_PRECISION)
+    else:
+        s = tl.dot(q, tl.trans(c), input_precision=DOT_PRECISION)
+        s = tl.dot(qp, tl.trans(kpe), acc=s, input_precision=DOT_PRECISION)
+        s = tl.where(t_ok[None, :], s * score_mul, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_new = l_sum * alpha + tl.sum(p, axis=1)
+        acc_new = tl.dot(p.to(c.dtype), c, acc=acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return m_new, l_new, acc_new
 
 
 @triton.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
@@ -79,7 +91,7 @@ def _mla_decode_split(
     L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr, PAGE_LOOP: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     hg = tl.program_id(1)
@@ -111,7 +123,10 @@ def _mla_decode_split(
 
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
+    if TOKENS_AS_ROWS:
+        acc = tl.zeros([BLOCK_L, BLOCK_H], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
 
     bt_row = bt_ptr + n * s_bt_n
     if PAGE_LOOP:
@@ -133,14 +148,16 @@ def _mla_decode_split(
                     c_nx, kpe_nx = _load_tile(page_base + (nxt - p0).to(tl.int64) * s_kv_row, nxt < hi, offs_l,
                                               offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
                     tok = t0 + tl.arange(0, BLOCK_N)
-                    m, l_sum, acc = _attend(q, qp, c, kpe, tok < hi, m, l_sum, acc, score_mul, DOT_PRECISION)
+                    m, l_sum, acc = _attend(q, qp, c, kpe, tok < hi, m, l_sum, acc, score_mul, DOT_PRECISION,
+                                                 TOKENS_AS_ROWS)
             else:
                 for t0 in range(first, hi, BLOCK_N):
                     tok = t0 + tl.arange(0, BLOCK_N)
                     t_ok = tok < hi
                     c, kpe = _load_tile(page_base + (tok - p0).to(tl.int64) * s_kv_row, t_ok, offs_l, offs_r,
                                         l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                    m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION)
+                    m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION,
+                                                 TOKENS_AS_ROWS)
     else:                    # small pages: one flat loop, a block-table lookup per position
         if PREFETCH:
             tok = start + tl.arange(0, BLOCK_N)
@@ -152,15 +169,19 @@ def _mla_decode_split(
                 c_nx, kpe_nx = _load_tile(_row_addresses(kv_ptr, bt_row, nxt, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
                                           nxt < end, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
                 tok = t0 + tl.arange(0, BLOCK_N)
-                m, l_sum, acc = _attend(q, qp, c, kpe, tok < end, m, l_sum, acc, score_mul, DOT_PRECISION)
+                m, l_sum, acc = _attend(q, qp, c, kpe, tok < end, m, l_sum, acc, score_mul, DOT_PRECISION,
+                                                 TOKENS_AS_ROWS)
         else:
             for t0 in range(start, end, BLOCK_N):
                 tok = t0 + tl.arange(0, BLOCK_N)
                 t_ok = tok < end
                 c, kpe = _load_tile(_row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
                                     t_ok, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION)
+                m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION,
+                                                 TOKENS_AS_ROWS)
 
+    if TOKENS_AS_ROWS:
+        acc = tl.trans(acc)
     acc = acc * k_scale
     if DIRECT:
         has = l_sum > 0.0
@@ -250,7 +271,8 @@ def default_config(num_heads: int, L: int) -> dict:
 def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int | None = None,
                k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
-               num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None):
+               num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None,
+               tokens_as_rows: bool = False):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -266,7 +288,9 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     (default: fp8 caches, and pages too small for the page-by-page loop) loads the next tile into registers
     before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
     multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
-    come from a block-table load in the same loop.
+    come from a block-table load in the same loop. tokens_as_rows computes the transposed products
+    (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
+    which 32 query heads alone cannot reach; same result.
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -335,7 +359,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
         IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
-        PREFETCH=(is_fp8 or not page_loop) if prefetch is None else prefetch,
+        PREFETCH=(is_fp8 or not page_loop) if prefetch is None else prefetch, TOKENS_AS_ROWS=tokens_as_rows,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:

@@ -113,17 +113,19 @@ def test_other_block_sizes(bs):
     check(o, lse, *reference(*case, 0.1), tol=2e-5)
 
 
+@pytest.mark.parametrize("tokens_as_rows", [False, True])
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("block_n,num_splits", [(16, 1), (16, 3), (16, 7), (32, 3)])
-def test_loops_and_prefetch(block_n, num_splits, prefetch):
+def test_loops_and_prefetch(block_n, num_splits, prefetch, tokens_as_rows):
     """Pages of >= PAGE_LOOP_MIN_TILES tiles take the page-by-page loop (block_n 16 here; 32 keeps the flat
-    loop), each with and without the register prefetch of the next tile: splits that start and end inside
-    pages, partial pages, a sequence shorter than one tile."""
+    loop), each with and without the register prefetch of the next tile, in both product orientations:
+    splits that start and end inside pages, partial pages, a sequence shorter than one tile."""
     from kernels.mla.triton_decode import PAGE_LOOP_MIN_TILES
     bs = 64
     assert (bs >= PAGE_LOOP_MIN_TILES * block_n) == (block_n == 16)
     case = make_case([1, 63, 64, 65, 200, 333], bs=bs, H=3, L=64, R=16, seed=21)
-    o, lse = run(*case, 0.1, num_splits=num_splits, block_n=block_n, prefetch=prefetch)
+    o, lse = run(*case, 0.1, num_splits=num_splits, block_n=block_n, prefetch=prefetch,
+                 tokens_as_rows=tokens_as_rows)
     check(o, lse, *reference(*case, 0.1), tol=2e-5)
 
 
@@ -281,20 +283,23 @@ from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
          "s_o_n", "s_o_h", "s_lse_n", "num_heads")   # what the JIT sees for Kimi's shapes
-for kv, direct, page_loop, prefetch in [("bf16", False, True, False), ("bf16", True, False, True),
-                                        ("fp8e4nv", False, True, True), ("fp8e4nv", True, False, True)]:
+for kv, direct, page_loop, prefetch, tar, bn, nw in [
+        ("bf16", False, True, False, False, 32, 8), ("bf16", True, False, True, False, 32, 8),
+        ("fp8e4nv", False, True, True, False, 32, 8), ("fp8e4nv", True, False, True, False, 32, 8),
+        ("bf16", False, True, False, True, 64, 8)]:
     fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*" + kv, bt_ptr="*i32", seq_lens_ptr="*i32",
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
-    const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888, BLOCK_H=32, BLOCK_N=32,
+    const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888, BLOCK_H=32, BLOCK_N=bn,
                  IS_FP8=kv != "bf16", DIRECT=direct, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                 PREFETCH=prefetch)
+                 PREFETCH=prefetch, TOKENS_AS_ROWS=tar)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
     k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
-                       options=dict(num_warps=8, num_stages=2))
+                       options=dict(num_warps=nw, num_stages=2))
     assert k.asm["cubin"], kv
+    assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
        "constexpr" if a in ("L", "BLOCK_L") else "i32" for a in _mla_decode_combine.arg_names}
 k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=512)), target=target,
