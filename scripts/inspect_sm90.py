@@ -86,17 +86,17 @@ def kda_prefill():
                                num_stages=3)
             report(f"kda intra {'all levels' if levels else 'diag + 2 levels'} BK {bk} warps {nw}", k)
     import triton.language as tl
-    for rows_first in (False, True):
+    for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:
                 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
                 const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=dts[av], PREC="tf32",
-                             ROWS_FIRST=rows_first)
+                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form])
                 try:
                     k = compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2)
-                    report(f"kda inter {'rows' if rows_first else 'cols'}-first {dot}/{av} BV {bv} warps {nw}", k)
+                    report(f"kda inter {form} {dot}/{av} BV {bv} warps {nw}", k)
                 except Exception as e:     # noqa: BLE001
-                    print(f"kda inter {'rows' if rows_first else 'cols'}-first {dot}/{av} BV {bv}: "
+                    print(f"kda inter {form} {dot}/{av} BV {bv}: "
                           f"{type(e).__name__}: {str(e)[:300]}")
 
 

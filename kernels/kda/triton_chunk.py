@@ -275,7 +275,7 @@ def _chunk_inter_kernel(
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
     s_ot, s_oh, s_ss, s_sh, s_sv,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, ROWS_FIRST: tl.constexpr,
+    DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr,
 ):
     n = tl.program_id(0)
     h = tl.program_id(1)
@@ -294,7 +294,11 @@ def _chunk_inter_kernel(
                      mask=(tok < eos)[:, None])
         return
     s_off = slot.to(tl.int64) * s_ss + h * s_sh + vc[:, None] * s_sv + kc[None, :]
-    S = tl.zeros([BV, K], dtype=tl.float32)
+    if FORM == 2:                     # the state kept key-major in registers, S^T [K, BV]
+        s_off = slot.to(tl.int64) * s_ss + h * s_sh + vc[None, :] * s_sv + kc[:, None]
+        S = tl.zeros([K, BV], dtype=tl.float32)
+    else:
+        S = tl.zeros([BV, K], dtype=tl.float32)
     if tl.load(init_ptr + n) != 0:
         S = tl.load(state_ptr + s_off).to(tl.float32)
     c0 = tl.load(chunk_off_ptr + n)
@@ -312,7 +316,16 @@ def _chunk_inter_kernel(
         gl = tl.load(gl_ptr + base * K + kc)
         rq = tl.load(rn_ptr + base * 2 * BT + rows)
         rk = tl.load(rn_ptr + base * 2 * BT + BT + rows)
-        if ROWS_FIRST:
+        if FORM == 2:
+            # columns first with the state key-major: every product has 64 or 128 rows (Hopper's wgmma)
+            st = S.to(DOT_DT)                                                     # [K, BV]
+            v_new = u - tl.dot(w, st, input_precision=PREC)
+            o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
+                tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
+            tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
+                     mask=(tok < eos)[:, None])
+            S = S * gl[:, None] + tl.dot(tl.trans(kg), (v_new * rk[:, None]).to(DOT_DT), input_precision=PREC)
+        elif FORM == 1:
             # value rows first: every product has the register-resident operand (state, v_new^T) on the left
             # and a loaded one on the right, the operand placement Hopper's tensor cores take directly
             sd = S.to(DOT_DT)
@@ -343,7 +356,7 @@ def _as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 _FAST = dict(pairs="diag", BK=16, BKD=16, diag_warps=2, BVI=32, BV=32, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
-             inter_dot="fp32", inter_av="fp32", inter_rows_first=False, inter_prec="tf32",
+             inter_dot="fp32", inter_av="fp32", inter_form="cols", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=4, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
               inter_prec="ieee")
@@ -427,12 +440,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     # The sequential kernel multiplies in fp32 (tf32 on the fast path) by default. bf16 operands ("inter_dot" for
     # the products with the state, "inter_av" for Aqk v_new) are offered for benchmarking only: with the
     # columns-first formulation they gave wrong outputs on an H100 (Triton 3.6; rel. error 0.87, state still
-    # right; not root-caused); the rows-first formulation ("inter_rows_first") is not yet measured on a GPU.
+    # right; not root-caused). "inter_form" picks how the sequential step's products are laid out: "cols" (the
+    # default: token rows first, state value-major), "rows" (value rows first: the state and v_new^T on the
+    # left), "cols_kmajor" (token rows first, state key-major so that the state update has K rows); the last
+    # two are not yet measured on a GPU.
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=BT, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-        PREC=cfg["inter_prec"], ROWS_FIRST=cfg["inter_rows_first"],
+        PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
         num_warps=cfg["inter_warps"], num_stages=cfg["inter_stages"])
     return o

@@ -85,13 +85,13 @@ PREFILL_CASES = [
 ]
 
 
-# (pairs, inter_rows_first): the two ways of forming the in-chunk pairs x the two sequential formulations
-DESIGNS = [("diag", False), ("levels", False), ("levels", True)]
+# (pairs, inter_form): the ways of forming the in-chunk pairs and of laying out the sequential step
+DESIGNS = [("diag", "cols"), ("levels", "cols"), ("levels", "rows"), ("levels", "cols_kmajor")]
 
 
-@pytest.mark.parametrize("pairs,rows_first", DESIGNS)
+@pytest.mark.parametrize("pairs,form", DESIGNS)
 @pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
-def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, rows_first):
+def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, form):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
     V, T = K, sum(lengths)
     q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
@@ -105,7 +105,7 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, 
     o = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, st,
                           torch.tensor(slots, dtype=torch.int32, device=DEV),
                           torch.tensor(has_init, device=DEV), cud, out=outd,
-                          _config={"pairs": pairs, "inter_rows_first": rows_first})
+                          _config={"pairs": pairs, "inter_form": form})
     assert o.data_ptr() == outd.data_ptr()
     o, st = o.cpu(), st.cpu()
     assert not torch.isnan(o).any(), "some outputs were never written"
