@@ -4,6 +4,7 @@ vLLM pages the latent cache as ``[num_blocks, block_size, 576]`` (MLACommonBacke
 metadata builder orders decodes first and hands the layer what it needs to find each sequence's rows.
 """
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,12 +31,35 @@ class KimiMLAMetadata:
     query_lens: list[int]           # new tokens per request (host ints, for the prefill loop)
 
 
+FULL_CUDAGRAPH_ENV = "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"
+
+
+def full_decode_cudagraphs_enabled() -> bool:
+    """Whether MLA decode batches may be captured in full CUDA graphs: opt-in (``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH
+    =1``) until a GPU run has checked it; without it vLLM keeps the attention between piecewise graphs."""
+    return os.environ.get(FULL_CUDAGRAPH_ENV, "") == "1"
+
+
 class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self._init_reorder_batch_threshold(1)
+
+    @classmethod
+    def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
+        # Decode-only batches are graph-safe: the cache write has no mask, the decode kernel reads lengths and
+        # block tables from device memory and handles any split count, its workspace comes from the graph pool.
+        if full_decode_cudagraphs_enabled():
+            return AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+        return AttentionCGSupport.NEVER
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> KimiMLAMetadata:
+        md = self.build(0, common_attn_metadata)
+        # The split count is fixed when the graph is captured; size it for the longest context it may replay.
+        md.max_seq_len = self.vllm_config.model_config.max_model_len
+        return md
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> KimiMLAMetadata:
