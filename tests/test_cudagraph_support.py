@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from vllm.v1.attention.backend import AttentionCGSupport
 
-from vllm_kimilinear.mla.backend import FULL_CUDAGRAPH_ENV, KimiMLAMetadata, KimiMLAMetadataBuilder
+from vllm_kimilinear.mla.backend import FULL_CUDAGRAPH_ENV, KimiMLAMetadataBuilder
 
 
 def test_full_decode_graphs_are_opt_in(monkeypatch):
@@ -16,11 +16,29 @@ def test_full_decode_graphs_are_opt_in(monkeypatch):
             == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
 
 
-def test_capture_metadata_covers_the_longest_context(monkeypatch):
+def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeypatch):
+    """With full decode graphs on, every decode-only batch gets max_model_len as its split bound, so the
+    warm-up before a capture (dummy length 1) loads the same kernel variant the capture launches."""
+    import torch
+    from vllm.v1.attention.backends.utils import CommonAttentionMetadata
+
     builder = KimiMLAMetadataBuilder.__new__(KimiMLAMetadataBuilder)
     builder.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=131072))
-    built = KimiMLAMetadata(num_actual_tokens=4, num_decodes=4, num_decode_tokens=4, num_prefills=0,
-                            max_seq_len=1, seq_lens=None, block_table=None, slot_mapping=None, query_lens=[1] * 4)
-    monkeypatch.setattr(builder, "build", lambda common_prefix_len, cm, fast_build=False: built)
-    md = builder.build_for_cudagraph_capture(object())
-    assert md.max_seq_len == 131072 and md.num_decodes == 4
+    builder.reorder_batch_threshold = 1
+
+    def common(query_lens, seq_lens):
+        qsl = torch.tensor([0] + query_lens).cumsum(0).to(torch.int32)
+        n = len(query_lens)
+        return CommonAttentionMetadata(
+            query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+            num_reqs=n, num_actual_tokens=int(qsl[-1]), max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            block_table_tensor=torch.zeros(n, 4, dtype=torch.int32),
+            slot_mapping=torch.zeros(int(qsl[-1]), dtype=torch.int64))
+
+    decode, mixed = common([1, 1, 1], [1, 1, 1]), common([1, 5], [9, 5])
+    monkeypatch.delenv(FULL_CUDAGRAPH_ENV, raising=False)
+    assert builder.build(0, decode).max_seq_len == 1
+    monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "1")
+    assert builder.build(0, decode).max_seq_len == 131072
+    md = builder.build(0, mixed)                          # a batch with a prefill is never captured
+    assert md.max_seq_len == 9 and md.num_decodes == 1 and md.num_prefills == 1

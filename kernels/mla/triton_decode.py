@@ -109,6 +109,12 @@ def _mla_decode_split(
     offs_r = tl.arange(0, BLOCK_R)
     l_ok = offs_l < L
     r_ok = offs_r < R
+    if not DIRECT:
+        if start >= end:     # an empty split (short or padded sequence): (m, l) = (-inf, 0), no partial
+            ml = ml_ptr + n * s_ml_n + heads * s_ml_h + split * 2
+            tl.store(ml, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_ok)
+            tl.store(ml + 1, tl.zeros([BLOCK_H], tl.float32), mask=h_ok)
+            return
 
     q = tl.load(q_lat_ptr + n * s_ql_n + heads[:, None] * s_ql_h + offs_l[None, :],
                 mask=h_ok[:, None] & l_ok[None, :], other=0.0)

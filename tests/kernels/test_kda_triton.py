@@ -127,6 +127,31 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, 
     assert torch.isfinite(st).all()
 
 
+@pytest.mark.parametrize("pairs,form", DESIGNS)
+@pytest.mark.parametrize("K,V", [(32, 64), (64, 16)])
+def test_chunk_prefill_value_width_differs_from_key_width(K, V, pairs, form):
+    """V != K: the state tile is [V, K] (value-major in memory), so row and column roles cannot be swapped."""
+    gen = torch.Generator().manual_seed(K * 1000 + V)
+    lengths = [70, 5]
+    T = sum(lengths)
+    q, k, v, g, beta = make_tokens(T, K, V, "strong", gen)
+    A_log, dt_bias = make_params(K, gen)
+    state0 = torch.randn(3, H, V, K, generator=gen) * 0.3
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    st = state0.clone().to(DEV)
+    o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
+                          torch.tensor([2, 1], dtype=torch.int32, device=DEV),
+                          torch.tensor([True, False], device=DEV), cu.to(DEV),
+                          _config={"pairs": pairs, "inter_form": form}).cpu()
+    st = st.cpu()
+    for i, (s, e, slot) in enumerate([(0, 70, 2), (70, 75, 1)]):
+        S0 = state0[slot].transpose(-1, -2) if i == 0 else None
+        o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, S0)
+        assert rel(o[s:e], o_ref) < TOL, (i, rel(o[s:e], o_ref))
+        assert rel(st[slot], S_ref.transpose(-1, -2)) < TOL
+    assert torch.equal(st[0], state0[0])
+
+
 def test_chunk_prefill_bf16_state_and_strided_inputs():
     """bf16 state slots (read and written in bf16) and q/k/v as column views of one fused projection."""
     gen = torch.Generator().manual_seed(7)

@@ -105,9 +105,10 @@ def test_block_boundaries_bs32_two_head_groups(num_splits):
     check(o, lse, *reference(*case, 0.1), tol=2e-5)
 
 
-@pytest.mark.parametrize("bs", [24, 128])
+@pytest.mark.parametrize("bs", [24, 80, 128])
 def test_other_block_sizes(bs):
-    """Any block size works (rows are found one by one); vLLM's are multiples of 16, e.g. 1888."""
+    """Any block size works: 24 takes the flat loop (a lookup per row); 80 and 128 (>= 4 tiles of 16) the
+    page-by-page loop, 80 with pages that end inside a tile. vLLM's are multiples of 16, e.g. 1888."""
     case = make_case([1, bs - 1, bs, bs + 1, 2 * bs + 5], bs=bs, H=3, L=64, R=16, seed=14)
     o, lse = run(*case, 0.1, num_splits=3)
     check(o, lse, *reference(*case, 0.1), tol=2e-5)

@@ -55,20 +55,21 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
             return AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
         return AttentionCGSupport.NEVER
 
-    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> KimiMLAMetadata:
-        md = self.build(0, common_attn_metadata)
-        # The split count is fixed when the graph is captured; size it for the longest context it may replay.
-        md.max_seq_len = self.vllm_config.model_config.max_model_len
-        return md
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> KimiMLAMetadata:
         m = common_attn_metadata
         nd, npf, nd_tok, _ = split_decodes_and_prefills(m, decode_threshold=1)
         qsl = m.query_start_loc_cpu[: m.num_reqs + 1]
+        max_seq_len = m.max_seq_len
+        if npf == 0 and full_decode_cudagraphs_enabled():
+            # A captured decode keeps the split count (and kernel variant) it was captured with: size every
+            # decode-only batch for the longest context, so that the warm-up before a capture compiles and
+            # loads the very kernels the capture launches (Triton cannot load a module while capturing).
+            max_seq_len = self.vllm_config.model_config.max_model_len
         return KimiMLAMetadata(
             num_actual_tokens=m.num_actual_tokens, num_decodes=nd, num_decode_tokens=nd_tok,
-            num_prefills=npf, max_seq_len=m.max_seq_len, seq_lens=m.seq_lens[: m.num_reqs],
+            num_prefills=npf, max_seq_len=max_seq_len, seq_lens=m.seq_lens[: m.num_reqs],
             block_table=m.block_table_tensor[: m.num_reqs], slot_mapping=m.slot_mapping[: m.num_actual_tokens],
             query_lens=(qsl[1:] - qsl[:-1]).tolist())
 
