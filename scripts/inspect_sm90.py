@@ -56,16 +56,21 @@ def mla():
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
     div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_o_n", "s_o_h", "num_heads")
     for kv in ("bf16", "fp8e4nv"):
-        for bn, nw, ns, page_loop, prefetch in [(32, 8, 2, False, False), (32, 8, 2, False, True),
-                                                (32, 8, 3, True, False), (32, 8, 4, True, False),
-                                                (16, 8, 4, True, False), (32, 8, 2, True, True),
-                                                (16, 8, 2, True, True)]:
+        for bn, nw, ns, page_loop, prefetch, tar in [
+                (32, 8, 2, False, False, False), (32, 8, 2, False, True, False), (32, 8, 3, True, False, False),
+                (32, 8, 4, True, False, False), (16, 8, 4, True, False, False), (32, 8, 2, True, True, False),
+                (16, 8, 2, True, True, False), (64, 8, 2, True, False, True), (64, 8, 2, True, True, True)]:
             const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888 if page_loop else 64, BLOCK_H=32,
                          BLOCK_N=bn, IS_FP8=kv != "bf16", DIRECT=False, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                         PREFETCH=prefetch)
+                         PREFETCH=prefetch, TOKENS_AS_ROWS=tar)
             k = compile_kernel(_mla_decode_split, dict(ptrs, kv_ptr="*" + kv), const, floats=("qk_scale_log2",),
                                div16=div16, num_warps=nw, num_stages=ns)
-            report(f"mla {kv} block_n {bn} warps {nw} stages {ns} page_loop {page_loop} prefetch {prefetch}", k)
+            report(f"mla {kv} block_n {bn} w {nw} stages {ns} page_loop {page_loop} prefetch {prefetch} "
+                   f"tokens_as_rows {tar}", k)
+    from kernels.mla.triton_decode import _mla_decode_combine
+    k = compile_kernel(_mla_decode_combine, dict(acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32"),
+                       dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8), num_warps=4)
+    report("mla combine (up to 256 splits, 8 a step)", k)
 
 
 def kda_prefill():

@@ -208,7 +208,7 @@ def _mla_decode_split(
 def _mla_decode_combine(
     acc_ptr, ml_ptr, o_ptr, lse_ptr, num_splits,
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
-    L: tl.constexpr, BLOCK_L: tl.constexpr,
+    L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -217,19 +217,23 @@ def _mla_decode_combine(
     ml = ml_ptr + n * s_ml_n + h * s_ml_h
     part = acc_ptr + n * s_acc_n + h * s_acc_h
 
-    m = tl.full([], float("-inf"), tl.float32)
-    l_sum = tl.zeros([], tl.float32)
+    # The global max over the splits first (empty splits hold m = -inf, l = 0), then the weighted sum of the
+    # partials, SPLIT_CHUNK splits per step: no data-dependent branch, so the partials' loads pipeline.
+    sidx = tl.arange(0, BLOCK_S)
+    s_ok = sidx < num_splits
+    l_all = tl.load(ml + sidx * 2 + 1, mask=s_ok, other=0.0)
+    m_all = tl.load(ml + sidx * 2, mask=s_ok, other=float("-inf"))
+    m = tl.max(tl.where(l_all > 0.0, m_all, float("-inf")), axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l_sum = tl.sum(tl.where(l_all > 0.0, tl.exp2(m_all - m_safe) * l_all, 0.0), axis=0)
     acc = tl.zeros([BLOCK_L], tl.float32)
-    for s in range(0, num_splits):
-        l_s = tl.load(ml + s * 2 + 1)
-        if l_s > 0.0:                            # empty splits hold m = -inf, l = 0
-            m_s = tl.load(ml + s * 2)
-            m_new = tl.maximum(m, m_s)
-            a = tl.exp2(m - m_new)
-            b = tl.exp2(m_s - m_new)
-            acc = acc * a + tl.load(part + s * s_acc_s + offs_l, mask=l_ok, other=0.0) * b
-            l_sum = l_sum * a + l_s * b
-            m = m_new
+    for s0 in range(0, num_splits, SPLIT_CHUNK):
+        idx = s0 + tl.arange(0, SPLIT_CHUNK)
+        l_c = tl.load(ml + idx * 2 + 1, mask=idx < num_splits, other=0.0)
+        live = l_c > 0.0
+        w = tl.where(live, tl.exp2(tl.load(ml + idx * 2, mask=live, other=0.0) - m_safe), 0.0)
+        pv = tl.load(part + idx[:, None] * s_acc_s + offs_l[None, :], mask=live[:, None] & l_ok[None, :], other=0.0)
+        acc += tl.sum(w[:, None] * pv, axis=0)
 
     has = l_sum > 0.0
     out = acc / tl.where(has, l_sum, 1.0)
@@ -372,6 +376,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         _mla_decode_combine[(N, H)](
             acc, ml, out, lse, num_splits,
             *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-            L=L, BLOCK_L=triton.next_power_of_2(L), num_warps=4,
+            L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
+            SPLIT_CHUNK=8, num_warps=4,
         )
     return out, lse

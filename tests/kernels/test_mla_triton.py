@@ -91,7 +91,7 @@ def check(o, lse, ref_o, ref_lse, tol):
     assert err_o <= tol and err_lse <= tol, (err_o, err_lse)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 5])
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 13])          # 13: the merge takes splits 8 at a time
 def test_block_boundaries_bs16(num_splits):
     case = make_case([1, 15, 16, 17, 48, 100], bs=16, H=5, L=64, R=16, seed=1)
     o, lse = run(*case, 0.125, num_splits=num_splits)
@@ -302,9 +302,9 @@ for kv, direct, page_loop, prefetch, tar, bn, nw in [
     assert k.asm["cubin"], kv
     assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
-       "constexpr" if a in ("L", "BLOCK_L") else "i32" for a in _mla_decode_combine.arg_names}
-k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=512)), target=target,
-                   options=dict(num_warps=4))
+       "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S", "SPLIT_CHUNK") else "i32" for a in _mla_decode_combine.arg_names}
+k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8)),
+                   target=target, options=dict(num_warps=4))
 assert k.asm["cubin"]
 print("LOWERED")
 """
