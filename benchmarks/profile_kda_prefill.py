@@ -29,6 +29,7 @@ CONFIGS = {
     "default (diag kernel + 2 levels; columns-first sequential, tf32)": {},
     "levels, intra 8 warps 2 stages": LV,
     "levels, intra 8 warps 1 stage": dict(LV, intra_stages=1),
+    "levels, pairs in 3xTF32 (fp32-accurate)": dict(LV, prec_a="tf32x3"),
     "default pairs; columns-first bf16 state products, BV 16": dict(inter_dot="bf16", BV=16),
     "levels; columns-first bf16 state products, BV 16": dict(LV, inter_dot="bf16", BV=16),
     "levels; columns-first bf16 state products, BV 32 8 warps": dict(LV, inter_dot="bf16", BV=32, inter_warps=8),
