@@ -20,6 +20,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 TARGET = GPUTarget("cuda", 90, 32)
+SMEM_LIMIT = 227 * 1024      # bytes of shared memory one block may use on an H100
 
 
 def compile_kernel(fn, ptrs, const, floats=(), div16=(), **options):
@@ -45,8 +46,10 @@ def report(label, k):
         ("wgmma", r"wgmma\.mma_async"), ("mma.sync", r"\bmma\.sync"), ("cp.async", r"cp\.async\.c"),
         ("tma", r"cp\.async\.bulk"), ("ld.local", r"ld\.local"), ("ld.global", r"ld\.global"),
         ("f64 ops", r"\.f64\b")]}
+    smem = k.metadata.shared
+    too_big = " (over the 227 KiB an H100 block can have: will not launch)" if smem > SMEM_LIMIT else ""
     print(f"{label:60s} regs {regs.group(1) if regs else '?':>4}  spill st/ld "
-          f"{spill.group(1) + '/' + spill.group(2) if spill else '?':>9}  smem {k.metadata.shared:>6}  " +
+          f"{spill.group(1) + '/' + spill.group(2) if spill else '?':>9}  smem {smem:>6}{too_big}  " +
           "  ".join(f"{n} {c}" for n, c in counts.items()), flush=True)
 
 
