@@ -14,7 +14,10 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
 3. ``_chunk_inter_kernel``, one program per (sequence, head, block of value rows): walks the
    sequence's chunks in order with the state in registers (V-major, as vLLM stores it):
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
-   initial state from and writes the final state into the sequence's slot (in place).
+   initial state from and writes the final state into the sequence's slot (in place). Three layouts of
+   these products (``_config["inter_form"]``): "cols" (the default), "rows" (value rows first: the state
+   and v_new^T on the left) and "cols_kmajor" (the state held key-major, so every product has 64 or 128
+   rows); bf16 operands for the state products ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
 Two ways to form the in-chunk pairs (``_config["pairs"]``; "diag" is the default until the GPU has timed
 "levels"): "diag" as described above; "levels" skips the diagonal kernel and takes every pair through
