@@ -219,6 +219,10 @@ PREFILL_CONFIGS = {
     "BV64w8": dict(BV=64, inter_warps=8),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
     "merge_tf32x3": dict(prec_m="tf32x3"),
+    "levels": dict(pairs="levels", intra_warps=8, intra_stages=2),
+    "levels_kmajor_bf16": dict(pairs="levels", intra_warps=8, intra_stages=2, inter_form="cols_kmajor",
+                               inter_dot="bf16", BV=32, inter_warps=8),
+    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8),
 }
 
 
