@@ -65,7 +65,7 @@ def mla():
                 (16, 8, 2, True, True, False), (64, 8, 2, True, False, True), (64, 8, 2, True, True, True)]:
             const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888 if page_loop else 64, BLOCK_H=32,
                          BLOCK_N=bn, IS_FP8=kv != "bf16", DIRECT=False, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                         PREFETCH=prefetch, TOKENS_AS_ROWS=tar)
+                         PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=kv != "bf16")
             k = compile_kernel(_mla_decode_split, dict(ptrs, kv_ptr="*" + kv), const, floats=("qk_scale_log2",),
                                div16=div16, num_warps=nw, num_stages=ns)
             report(f"mla {kv} block_n {bn} w {nw} stages {ns} page_loop {page_loop} prefetch {prefetch} "

@@ -91,7 +91,7 @@ def _mla_decode_split(
     L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr, PAGE_LOOP: tl.constexpr,
-    PREFETCH: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr,
+    PREFETCH: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr, F16_MATH: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     hg = tl.program_id(1)
@@ -126,6 +126,13 @@ def _mla_decode_split(
     else:
         k_scale = 1.0
     score_mul = qk_scale_log2 * k_scale          # scores in log2 units, fp8 scale folded in
+    if F16_MATH:
+        # fp8 cache with 16-bit queries: products in fp16, the one type e4m3 converts to in a single packed
+        # instruction (bf16 needs two more per pair). q is scaled by 1/16 on the way (fp16 tops out at 65504;
+        # the scores get the 16 back), p <= 1 fits as it is.
+        q = (q.to(tl.float32) * 0.0625).to(tl.float16)
+        qp = (qp.to(tl.float32) * 0.0625).to(tl.float16)
+        score_mul = score_mul * 16.0
 
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_H], tl.float32)
@@ -282,7 +289,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
                k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None,
-               tokens_as_rows: bool = False):
+               tokens_as_rows: bool = False, fp16_math: bool | None = None):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -300,7 +307,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
     come from a block-table load in the same loop. tokens_as_rows computes the transposed products
     (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
-    which 32 query heads alone cannot reach; same result.
+    which 32 query heads alone cannot reach; same result. fp16_math (default: fp8 caches with 16-bit queries)
+    runs the products in fp16 (q scaled by 1/16): e4m3 converts to fp16 in one packed instruction.
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -370,6 +378,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
         IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
         PREFETCH=(is_fp8 or not page_loop) if prefetch is None else prefetch, TOKENS_AS_ROWS=tokens_as_rows,
+        F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:

@@ -266,6 +266,21 @@ def test_fp8_kernel(num_splits):
     check(o, lse, *ref, tol=2e-5)
 
 
+@pytest.mark.parametrize("page_loop_block_size", [16, 64])
+def test_fp8_kernel_bf16_queries_fp16_math(page_loop_block_size):
+    """fp8 cache + bf16 queries (the GPU's case) take the fp16 products by default: == fp64 attention over
+    the dequantised cache up to the bf16 output's rounding (the interpreter cannot run bf16 products, so the
+    bf16-operand variant is not checked here)."""
+    ks = 0.03
+    q_lat, q_pe, kv8, bt, sl = _fp8_case([1, 16, 17, 90, 200], bs=page_loop_block_size, H=5, L=64, R=16, seed=15,
+                                         k_scale=ks)
+    qb, qpb = q_lat.bfloat16(), q_pe.bfloat16()
+    ref_o, ref_lse = reference(qb.float(), qpb.float(), kv8.float(), bt, sl, 0.1, k_scale=ks)
+    o, lse = run(qb, qpb, kv8, bt, sl, 0.1, num_splits=3, k_scale=ks)
+    assert ((o.double() - ref_o).norm() / ref_o.norm()).item() < 1e-2          # bf16 output: ~3e-3
+    assert (lse.double() - ref_lse).abs().max().item() < 1e-4
+
+
 def test_fp8_kernel_real_dims():
     ks = 0.05
     q_lat, q_pe, kv8, bt, sl = _fp8_case([33], bs=16, H=2, L=512, R=64, seed=13, k_scale=ks)
@@ -288,12 +303,13 @@ for kv, direct, page_loop, prefetch, tar, bn, nw in [
         ("bf16", False, True, False, False, 32, 8), ("bf16", True, False, True, False, 32, 8),
         ("fp8e4nv", False, True, True, False, 32, 8), ("fp8e4nv", True, False, True, False, 32, 8),
         ("bf16", False, True, False, True, 64, 8)]:
+    f16 = kv != "bf16"
     fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*" + kv, bt_ptr="*i32", seq_lens_ptr="*i32",
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
     const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888, BLOCK_H=32, BLOCK_N=bn,
                  IS_FP8=kv != "bf16", DIRECT=direct, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                 PREFETCH=prefetch, TOKENS_AS_ROWS=tar)
+                 PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=f16)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
