@@ -109,6 +109,11 @@ def kda_prefill():
 
 
 def kda_decode():
+    from kernels.kda.triton_conv import _short_conv_decode_kernel
+    k = compile_kernel(_short_conv_decode_kernel, dict(x_ptr="*bf16", w_ptr="*bf16", state_ptr="*bf16", slot_ptr="*i32",
+                                                       init_ptr="*i1", y_ptr="*bf16"),
+                       dict(W=4, BD=256, HAS_INIT=True), num_warps=4)
+    report("kda short-conv decode step (BD 256)", k)
     from kernels.kda.triton_decode import _decode_kernel
     ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", g_ptr="*bf16", beta_ptr="*fp32", alog_ptr="*fp32",
                 dtb_ptr="*fp32", state_ptr="*fp32", slot_ptr="*i32", init_ptr="*i1", o_ptr="*bf16")

@@ -22,10 +22,19 @@ def triton_kda_available() -> bool:
         return False
     try:
         import kernels.kda.triton_chunk  # noqa: F401
+        import kernels.kda.triton_conv  # noqa: F401
         import kernels.kda.triton_decode  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def short_conv_decode(x, weight, conv_state, slots, has_init):
+    if x.is_cuda and triton_kda_available():
+        from kernels.kda.triton_conv import short_conv_decode as triton_short_conv_decode
+
+        return triton_short_conv_decode(x, weight, conv_state, slots, has_init)
+    return paged.short_conv_decode(x, weight, conv_state, slots, has_init)
 
 
 def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init):

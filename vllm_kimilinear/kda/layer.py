@@ -156,7 +156,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
 
         if nd > 0:
             has_init = md.has_initial_state[:nd]
-            x = paged.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd], has_init)
+            x = dispatch.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd], has_init)
             qq, kk, vv = split_qkv(x)
             out[:nd_tok] = dispatch.kda_decode(qq, kk, vv, g_raw[:nd_tok].view(-1, H, D), beta[:nd_tok], A_log,
                                                dt_bias, self.scale, rec_state, slots[:nd], has_init).to(out.dtype)
