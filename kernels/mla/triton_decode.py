@@ -52,6 +52,45 @@ def _row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE: tl.
 
 
 @triton.jit
+def _rows(base, p0, bt_row, tok, hi, s_kv_blk, s_kv_row, BLOCK_SIZE: tl.constexpr, LOOKUP: tl.constexpr):
+    """Addresses of the cached rows of positions ``tok``: inside one page starting at position p0 whose rows
+    begin at ``base``, or (LOOKUP) through one block-table lookup per position, from the cache at ``base``."""
+    if LOOKUP:
+        return _row_addresses(base, bt_row, tok, hi, s_kv_blk, s_kv_row, BLOCK_SIZE)
+    return base + (tok - p0).to(tl.int64) * s_kv_row
+
+
+@triton.jit
+def _attend_range(q, qp, base, p0, bt_row, lo, hi, m, l_sum, acc, offs_l, offs_r, l_ok, r_ok, score_mul,
+                  s_kv_blk, s_kv_row, L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr, PREFETCH: tl.constexpr,
+                  LOOKUP: tl.constexpr):
+    """Fold positions [lo, hi) into the running softmax state, BLOCK_N at a time (rows found as ``_rows``
+    says). PREFETCH issues the next tile's loads into registers before the current tile's products."""
+    if PREFETCH:
+        tok = lo + tl.arange(0, BLOCK_N)
+        c_nx, kpe_nx = _load_tile(_rows(base, p0, bt_row, tok, hi, s_kv_blk, s_kv_row, BLOCK_SIZE, LOOKUP),
+                                  tok < hi, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+        for t0 in range(lo, hi, BLOCK_N):
+            c, kpe = c_nx, kpe_nx
+            nxt = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            c_nx, kpe_nx = _load_tile(_rows(base, p0, bt_row, nxt, hi, s_kv_blk, s_kv_row, BLOCK_SIZE, LOOKUP),
+                                      nxt < hi, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+            tok = t0 + tl.arange(0, BLOCK_N)
+            m, l_sum, acc = _attend(q, qp, c, kpe, tok < hi, m, l_sum, acc, score_mul, DOT_PRECISION,
+                                    TOKENS_AS_ROWS)
+    else:
+        for t0 in range(lo, hi, BLOCK_N):
+            tok = t0 + tl.arange(0, BLOCK_N)
+            t_ok = tok < hi
+            c, kpe = _load_tile(_rows(base, p0, bt_row, tok, hi, s_kv_blk, s_kv_row, BLOCK_SIZE, LOOKUP), t_ok,
+                                offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
+            m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION, TOKENS_AS_ROWS)
+    return m, l_sum, acc
+
+
+@triton.jit
 def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.constexpr,
             TOKENS_AS_ROWS: tl.constexpr):
     """Fold one tile of cached rows (c, kpe; ``t_ok``: which rows are real) into the running softmax state
@@ -147,51 +186,15 @@ def _mla_decode_split(
         # depend on no other load in that loop, so Triton multi-buffers them (an in-loop page lookup leaves a
         # single buffer: the pipeliner gives the indirect load the first stage and the data only one).
         for pg in range(start // BLOCK_SIZE, tl.cdiv(end, BLOCK_SIZE)):
-            page_base = kv_ptr + tl.load(bt_row + pg).to(tl.int64) * s_kv_blk
             p0 = pg * BLOCK_SIZE
-            hi = tl.minimum(end, p0 + BLOCK_SIZE)
-            first = tl.maximum(start, p0)
-            if PREFETCH:     # the next tile's loads are issued before this tile's products (registers)
-                tok = first + tl.arange(0, BLOCK_N)
-                c_nx, kpe_nx = _load_tile(page_base + (tok - p0).to(tl.int64) * s_kv_row, tok < hi, offs_l, offs_r,
-                                          l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                for t0 in range(first, hi, BLOCK_N):
-                    c, kpe = c_nx, kpe_nx
-                    nxt = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
-                    c_nx, kpe_nx = _load_tile(page_base + (nxt - p0).to(tl.int64) * s_kv_row, nxt < hi, offs_l,
-                                              offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                    tok = t0 + tl.arange(0, BLOCK_N)
-                    m, l_sum, acc = _attend(q, qp, c, kpe, tok < hi, m, l_sum, acc, score_mul, DOT_PRECISION,
-                                                 TOKENS_AS_ROWS)
-            else:
-                for t0 in range(first, hi, BLOCK_N):
-                    tok = t0 + tl.arange(0, BLOCK_N)
-                    t_ok = tok < hi
-                    c, kpe = _load_tile(page_base + (tok - p0).to(tl.int64) * s_kv_row, t_ok, offs_l, offs_r,
-                                        l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                    m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION,
-                                                 TOKENS_AS_ROWS)
+            m, l_sum, acc = _attend_range(
+                q, qp, kv_ptr + tl.load(bt_row + pg).to(tl.int64) * s_kv_blk, p0, bt_row, tl.maximum(start, p0),
+                tl.minimum(end, p0 + BLOCK_SIZE), m, l_sum, acc, offs_l, offs_r, l_ok, r_ok, score_mul, s_kv_blk,
+                s_kv_row, L, R, BLOCK_L, BLOCK_R, BLOCK_N, BLOCK_SIZE, DOT_PRECISION, TOKENS_AS_ROWS, PREFETCH, False)
     else:                    # small pages: one flat loop, a block-table lookup per position
-        if PREFETCH:
-            tok = start + tl.arange(0, BLOCK_N)
-            c_nx, kpe_nx = _load_tile(_row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
-                                      tok < end, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-            for t0 in range(start, end, BLOCK_N):
-                c, kpe = c_nx, kpe_nx
-                nxt = t0 + BLOCK_N + tl.arange(0, BLOCK_N)
-                c_nx, kpe_nx = _load_tile(_row_addresses(kv_ptr, bt_row, nxt, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
-                                          nxt < end, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                tok = t0 + tl.arange(0, BLOCK_N)
-                m, l_sum, acc = _attend(q, qp, c, kpe, tok < end, m, l_sum, acc, score_mul, DOT_PRECISION,
-                                                 TOKENS_AS_ROWS)
-        else:
-            for t0 in range(start, end, BLOCK_N):
-                tok = t0 + tl.arange(0, BLOCK_N)
-                t_ok = tok < end
-                c, kpe = _load_tile(_row_addresses(kv_ptr, bt_row, tok, end, s_kv_blk, s_kv_row, BLOCK_SIZE),
-                                    t_ok, offs_l, offs_r, l_ok, r_ok, L, R, BLOCK_L, BLOCK_R)
-                m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION,
-                                                 TOKENS_AS_ROWS)
+        m, l_sum, acc = _attend_range(
+            q, qp, kv_ptr, 0, bt_row, start, end, m, l_sum, acc, offs_l, offs_r, l_ok, r_ok, score_mul, s_kv_blk,
+            s_kv_row, L, R, BLOCK_L, BLOCK_R, BLOCK_N, BLOCK_SIZE, DOT_PRECISION, TOKENS_AS_ROWS, PREFETCH, True)
 
     if TOKENS_AS_ROWS:
         acc = tl.trans(acc)
