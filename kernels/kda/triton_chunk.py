@@ -350,7 +350,7 @@ def _chunk_inter_kernel(
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
-def _as_heads(x, H, D):
+def as_heads(x, H, D):
     """[T, H, D] view with a unit last stride (copies only if the last dim is strided)."""
     x = x.view(x.shape[0], H, D) if x.dim() == 2 else x
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -392,8 +392,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     assert cfg["pairs"] in ("diag", "levels"), f"pairs must be 'diag' or 'levels', not {cfg['pairs']!r}"
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
-    q, k, g_raw = _as_heads(q, H, K), _as_heads(k, H, K), _as_heads(g_raw, H, K)
-    v = _as_heads(v, H, V)
+    q, k, g_raw = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K)
+    v = as_heads(v, H, V)
     o = torch.empty(T, H, V, dtype=v.dtype, device=dev) if out is None else out
     assert o.shape == (T, H, V) and o.stride(-1) == 1
     if T == 0 or N == 0:

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.kda.triton_chunk import as_heads
+
 
 @triton.jit
 def _token_inputs(q_ptr, k_ptr, g_ptr, v_ptr, beta_ptr, dtb_ptr, t, h, kc, vc,
@@ -105,9 +107,11 @@ def _verify_kernel(
             tl.store(state_ptr + dst.to(tl.int64) * s_ss + tile, S.to(state_ptr.dtype.element_ty))
 
 
-def _heads(x, H, D):
-    x = x.view(x.shape[0], H, D) if x.dim() == 2 else x
-    return x if x.stride(-1) == 1 else x.contiguous()
+def _token_strides(q, k, v, g_raw, beta, o, state):
+    """The row and head strides of the per-token tensors and the state strides, in both kernels' order."""
+    return (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1), o.stride(0), o.stride(1),
+            state.stride(0), state.stride(1), state.stride(2))
 
 
 def _pick_bv(V, state_dtype, bv, num_warps):
@@ -128,7 +132,7 @@ def recurrent_kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_
     N, H, K = q.shape
     V = v.shape[-1]
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
-    q, k, g_raw, v = _heads(q, H, K), _heads(k, H, K), _heads(g_raw, H, K), _heads(v, H, V)
+    q, k, g_raw, v = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K), as_heads(v, H, V)
     o = torch.empty(N, H, V, dtype=v.dtype, device=q.device) if out is None else out
     assert o.shape == (N, H, V) and o.stride(-1) == 1
     if N == 0:
@@ -138,9 +142,7 @@ def recurrent_kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_
     _decode_kernel[(N * H * (V // bv),)](
         q, k, v, g_raw, beta, A_log.reshape(-1), dt_bias.reshape(-1), st, state_indices,
         state_indices if has_initial_state is None else has_initial_state, o,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1), o.stride(0), o.stride(1),
-        st.stride(0), st.stride(1), st.stride(2), float(scale), H=H, K=K, V=V, BV=bv,
+        *_token_strides(q, k, v, g_raw, beta, o, st), float(scale), H=H, K=K, V=V, BV=bv,
         HAS_INIT=has_initial_state is not None, num_warps=nw)
     return o
 
@@ -159,7 +161,7 @@ def recurrent_kda_verify(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_
     N, T = state_indices.shape
     assert NT == N * T and initial_slots.shape[0] == N
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
-    q, k, g_raw, v = _heads(q, H, K), _heads(k, H, K), _heads(g_raw, H, K), _heads(v, H, V)
+    q, k, g_raw, v = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K), as_heads(v, H, V)
     o = torch.empty(NT, H, V, dtype=v.dtype, device=q.device) if out is None else out
     assert o.shape == (NT, H, V) and o.stride(-1) == 1
     if NT == 0:
@@ -168,8 +170,6 @@ def recurrent_kda_verify(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_
     st = recurrent_state
     _verify_kernel[(N * H * (V // bv),)](
         q, k, v, g_raw, beta, A_log.reshape(-1), dt_bias.reshape(-1), st, initial_slots, state_indices, o,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1), o.stride(0), o.stride(1),
-        st.stride(0), st.stride(1), st.stride(2), state_indices.stride(0), state_indices.stride(1),
+        *_token_strides(q, k, v, g_raw, beta, o, st), state_indices.stride(0), state_indices.stride(1),
         T, float(scale), H=H, K=K, V=V, BV=bv, num_warps=nw)
     return o
