@@ -13,7 +13,6 @@ import datetime
 import sys
 
 import torch
-import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 

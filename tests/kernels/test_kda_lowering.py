@@ -2,13 +2,7 @@
 (sm_90a, Triton's bundled ptxas; no GPU needed) within the shared memory one block may have. Catches what the
 interpreter cannot: layouts Triton cannot lower (e.g. a gather of fp64), register allocation failures."""
 
-import os
-import subprocess
-import sys
-
-import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.kernels.lowering import run_lowering_script
 
 _LOWER = r"""
 import sys
@@ -52,10 +46,4 @@ print("LOWERED", len(done))
 
 
 def test_kda_kernels_lower_for_sm90(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # the interpreter patches tl
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-c", _LOWER], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=1200)
-    if r.returncode != 0 and "ptxas" in r.stderr and "not found" in r.stderr.lower():
-        pytest.skip("no ptxas in this triton install")
-    assert r.returncode == 0 and "LOWERED 10" in r.stdout, r.stderr[-4000:]
+    assert "LOWERED 10" in run_lowering_script(_LOWER, tmp_path, timeout=1200)

@@ -127,29 +127,38 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, pairs, 
     assert torch.isfinite(st).all()
 
 
-@pytest.mark.parametrize("pairs,form", DESIGNS)
-@pytest.mark.parametrize("K,V", [(32, 64), (64, 16)])
-def test_chunk_prefill_value_width_differs_from_key_width(K, V, pairs, form):
-    """V != K: the state tile is [V, K] (value-major in memory), so row and column roles cannot be swapped."""
-    gen = torch.Generator().manual_seed(K * 1000 + V)
-    lengths = [70, 5]
-    T = sum(lengths)
-    q, k, v, g, beta = make_tokens(T, K, V, "strong", gen)
+def two_sequence_errors(K, V, lengths, slots, seed, config):
+    """Two sequences through chunk_kda_prefill, the first continuing from its slot, the second from zeros
+    ("strong" gates, 3 state slots). Returns per sequence (rel. error of o, rel. error of its final state)
+    against fp64, and whether the slots nobody uses were left untouched."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g, beta = make_tokens(sum(lengths), K, V, "strong", gen)
     A_log, dt_bias = make_params(K, gen)
     state0 = torch.randn(3, H, V, K, generator=gen) * 0.3
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     st = state0.clone().to(DEV)
     o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
-                          torch.tensor([2, 1], dtype=torch.int32, device=DEV),
-                          torch.tensor([True, False], device=DEV), cu.to(DEV),
-                          _config={"pairs": pairs, "inter_form": form}).cpu()
+                          torch.tensor(slots, dtype=torch.int32, device=DEV),
+                          torch.tensor([True, False], device=DEV), cu.to(DEV), _config=config).cpu()
     st = st.cpu()
-    for i, (s, e, slot) in enumerate([(0, 70, 2), (70, 75, 1)]):
+    errs = []
+    for i, (s, e, slot) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), slots)):
         S0 = state0[slot].transpose(-1, -2) if i == 0 else None
         o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, S0)
-        assert rel(o[s:e], o_ref) < TOL, (i, rel(o[s:e], o_ref))
-        assert rel(st[slot], S_ref.transpose(-1, -2)) < TOL
-    assert torch.equal(st[0], state0[0])
+        errs.append((rel(o[s:e], o_ref), rel(st[slot], S_ref.transpose(-1, -2))))
+    untouched = all(torch.equal(st[j], state0[j]) for j in range(3) if j not in slots)
+    return errs, untouched
+
+
+@pytest.mark.parametrize("pairs,form", DESIGNS)
+@pytest.mark.parametrize("K,V", [(32, 64), (64, 16)])
+def test_chunk_prefill_value_width_differs_from_key_width(K, V, pairs, form):
+    """V != K: the state tile is [V, K] (value-major in memory), so row and column roles cannot be swapped."""
+    errs, untouched = two_sequence_errors(K, V, [70, 5], [2, 1], K * 1000 + V, {"pairs": pairs, "inter_form": form})
+    for i, (e_o, e_s) in enumerate(errs):
+        assert e_o < TOL, (i, e_o)
+        assert e_s < TOL
+    assert untouched
 
 
 def test_chunk_prefill_bf16_state_and_strided_inputs():
@@ -296,22 +305,7 @@ def test_chunk_prefill_fast_path_storage():
     """The bf16-input settings (bf16 W/QG/KG, fp16 2^G k, tf32 products) on fp32 inputs: same data flow as on
     the GPU's fast path, so only bf16 rounding of the stored intermediates separates it from the truth."""
     from kernels.kda.triton_chunk import _FAST
-    gen = torch.Generator().manual_seed(13)
-    K = V = 32
-    lengths = [65, 30]
-    T = sum(lengths)
-    q, k, v, g, beta = make_tokens(T, K, V, "strong", gen)
-    A_log, dt_bias = make_params(K, gen)
-    state0 = torch.randn(3, H, V, K, generator=gen) * 0.3
-    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    st = state0.clone().to(DEV)
-    cfg = dict(_FAST, ws_dtype=torch.bfloat16)
-    o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
-                          torch.tensor([1, 2], dtype=torch.int32, device=DEV),
-                          torch.tensor([True, False], device=DEV), cu.to(DEV), _config=cfg).cpu()
-    st = st.cpu()
-    for i, (s, e) in enumerate([(0, 65), (65, 95)]):
-        S0 = state0[1].transpose(-1, -2) if i == 0 else None
-        o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, S0)
-        assert rel(o[s:e], o_ref) < 1e-2, rel(o[s:e], o_ref)             # bf16 intermediates: ~3e-3 expected
-        assert rel(st[i + 1], S_ref.transpose(-1, -2)) < 1e-2
+    errs, _ = two_sequence_errors(32, 32, [65, 30], [1, 2], 13, dict(_FAST, ws_dtype=torch.bfloat16))
+    for e_o, e_s in errs:
+        assert e_o < 1e-2, e_o                                            # bf16 intermediates: ~3e-3 expected
+        assert e_s < 1e-2
