@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,10 +102,21 @@ def main() -> None:
             env["VLLM_PLUGINS"] = ""
         cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers)] + (["--quick"] if args.quick else [])
         t = time.time()
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        rows = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+        rows = []
+        # the worker's results are echoed as they come, so that a run cut off by a time limit still shows them
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+            err = []
+            drain = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)
+            drain.start()
+            for line in p.stdout:
+                if line.startswith("RESULT "):
+                    rows.append(json.loads(line[7:]))
+                    print(f"[{side} {time.time() - t:.0f} s] {line[7:].strip()}", flush=True)
+            p.wait()
+            drain.join()
         if p.returncode != 0:
-            print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{p.stderr[-3000:]}", flush=True)
+            print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{''.join(err)[-3000:]}",
+                  flush=True)
         results[side] = rows
         print(f"[{side}] {[r for r in rows if 'workload' not in r]}", flush=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}  layers: {args.layers}  date: {time.strftime('%Y-%m-%d')}")

@@ -214,7 +214,8 @@ def prefill_bytes(T, N, state_bytes=4):
 PREFILL_CONFIGS = {
     "default": {},
     "intra_s2": dict(intra_stages=2),
-    "diag32w4": dict(BKD=32, diag_warps=4),
+    "diag_w2": dict(diag_warps=2),
+    "diag_w8": dict(diag_warps=8),
     "BV64w8": dict(BV=64, inter_warps=8),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
     "merge_tf32x3": dict(prec_m="tf32x3"),

@@ -26,25 +26,20 @@ from kernels.kda.triton_chunk import chunk_kda_prefill                       # n
 # Candidates chosen with scripts/inspect_sm90.py (no register spills, or the fewest) for the next GPU run.
 LV = dict(pairs="levels", intra_warps=8, intra_stages=2)
 CONFIGS = {
-    "default (diag kernel + 2 levels; columns-first sequential, tf32)": {},
+    "default (diag kernel, column loop, 4 warps; columns-first sequential, tf32)": {},
+    "diag kernel 2 warps": dict(diag_warps=2),
+    "diag kernel 8 warps": dict(diag_warps=8),
     "levels, intra 8 warps 2 stages": LV,
-    "levels, intra 8 warps 1 stage": dict(LV, intra_stages=1),
-    "levels, pairs in 3xTF32 (fp32-accurate)": dict(LV, prec_a="tf32x3"),
-    "default pairs; columns-first bf16 state products, BV 16": dict(inter_dot="bf16", BV=16),
-    "levels; columns-first bf16 state products, BV 16": dict(LV, inter_dot="bf16", BV=16),
-    "levels; columns-first bf16 state products, BV 32 8 warps": dict(LV, inter_dot="bf16", BV=32, inter_warps=8),
-    "levels; columns-first all bf16, BV 16": dict(LV, inter_dot="bf16", inter_av="bf16", BV=16),
-    "levels; rows-first bf16 state products, BV 32 8 warps": dict(LV, inter_form="rows", inter_dot="bf16",
-                                                                 BV=32, inter_warps=8),
-    "levels; rows-first bf16 state products, BV 64 8 warps": dict(LV, inter_form="rows", inter_dot="bf16", BV=64,
-                                                                 inter_warps=8),
-    "levels; rows-first tf32, BV 16": dict(LV, inter_form="rows", BV=16),
+    "columns-first bf16 state products, BV 16": dict(inter_dot="bf16", BV=16),
+    "key-major state bf16 products, BV 32 8 warps": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32,
+                                                         inter_warps=8),
+    "key-major state bf16 products, BV 64 8 warps": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=64,
+                                                         inter_warps=8),
+    "key-major state tf32, BV 32": dict(inter_form="cols_kmajor", BV=32),
+    "rows-first bf16 state products, BV 64 8 warps": dict(inter_form="rows", inter_dot="bf16", BV=64,
+                                                          inter_warps=8),
     "levels; key-major state bf16 products, BV 32 8 warps": dict(LV, inter_form="cols_kmajor", inter_dot="bf16",
                                                                  BV=32, inter_warps=8),
-    "default pairs; key-major state bf16 products, BV 32 8 warps": dict(inter_form="cols_kmajor", inter_dot="bf16",
-                                                                        BV=32, inter_warps=8),
-    "levels; key-major state bf16 products, BV 16": dict(LV, inter_form="cols_kmajor", inter_dot="bf16", BV=16),
-    "levels; key-major state tf32, BV 32": dict(LV, inter_form="cols_kmajor", BV=32),
 }
 
 

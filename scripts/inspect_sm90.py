@@ -84,8 +84,8 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, BKD=16), div16=div16, num_warps=2)
-    report("kda diag kernel (BKD 16, 2 warps)", k)
+    k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC), div16=div16, num_warps=4)
+    report("kda diag kernel (column loop, 4 warps)", k)
     for levels in (False, True):
         for bk, nw in [(16, 4), (16, 8), (32, 8)]:
             const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32",

@@ -25,7 +25,7 @@ def check(label, k):
     assert k.metadata.shared <= SMEM_LIMIT, (label, k.metadata.shared)
     done.append(label)
 
-check("diag", compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, BKD=16), num_warps=2))
+check("diag", compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC), num_warps=4))
 for levels, nw, ns in [(False, _FAST["intra_warps"], _FAST["intra_stages"]), (True, 8, 2)]:
     const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32",
                  ALL_LEVELS=levels, LOG_BT=BT.bit_length() - 1)
