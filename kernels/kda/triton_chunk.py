@@ -32,7 +32,8 @@ row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binar
 unit lower-triangular inverse is block forward substitution by doubling: the inverses of the 2x2
 diagonal blocks, then of the 4x4, ... 64x64 ones through [[A^-1, 0], [-B^-1 C A^-1, B^-1]].
 
-Precision: bf16/fp16 inputs take the fast path (tf32 products, bf16 W/QG/KG, fp32 U/Aqk/state);
+Precision: bf16/fp16 inputs take the fast path (tf32 products in the parallel kernels, bf16 products with the
+state in the sequential one, bf16 W/QG/KG, fp32 U/Aqk/state);
 fp32 inputs take an all-fp32 path (IEEE products; slow, for tests and checks).
 """
 
@@ -374,12 +375,14 @@ def as_heads(x, H, D):
 
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
-_FAST = dict(pairs="diag", BK=16, diag_warps=4, BVI=32, BV=32, ws_dtype=None, ek_dtype=torch.float16,
+# Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
+# value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps.
+_FAST = dict(pairs="diag", BK=16, diag_warps=4, BVI=32, BV=64, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
-             inter_dot="fp32", inter_av="fp32", inter_form="cols", inter_prec="tf32",
-             intra_warps=4, intra_stages=3, inter_warps=4, inter_stages=2)
+             inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
+             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
-              inter_prec="ieee")
+              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
 
 def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_state, state_indices,
@@ -457,13 +460,11 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
-    # The sequential kernel multiplies in fp32 (tf32 on the fast path) by default. bf16 operands ("inter_dot" for
-    # the products with the state, "inter_av" for Aqk v_new) are offered for benchmarking only: with the
-    # columns-first formulation they gave wrong outputs on an H100 (Triton 3.6; rel. error 0.87, state still
-    # right; not root-caused). "inter_form" picks how the sequential step's products are laid out: "cols" (the
-    # default: token rows first, state value-major), "rows" (value rows first: the state and v_new^T on the
-    # left), "cols_kmajor" (token rows first, state key-major so that the state update has K rows); the last
-    # two are not yet measured on a GPU.
+    # The sequential step's layout ("inter_form": "rows" value rows first, the fast-path default; "cols" token rows
+    # first; "cols_kmajor" token rows first with the state key-major) and operand types ("inter_dot" for the
+    # products with the state, "inter_av" for Aqk v_new). bf16 state products measured on the H100: o error
+    # unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk v_new products gave wrong
+    # outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,

@@ -137,6 +137,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         """The attention core, run inside the custom op: short convs, gate, KDA; writes ``out``."""
         md = get_forward_context().attn_metadata
         if md is None:          # vLLM's profile run: no states yet
+            self._profile_prefill(q, k, v, g_raw, beta, out)
             return
         md = md[self.prefix]
         conv_state, rec_state = self.kv_cache
@@ -148,27 +149,47 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         slots = md.non_spec_state_indices_tensor
         qkv = torch.cat([q[:n_tok], k[:n_tok], v[:n_tok]], dim=-1)
         weight = self.conv_weight()
-        A_log, dt_bias = self.A_log, self.dt_bias
-
-        def split_qkv(x):
-            qq, kk, vv = x.split(H * D, dim=-1)
-            return qq.view(-1, H, D), kk.view(-1, H, D), vv.view(-1, H, D)
-
         if nd > 0:
             has_init = md.has_initial_state[:nd]
             x = dispatch.short_conv_decode(qkv[:nd_tok], weight, conv_state, slots[:nd], has_init)
-            qq, kk, vv = split_qkv(x)
-            out[:nd_tok] = dispatch.kda_decode(qq, kk, vv, g_raw[:nd_tok].view(-1, H, D), beta[:nd_tok], A_log,
-                                               dt_bias, self.scale, rec_state, slots[:nd], has_init).to(out.dtype)
+            qq, kk, vv = self._split_heads(x)
+            out[:nd_tok] = dispatch.kda_decode(qq, kk, vv, g_raw[:nd_tok].view(-1, H, D), beta[:nd_tok], self.A_log,
+                                               self.dt_bias, self.scale, rec_state, slots[:nd], has_init).to(out.dtype)
         if md.num_prefills > 0:
             cu = md.non_spec_query_start_loc[nd:] - nd_tok
-            pslots = slots[nd:nd + md.num_prefills]
-            has_init = md.has_initial_state[nd:nd + md.num_prefills]
-            x = paged.short_conv_prefill(qkv[nd_tok:], weight, conv_state, pslots, has_init, cu)
-            qq, kk, vv = split_qkv(x)
-            out[nd_tok:n_tok] = dispatch.kda_prefill(qq, kk, vv, g_raw[nd_tok:n_tok].view(-1, H, D),
-                                                     beta[nd_tok:n_tok], A_log, dt_bias, self.scale, rec_state,
-                                                     pslots, has_init, cu).to(out.dtype)
+            self._prefill(qkv[nd_tok:], g_raw[nd_tok:n_tok], beta[nd_tok:n_tok], weight, conv_state, rec_state,
+                          slots[nd:nd + md.num_prefills], md.has_initial_state[nd:nd + md.num_prefills], cu,
+                          out[nd_tok:n_tok])
+
+    def _split_heads(self, x):
+        H, D = self.local_heads, self.head_dim
+        qq, kk, vv = x.split(H * D, dim=-1)
+        return qq.view(-1, H, D), kk.view(-1, H, D), vv.view(-1, H, D)
+
+    def _prefill(self, qkv, g_raw, beta, weight, conv_state, rec_state, slots, has_init, cu, out) -> None:
+        x = paged.short_conv_prefill(qkv, weight, conv_state, slots, has_init, cu)
+        qq, kk, vv = self._split_heads(x)
+        out[:] = dispatch.kda_prefill(qq, kk, vv, g_raw.view(-1, self.local_heads, self.head_dim), beta, self.A_log,
+                                      self.dt_bias, self.scale, rec_state, slots, has_init, cu).to(out.dtype)
+
+    def _profile_prefill(self, q, k, v, g_raw, beta, out) -> None:
+        """On CUDA, vLLM sizes the KV cache from the peak memory of this profile run, so the prefill's
+        workspace must be allocated in it: run the real prefill path on the whole profile batch as one
+        sequence, over two throw-away state slots (slot 0 is the null slot)."""
+        if not q.is_cuda or q.shape[0] == 0:
+            return
+        T, dev = q.shape[0], q.device
+        conv_shape, rec_shape = self._state_shapes
+        conv_dtype, rec_dtype = self._state_dtypes
+        conv_state = torch.zeros(2, *conv_shape, dtype=conv_dtype, device=dev)
+        if not is_conv_state_dim_first():
+            conv_state = conv_state.transpose(-1, -2)
+        rec_state = torch.zeros(2, *rec_shape, dtype=rec_dtype, device=dev)
+        slots = torch.ones(1, dtype=torch.int32, device=dev)
+        has_init = torch.zeros(1, dtype=torch.bool, device=dev)
+        cu = torch.tensor([0, T], dtype=torch.int32, device=dev)
+        self._prefill(torch.cat([q, k, v], dim=-1), g_raw, beta, self.conv_weight(), conv_state, rec_state, slots,
+                      has_init, cu, out)
 
 
 def _kda_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_raw: torch.Tensor, beta: torch.Tensor,

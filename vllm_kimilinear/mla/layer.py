@@ -72,8 +72,24 @@ class LatentAttention(nn.Module, AttentionLayerBase):
     def attend(self, q, kv_c, k_pe, out) -> None:
         md = get_forward_context().attn_metadata
         if md is None:          # profile run
+            self._profile_prefill(q, kv_c, k_pe, out)
             return
         self.impl.forward(q, kv_c, k_pe, self.kv_cache, self.kv_b_weight(), md[self.prefix], out, self.k_scale)
+
+    def _profile_prefill(self, q, kv_c, k_pe, out) -> None:
+        """On CUDA, vLLM sizes the KV cache from the peak memory of this profile run: run the real prefill on
+        the whole profile batch as one sequence, over a throw-away one-page cache, so that the expanded keys and
+        values are counted. (A chunked prefill over a long cached prefix expands that prefix too; that
+        part grows with the context and is not counted here.)"""
+        T = q.shape[0]
+        if not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16):
+            return
+        from vllm_kimilinear.mla.prefill import prefill_flash
+
+        cache = torch.cat([kv_c, k_pe], dim=-1).unsqueeze(0)              # one page of T rows, in q's dtype
+        table = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
+        o = prefill_flash(q, cache, table, [T], [T], self.kv_b_weight(), self.scale)
+        out.copy_(o.reshape(T, -1))
 
 
 class KimiMLAAttention(nn.Module):
