@@ -216,12 +216,9 @@ PREFILL_CONFIGS = {
     "intra_s2": dict(intra_stages=2),
     "diag_w2": dict(diag_warps=2),
     "diag_w8": dict(diag_warps=8),
-    "BV64w8": dict(BV=64, inter_warps=8),
+    "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
     "merge_tf32x3": dict(prec_m="tf32x3"),
-    "levels": dict(pairs="levels", intra_warps=8, intra_stages=2),
-    "levels_kmajor_bf16": dict(pairs="levels", intra_warps=8, intra_stages=2, inter_form="cols_kmajor",
-                               inter_dot="bf16", BV=32, inter_warps=8),
     "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8),
 }
 

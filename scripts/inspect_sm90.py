@@ -86,13 +86,11 @@ def kda_prefill():
                 state_ptr=f32, init_ptr="*i1")
     k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC), div16=div16, num_warps=4)
     report("kda diag kernel (column loop, 4 warps)", k)
-    for levels in (False, True):
-        for bk, nw in [(16, 4), (16, 8), (32, 8)]:
-            const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32",
-                         PREC_O="tf32", ALL_LEVELS=levels, LOG_BT=BT.bit_length() - 1)
-            k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
-                               num_stages=3)
-            report(f"kda intra {'all levels' if levels else 'diag + 2 levels'} BK {bk} warps {nw}", k)
+    for bk, nw in [(16, 4), (16, 8), (32, 8)]:
+        const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
+        k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
+                           num_stages=3)
+        report(f"kda intra BK {bk} warps {nw}", k)
     import triton.language as tl
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:

@@ -19,12 +19,6 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    and v_new^T on the left) and "cols_kmajor" (the state held key-major, so every product has 64 or 128
    rows); bf16 operands for the state products ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
-Two ways to form the in-chunk pairs (``_config["pairs"]``; "diag" is the default until the GPU has timed
-"levels"): "diag" as described above; "levels" skips the diagonal kernel and takes every pair through
-reference rows on tensor cores (levels 32, 16, 8, 4, 2, 1; the reference rows' G gathered in registers),
-the k-k pairs in the first pass over the columns and the q-k pairs in a second one, so that a single 64x64
-accumulator is live at a time (no register spills at 8 warps on sm_90, `scripts/inspect_sm90.py`).
-
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
 sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
 row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binary hierarchy at
@@ -73,22 +67,6 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     is_r = (rows % (2 * S)) >= S
     e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
     return e, is_r
-
-
-@triton.jit
-def _level_pairs(G, xs, ks, rows, rr, cc, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """The level-S pairs of one column slice, exact for any gate: row r in the upper half of a 2S-block, column
-    c in its lower half, through the reference row p = last row of the lower half (gathered from G):
-    sum_d x_r 2^(G_r - G_p) * k_c 2^(G_p - G_c), both exponents <= 0 (x = k or q). Returns the [BT, BT] product,
-    zero outside this level's positions."""
-    p = (rows // (2 * S)) * (2 * S) + S - 1
-    Gp = tl.gather(G, tl.broadcast_to(p[:, None], (BT, BK)), axis=0)
-    is_r = (rows % (2 * S)) >= S
-    e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
-    colf = tl.where(is_r[:, None], 0.0, ks * e)
-    xe = tl.where(is_r[:, None], xs * e, 0.0)
-    m = ((rr // (2 * S)) == (cc // (2 * S))) & ((rr % (2 * S)) >= S) & ((cc % (2 * S)) < S)
-    return tl.where(m, tl.dot(xe, tl.trans(colf), input_precision=PREC), 0.0)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -167,7 +145,6 @@ def _chunk_intra_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BVI: tl.constexpr,
     PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
-    ALL_LEVELS: tl.constexpr, LOG_BT: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -195,11 +172,9 @@ def _chunk_intra_kernel(
     ssq_q = tl.zeros([BT], dtype=tl.float32)
     ssq_k = tl.zeros([BT], dtype=tl.float32)
     a_kk = tl.zeros([BT, BT], dtype=tl.float32)
-    qk_diag = tl.zeros([BT], dtype=tl.float32)                 # q_r . k_r (ALL_LEVELS only)
-    if not ALL_LEVELS:
-        a_qk = tl.zeros([BT, BT], dtype=tl.float32)            # level 32: rows 32..63 x columns 0..31
-        b_kk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)   # level 16, inside each 32-token half
-        b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
+    a_qk = tl.zeros([BT, BT], dtype=tl.float32)                # level 32: rows 32..63 x columns 0..31
+    b_kk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)   # level 16, inside each 32-token half
+    b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
     for k0 in range(0, K, BK):
         cols = k0 + tl.arange(0, BK)
         qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h,
@@ -214,45 +189,39 @@ def _chunk_intra_kernel(
         tl.store(kg_ptr + off, (ks * tl.exp2((g_last[None, :] - G).to(tl.float32))).to(wsd))
         tl.store(ek_ptr + off, (ks * eg).to(ek_ptr.dtype.element_ty))
         tl.store(gl_ptr + base * K + cols, tl.exp2(g_last.to(tl.float32)))
-        if ALL_LEVELS:           # every k-k pair through reference rows; the q-k pairs come in a second pass
-            qk_diag += tl.sum(qs * ks, axis=1)
-            for lv in tl.static_range(LOG_BT):
-                a_kk += _level_pairs(G, ks, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
-        else:
-            # off-diagonal sub-blocks through reference rows: level 32, then level 16
-            e, is_r = _level_factor(G, rows, 32, BT, BK)
-            colf = tl.where(is_r[:, None], 0.0, ks * e)
-            ke = tl.where(is_r[:, None], ks * e, 0.0)
-            qe = tl.where(is_r[:, None], qs * e, 0.0)
-            a_kk += tl.dot(ke, tl.trans(colf), input_precision=PREC_A)
-            a_qk += tl.dot(qe, tl.trans(colf), input_precision=PREC_A)
-            e, is_r = _level_factor(G, rows, 16, BT, BK)
-            colf = tl.where(is_r[:, None], 0.0, ks * e)
-            ke = tl.where(is_r[:, None], ks * e, 0.0)
-            qe = tl.where(is_r[:, None], qs * e, 0.0)
-            colf = tl.trans(tl.reshape(colf, (2, BT // 2, BK)), (0, 2, 1))
-            b_kk += tl.dot(tl.reshape(ke, (2, BT // 2, BK)), colf, input_precision=PREC_A)
-            b_qk += tl.dot(tl.reshape(qe, (2, BT // 2, BK)), colf, input_precision=PREC_A)
+        # off-diagonal sub-blocks through reference rows: level 32, then level 16
+        e, is_r = _level_factor(G, rows, 32, BT, BK)
+        colf = tl.where(is_r[:, None], 0.0, ks * e)
+        ke = tl.where(is_r[:, None], ks * e, 0.0)
+        qe = tl.where(is_r[:, None], qs * e, 0.0)
+        a_kk += tl.dot(ke, tl.trans(colf), input_precision=PREC_A)
+        a_qk += tl.dot(qe, tl.trans(colf), input_precision=PREC_A)
+        e, is_r = _level_factor(G, rows, 16, BT, BK)
+        colf = tl.where(is_r[:, None], 0.0, ks * e)
+        ke = tl.where(is_r[:, None], ks * e, 0.0)
+        qe = tl.where(is_r[:, None], qs * e, 0.0)
+        colf = tl.trans(tl.reshape(colf, (2, BT // 2, BK)), (0, 2, 1))
+        b_kk += tl.dot(tl.reshape(ke, (2, BT // 2, BK)), colf, input_precision=PREC_A)
+        b_qk += tl.dot(tl.reshape(qe, (2, BT // 2, BK)), colf, input_precision=PREC_A)
 
     rq = tl.rsqrt(ssq_q + 1e-6)
     rk = tl.rsqrt(ssq_k + 1e-6)
     tl.store(rn_ptr + base * 2 * BT + rows, rq)
     tl.store(rn_ptr + base * 2 * BT + BT + rows, rk)
-    if not ALL_LEVELS:                                  # assemble level 32 + level 16 halves + diagonal blocks (diag kernel)
-        hi = tl.arange(0, 2)
-        same2 = hi[:, None, None, None] == hi[None, None, :, None]
-        bi = tl.arange(0, NC)
-        same4 = bi[:, None, None, None] == bi[None, None, :, None]
-        a_kk += tl.reshape(tl.where(same2, b_kk[:, :, None, :], 0.0), (BT, BT))
-        a_qk += tl.reshape(tl.where(same2, b_qk[:, :, None, :], 0.0), (BT, BT))
-        dd = dd_ptr + base * 2 * BT * BC + rr * BC + tl.arange(0, BC)[None, :]   # diagonal blocks (diag kernel)
-        d_kk = tl.reshape(tl.load(dd), (NC, BC, BC))
-        d_qk = tl.reshape(tl.load(dd + BT * BC), (NC, BC, BC))
-        a_kk += tl.reshape(tl.where(same4, d_kk[:, :, None, :], 0.0), (BT, BT))
-        a_qk += tl.reshape(tl.where(same4, d_qk[:, :, None, :], 0.0), (BT, BT))
-    if not ALL_LEVELS:
-        aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
-        tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
+    # assemble level 32 + level 16 halves + the diagonal blocks (diag kernel)
+    hi = tl.arange(0, 2)
+    same2 = hi[:, None, None, None] == hi[None, None, :, None]
+    bi = tl.arange(0, NC)
+    same4 = bi[:, None, None, None] == bi[None, None, :, None]
+    a_kk += tl.reshape(tl.where(same2, b_kk[:, :, None, :], 0.0), (BT, BT))
+    a_qk += tl.reshape(tl.where(same2, b_qk[:, :, None, :], 0.0), (BT, BT))
+    dd = dd_ptr + base * 2 * BT * BC + rr * BC + tl.arange(0, BC)[None, :]   # diagonal blocks (diag kernel)
+    d_kk = tl.reshape(tl.load(dd), (NC, BC, BC))
+    d_qk = tl.reshape(tl.load(dd + BT * BC), (NC, BC, BC))
+    a_kk += tl.reshape(tl.where(same4, d_kk[:, :, None, :], 0.0), (BT, BT))
+    a_qk += tl.reshape(tl.where(same4, d_qk[:, :, None, :], 0.0), (BT, BT))
+    aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
+    tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
     # N = diag(beta) A (strictly lower), normalised; L = I + N
     nmat = tl.where(rr > cc, a_kk * (rk * beta)[:, None] * rk[None, :], 0.0)
     # L^-1 by doubling: inverses of 2x2 blocks, then 4, 8, 16, 32, 64 (block forward substitution)
@@ -278,16 +247,6 @@ def _chunk_intra_kernel(
                      other=0.0).to(tl.float32)
         u = tl.dot(tb, vs, input_precision=PREC_O)
         tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
-    if ALL_LEVELS:      # second pass over the columns: the q-k pairs (one 64x64 accumulator live at a time)
-        a_qk = tl.where(rr == cc, qk_diag[:, None], 0.0)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
-            qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h,
-                                    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
-            for lv in tl.static_range(LOG_BT):
-                a_qk += _level_pairs(G, qs, ks, rows, rr, cc, BT // (2 << lv), BT, BK, PREC_A)
-        aqk = a_qk * (rq * scale)[:, None] * rk[None, :]
-        tl.store(aqk_ptr + base * BT * BT + rr * BT + cc, aqk.to(aqk_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -377,7 +336,7 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps.
-_FAST = dict(pairs="diag", BK=16, diag_warps=4, BVI=32, BV=64, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(BK=16, diag_warps=4, BVI=32, BV=64, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
@@ -409,7 +368,6 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     cfg = dict(_EXACT if q.dtype == torch.float32 else _FAST)
     if _config:
         cfg.update(_config)
-    assert cfg["pairs"] in ("diag", "levels"), f"pairs must be 'diag' or 'levels', not {cfg['pairs']!r}"
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
     q, k, g_raw = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K)
@@ -436,18 +394,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     gl = torch.empty(nchb, H, K, dtype=torch.float32, device=dev)
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
     rn = torch.empty(nchb, H, 2, BT, dtype=torch.float32, device=dev)         # 1/|q|, 1/|k| per token
-    # diagonal 16x16 blocks (the "diag" design only)
-    dd = rn if cfg["pairs"] == "levels" else torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)
+    dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
     slots = state_indices.to(torch.int32)
     a_log = A_log.reshape(-1).to(torch.float32)
     dtb = dt_bias.reshape(-1).to(torch.float32)
 
-    all_levels = cfg["pairs"] == "levels"
-    if not all_levels:
-        _chunk_diag_kernel[(nchb * (BT // BC), H)](
-            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-            H=H, K=K, BT=BT, BC=BC, num_warps=cfg["diag_warps"])
+    _chunk_diag_kernel[(nchb * (BT // BC), H)](
+        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+        H=H, K=K, BT=BT, BC=BC, num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,
@@ -455,7 +410,6 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
         PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-        ALL_LEVELS=all_levels, LOG_BT=BT.bit_length() - 1,
         num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
