@@ -496,7 +496,7 @@ def sweep(case):
     cfgs = [dflt, (bh0, 32, 8, 4, s0, "-", False), (bh0, 16, 8, 3, s0, "-", False),
             (bh0, 16, 8, 4, s0, "-", False), (bh0, 32, 8, 2, s0, False, False), (bh0, 32, 8, 2, s0, True, False),
             (bh0, 16, 8, 2, s0, True, False), (bh0, 64, 8, 3, s0, "-", False),
-            (bh0, 64, 8, 2, s0, False, True), (bh0, 64, 8, 2, s0, True, True), (bh0, 32, 8, 3, s0, "-", True),
+            (bh0, 64, 8, 2, s0, False, True), (bh0, 32, 8, 3, s0, "-", True),
             (bh0, 64, 4, 2, s0, False, True), (16, 32, 8, 3, s0, "-", False),
             (bh0, 32, 8, 3, max(1, s0 // 2), "-", False), (bh0, 32, 8, 3, min(256, 2 * s0), "-", False)]
     res = []

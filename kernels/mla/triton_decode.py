@@ -305,7 +305,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
     block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
-    (default: fp8 caches, and pages too small for the page-by-page loop) loads the next tile into registers
+    (default: fp8 caches, and pages too small for the page-by-page loop; never with tokens_as_rows) loads the next tile into registers
     before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
     multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
     come from a block-table load in the same loop. tokens_as_rows computes the transposed products
@@ -318,6 +318,11 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     num_blocks, bs, D = kv_cache.shape
     assert q_pe.shape[:2] == (N, H) and D == L + R, "shapes: q_lat [N,H,L], q_pe [N,H,R], kv [nb,bs,L+R]"
     assert block_table.shape[0] >= N and seq_lens.shape[0] >= N
+    if tokens_as_rows and prefetch:
+        # compiled by Triton 3.6 for sm_90, this pair (64-token tiles, 8 warps, 2 stages) hit an illegal memory
+        # access on an H100 (2026-11-23, benchmarks/RESULTS.md); not root-caused, so it is refused
+        raise ValueError("mla_decode: tokens_as_rows=True cannot be combined with prefetch=True "
+                         "(use prefetch=False or None with tokens_as_rows)")
     if kv_cache.dtype == torch.uint8:
         kv_cache = kv_cache.view(torch.float8_e4m3fn)
     is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
@@ -380,7 +385,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
         IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
-        PREFETCH=(is_fp8 or not page_loop) if prefetch is None else prefetch, TOKENS_AS_ROWS=tokens_as_rows,
+        PREFETCH=(not tokens_as_rows and (is_fp8 or not page_loop)) if prefetch is None else prefetch,
+        TOKENS_AS_ROWS=tokens_as_rows,
         F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
         num_warps=num_warps, num_stages=num_stages,
     )

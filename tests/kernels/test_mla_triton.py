@@ -123,6 +123,10 @@ def test_loops_and_prefetch(block_n, num_splits, prefetch, tokens_as_rows):
     bs = 64
     assert (bs >= PAGE_LOOP_MIN_TILES * block_n) == (block_n == 16)
     case = make_case([1, 63, 64, 65, 200, 333], bs=bs, H=3, L=64, R=16, seed=21)
+    if prefetch and tokens_as_rows:          # refused: this pair crashed on an H100
+        with pytest.raises(ValueError, match="tokens_as_rows"):
+            run(*case, 0.1, num_splits=num_splits, block_n=block_n, prefetch=True, tokens_as_rows=True)
+        return
     o, lse = run(*case, 0.1, num_splits=num_splits, block_n=block_n, prefetch=prefetch,
                  tokens_as_rows=tokens_as_rows)
     check(o, lse, *reference(*case, 0.1), tol=2e-5)
