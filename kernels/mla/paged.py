@@ -77,11 +77,42 @@ def decode_absorbed(q_nope, q_pe, kv_cache, block_table, seq_lens, W_kvb, scale:
     return torch.einsum("nhl,hvl->nhv", o_lat, W[:, P:, :])
 
 
-def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float, k_scale=None):
+CONTEXT_CHUNK = 16384    # cached rows a prefill expands at a time (keys + values ~400 MB at H=32 in bf16)
+
+
+def row_range(kv_cache, block_table_row, lo: int, hi: int):
+    """Cache rows of positions [lo, hi) of one sequence: [hi - lo, L + R]."""
+    bs = kv_cache.shape[1]
+    pos = torch.arange(lo, hi, device=kv_cache.device)
+    rows = block_table_row.long()[pos // bs] * bs + pos % bs
+    return kv_cache.view(-1, kv_cache.shape[-1])[rows]
+
+
+def context_pieces(total: int, qlen: int, chunk: int = CONTEXT_CHUNK) -> list[tuple[int, int, bool]]:
+    """How one sequence's keys are split in a prefill, as (lo, hi, causal): the cached prefix
+    [0, total - qlen) in pieces of at most ``chunk`` rows, which every new token sees whole, then the new
+    tokens' own rows [total - qlen, total), causally. The expanded keys and values of one piece at a time
+    are all a prefill holds, whatever the context length."""
+    prefix = total - qlen
+    return [(lo, min(lo + chunk, prefix), False) for lo in range(0, prefix, chunk)] + [(prefix, total, True)]
+
+
+def merge_partials(parts):
+    """Attention over disjoint key ranges combined: parts = [(o [Q, H, V], lse [Q, H])], each o normalised
+    over its own range and lse the natural log of that range's softmax denominator."""
+    if len(parts) == 1:
+        return parts[0][0]
+    lse = torch.logsumexp(torch.stack([lse_i for _, lse_i in parts]), dim=0)
+    return sum(o * torch.exp(lse_i - lse)[..., None].to(o.dtype) for o, lse_i in parts)
+
+
+def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float, k_scale=None,
+                     chunk: int = CONTEXT_CHUNK):
     """Causal attention of each sequence's new tokens over its whole cached prefix (itself included).
 
     q: [T, H, P+R] for the new tokens, sequences packed in order; seq_lens / query_lens: total (context + new)
-    and new tokens per sequence (python ints). Returns [T, H, V] (float32+).
+    and new tokens per sequence (python ints). Returns [T, H, V] (float32+). The keys are expanded piece by
+    piece (``context_pieces``) and the pieces' results merged by their log-sum-exp.
     """
     H = q.shape[1]
     L = W_kvb.shape[-1]
@@ -93,14 +124,16 @@ def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scal
     start = 0
     for i, qlen in enumerate(query_lens):
         total = int(seq_lens[i])
-        lens = torch.full((1,), total, device=kv_cache.device)
-        rows, _ = gather_rows(kv_cache, block_table[i:i + 1], lens, total)
-        k, v = expand_latents(rows_as_float(rows[0], dtype, k_scale), W, P)
         qi = q[start:start + qlen].to(dtype)
-        s = torch.einsum("qhd,khd->hqk", qi, k) * scale
-        q_pos = torch.arange(total - qlen, total, device=q.device)
-        mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
-        s = s.masked_fill(~mask[None], float("-inf"))
-        out[start:start + qlen] = torch.einsum("hqk,khv->qhv", torch.softmax(s, dim=-1), v)
+        parts = []
+        for lo, hi, causal in context_pieces(total, qlen, chunk):
+            k, v = expand_latents(rows_as_float(row_range(kv_cache, block_table[i], lo, hi), dtype, k_scale), W, P)
+            s = torch.einsum("qhd,khd->hqk", qi, k) * scale
+            if causal:                                  # the new rows: token j sees rows 0..j of this piece
+                keep = torch.arange(hi - lo, device=q.device)[None, :] <= torch.arange(qlen, device=q.device)[:, None]
+                s = s.masked_fill(~keep[None], float("-inf"))
+            lse = torch.logsumexp(s, dim=-1)                                              # [H, Q]
+            parts.append((torch.einsum("hqk,khv->qhv", torch.exp(s - lse[..., None]), v), lse.t()))
+        out[start:start + qlen] = merge_partials(parts)
         start += qlen
     return out

@@ -29,6 +29,7 @@ class KimiMLAMetadata:
     block_table: torch.Tensor       # [num_reqs, max_blocks]
     slot_mapping: torch.Tensor      # [num_actual_tokens] cache row of each new token (-1: padding)
     query_lens: list[int]           # new tokens per request (host ints, for the prefill loop)
+    seq_lens_host: list[int]        # seq_lens as host ints when the batch has prefills (else empty)
 
 
 FULL_CUDAGRAPH_ENV = "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"
@@ -71,7 +72,13 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
             num_actual_tokens=m.num_actual_tokens, num_decodes=nd, num_decode_tokens=nd_tok,
             num_prefills=npf, max_seq_len=max_seq_len, seq_lens=m.seq_lens[: m.num_reqs],
             block_table=m.block_table_tensor[: m.num_reqs], slot_mapping=m.slot_mapping[: m.num_actual_tokens],
-            query_lens=(qsl[1:] - qsl[:-1]).tolist())
+            query_lens=(qsl[1:] - qsl[:-1]).tolist(), seq_lens_host=self._host_seq_lens(m) if npf else [])
+
+    @staticmethod
+    def _host_seq_lens(m: CommonAttentionMetadata) -> list[int]:
+        # the model runner passes its host copy along; read the device tensor only if it did not
+        host = getattr(m, "_seq_lens_cpu", None)
+        return (host if host is not None else m.seq_lens.cpu())[: m.num_reqs].tolist()
 
 
 class KimiMLAImpl:
@@ -110,10 +117,10 @@ class KimiMLAImpl:
             if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):      # FlashAttention has no fp32
                 from vllm_kimilinear.mla.prefill import prefill_flash
 
-                o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
+                o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
                                   md.query_lens[sl], W_kvb, self.scale, k_scale)
             else:
-                o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens[sl].tolist(),
+                o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
                                            md.query_lens[sl], W_kvb, self.scale, k_scale)
             out[nd_tok:n] = o.reshape(n - nd_tok, -1).to(out.dtype)
 

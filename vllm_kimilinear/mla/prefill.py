@@ -1,10 +1,12 @@
 """MLA prefill on CUDA: vLLM's FlashAttention varlen kernel on the expanded form.
 
-Each prefilling sequence's latent rows (its cached context and the new tokens just written) are gathered
-from the paged cache and expanded through kv_b_proj into per-head keys [W_UK c | k_pe] and values W_UV c;
-FlashAttention then runs causal attention of the new tokens over them (bottom-right aligned, so chunked
-prefills with a cached prefix work). Values are zero-padded to the key width for the kernel. The
-FlashAttention version is the one vLLM picks for this GPU and config (FA3 on Hopper), as its own backends do.
+Each prefilling sequence's latent rows are read from the paged cache and expanded through kv_b_proj into
+per-head keys [W_UK c | k_pe] and values W_UV c, one piece of context at a time (``context_pieces``): all
+sequences' new rows in one causal varlen call, then, for sequences with a cached prefix (chunked
+prefills), the prefix in pieces of at most ``CONTEXT_CHUNK`` rows, non-causal; the pieces are merged by
+their log-sum-exp, so the memory a prefill needs does not grow with the context. Values are zero-padded to
+the key width for the kernel. The FlashAttention version is the one vLLM picks for this GPU and config (FA3
+on Hopper), as its own backends do.
 """
 
 import functools
@@ -12,7 +14,7 @@ from itertools import accumulate
 
 import torch
 
-from kernels.mla.paged import expand_latents, gather_rows, rows_as_float
+from kernels.mla.paged import CONTEXT_CHUNK, context_pieces, expand_latents, merge_partials, row_range, rows_as_float
 
 
 @functools.cache
@@ -22,24 +24,53 @@ def _fa_version(head_size: int) -> int | None:
     return get_flash_attn_version(head_size=head_size)
 
 
-def prefill_flash(q, kv_cache, block_table, seq_lens: list[int], query_lens: list[int], W_kvb, scale: float,
-                  k_scale=None) -> torch.Tensor:
-    """q: [T, H, P+R] new tokens packed in order. Returns [T, H, V] in q's dtype."""
+def _flash(q, k, v, q_lens: list[int], k_lens: list[int], scale: float, causal: bool, with_lse: bool):
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
+    dev = q.device
+    version = _fa_version(k.shape[-1])
+    return flash_attn_varlen_func(
+        q, k, v, max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), softmax_scale=scale, causal=causal,
+        cu_seqlens_q=torch.tensor([0, *accumulate(q_lens)], dtype=torch.int32, device=dev),
+        cu_seqlens_k=torch.tensor([0, *accumulate(k_lens)], dtype=torch.int32, device=dev),
+        return_softmax_lse=with_lse, **({} if version is None else {"fa_version": version}))
+
+
+def prefill_flash(q, kv_cache, block_table, seq_lens: list[int], query_lens: list[int], W_kvb, scale: float,
+                  k_scale=None, chunk: int = CONTEXT_CHUNK) -> torch.Tensor:
+    """q: [T, H, P+R] new tokens packed in order. Returns [T, H, V] in q's dtype."""
     L = W_kvb.shape[-1]
     P = q.shape[-1] - (kv_cache.shape[-1] - L)
     V = W_kvb.shape[1] - P
-    rows = torch.cat([gather_rows(kv_cache, block_table[i:i + 1], torch.full((1,), n, device=q.device), n)[0][0]
-                      for i, n in enumerate(seq_lens)])
-    k, v = expand_latents(rows_as_float(rows, q.dtype, k_scale), W_kvb.to(q.dtype), P)
-    k = k.contiguous()
-    v = torch.nn.functional.pad(v, (0, k.shape[-1] - V))
-    dev = q.device
-    cu_q = torch.tensor([0, *accumulate(query_lens)], dtype=torch.int32, device=dev)
-    cu_k = torch.tensor([0, *accumulate(seq_lens)], dtype=torch.int32, device=dev)
-    version = _fa_version(k.shape[-1])
-    out = flash_attn_varlen_func(q.contiguous(), k, v, max_seqlen_q=max(query_lens), cu_seqlens_q=cu_q,
-                                 max_seqlen_k=max(seq_lens), cu_seqlens_k=cu_k, softmax_scale=scale, causal=True,
-                                 **({} if version is None else {"fa_version": version}))
-    return out[..., :V]
+    W = W_kvb.to(q.dtype)
+    q = q.contiguous()
+
+    def expand(i, lo, hi):
+        k, v = expand_latents(rows_as_float(row_range(kv_cache, block_table[i], lo, hi), q.dtype, k_scale), W, P)
+        return k, v
+
+    def padded(v, width):
+        return torch.nn.functional.pad(v, (0, width - v.shape[-1]))
+
+    # the new rows of every sequence: one causal call (bottom-right and top-left agree: as many keys as queries)
+    news = [expand(i, n - ql, n) for i, (n, ql) in enumerate(zip(seq_lens, query_lens))]
+    k = torch.cat([kk for kk, _ in news]).contiguous()
+    v = padded(torch.cat([vv for _, vv in news]), k.shape[-1])
+    has_prefix = any(n > ql for n, ql in zip(seq_lens, query_lens))
+    res = _flash(q, k, v, query_lens, query_lens, scale, causal=True, with_lse=has_prefix)
+    if not has_prefix:
+        return res[..., :V]
+    out, lse = res[0][..., :V], res[1]                                     # lse: [H, T]
+    start = 0
+    for i, (n, ql) in enumerate(zip(seq_lens, query_lens)):
+        if n > ql:
+            qi = q[start:start + ql]
+            parts = [(out[start:start + ql].float(), lse[:, start:start + ql].t().float())]
+            for lo, hi, causal in context_pieces(n, ql, chunk)[:-1]:     # the cached prefix, piece by piece
+                kk, vv = expand(i, lo, hi)
+                o_p, lse_p = _flash(qi, kk.contiguous(), padded(vv, kk.shape[-1]), [ql], [hi - lo], scale,
+                                    causal=False, with_lse=True)
+                parts.append((o_p[..., :V].float(), lse_p.t().float()))
+            out[start:start + ql] = merge_partials(parts).to(out.dtype)
+        start += ql
+    return out
