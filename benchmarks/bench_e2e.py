@@ -4,7 +4,7 @@ Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= em
 plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
 layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
 
-    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick]
+    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8]
 """
 
 import argparse
@@ -60,7 +60,8 @@ def worker(args) -> None:
     max_len = max(p + o for _, _, p, o in work) + 16
     t0 = time.time()
     llm = LLM(model=d, load_format="dummy", skip_tokenizer_init=True, max_model_len=max_len,
-              gpu_memory_utilization=0.88, max_num_seqs=128, max_num_batched_tokens=16384)
+              gpu_memory_utilization=0.88, max_num_seqs=128, max_num_batched_tokens=16384,
+              kv_cache_dtype=args.kv_cache_dtype)
     cls = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")[0]
     print("RESULT " + json.dumps({"load_s": round(time.time() - t0, 1), "model_class": cls}), flush=True)
     try:
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--sides", default="plugin,intree")
     ap.add_argument("--quick", action="store_true", help="smaller workloads (fits a 10-minute GPU call)")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="vLLM's --kv-cache-dtype (auto or fp8), both sides")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -100,7 +102,8 @@ def main() -> None:
         env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")
         if side == "intree":
             env["VLLM_PLUGINS"] = ""
-        cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers),
+               "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else [])
         t = time.time()
         rows = []
         # the worker's results are echoed as they come, so that a run cut off by a time limit still shows them
