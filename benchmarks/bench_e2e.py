@@ -4,7 +4,7 @@ Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= em
 plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
 layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
 
-    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8]
+    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile]
 """
 
 import argparse
@@ -83,6 +83,34 @@ def worker(args) -> None:
         gen = sum(len(o.outputs[0].token_ids) for o in outs)
         print("RESULT " + json.dumps({"workload": name, "time_s": round(dt, 3), "out_tok_s": round(gen / dt, 1),
                                       "total_tok_s": round((gen + n * plen) / dt, 1)}), flush=True)
+        if args.profile:                 # the same workload again, under the profiler (not the timed run)
+            print("RESULT " + json.dumps({"profile": name, **profile_generate(llm, prompts(n, plen), sp)}),
+                  flush=True)
+
+
+def profile_generate(llm, ps, sp, top=20) -> dict:
+    """GPU time per kernel name over one generate call (the engine runs in this process: see --profile), the
+    total GPU kernel time and the wall time; their difference is time the GPU spent waiting on the host."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    t = time.time()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        llm.generate(ps, sp, use_tqdm=False)
+        torch.cuda.synchronize()
+    wall = time.time() - t
+    per = collections.defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name[:90]][0] += e.device_time_total / 1e3
+            per[e.name[:90]][1] += 1
+    gpu = sum(ms for ms, _ in per.values())
+    rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"wall_ms": round(wall * 1e3, 1), "gpu_kernel_ms": round(gpu, 1),
+            "top": [[name, round(ms, 2), cnt] for name, (ms, cnt) in rows]}
 
 
 def main() -> None:
@@ -91,6 +119,9 @@ def main() -> None:
     ap.add_argument("--sides", default="plugin,intree")
     ap.add_argument("--quick", action="store_true", help="smaller workloads (fits a 10-minute GPU call)")
     ap.add_argument("--kv-cache-dtype", default="auto", help="vLLM's --kv-cache-dtype (auto or fp8), both sides")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each timed workload, run it again under torch.profiler (engine in-process) and "
+                         "print the GPU time per kernel")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -100,10 +131,13 @@ def main() -> None:
     results = {}
     for side in args.sides.split(","):
         env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")
+        if args.profile:
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"        # the profiler sees the engine's kernels
         if side == "intree":
             env["VLLM_PLUGINS"] = ""
         cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers),
-               "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else [])
+               "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else []) + \
+            (["--profile"] if args.profile else [])
         t = time.time()
         rows = []
         # the worker's results are echoed as they come, so that a run cut off by a time limit still shows them
@@ -121,7 +155,7 @@ def main() -> None:
             print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{''.join(err)[-3000:]}",
                   flush=True)
         results[side] = rows
-        print(f"[{side}] {[r for r in rows if 'workload' not in r]}", flush=True)
+        print(f"[{side}] {[r for r in rows if 'workload' not in r and 'profile' not in r]}", flush=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}  layers: {args.layers}  date: {time.strftime('%Y-%m-%d')}")
     names = [r["workload"] for rows in results.values() for r in rows if "workload" in r]
     names = list(dict.fromkeys(names))
@@ -136,6 +170,12 @@ def main() -> None:
                 times[side] = r["time_s"]
         ratio = f"{times['intree'] / times['plugin']:.2f}x" if {"plugin", "intree"} <= times.keys() else "n/a"
         print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    for side, rows in results.items():
+        for r in (r for r in rows if "profile" in r):
+            print(f"\n{side}, {r['profile']}: wall {r['wall_ms']} ms, GPU kernels {r['gpu_kernel_ms']} ms")
+            print("| kernel | GPU ms | launches |\n|---|---|---|")
+            for name, ms, cnt in r["top"]:
+                print(f"| `{name}` | {ms} | {cnt} |")
 
 
 if __name__ == "__main__":
