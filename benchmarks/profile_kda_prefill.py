@@ -27,6 +27,8 @@ from kernels.kda.triton_chunk import chunk_kda_prefill                       # n
 CONFIGS = {
     "default": {},
     "diag kernel 2 warps": dict(diag_warps=2),
+    "diag columns from a scratch tile, 8 programs/SM": dict(diag_cols="tile"),
+    "diag columns from a scratch tile, 16 programs/SM": dict(diag_cols="tile", diag_programs_per_sm=16),
     "columns-first tf32 sequential step, BV 32 4 warps": dict(inter_form="cols", inter_dot="fp32", BV=32,
                                                               inter_warps=4),
     "key-major state bf16 products, BV 64 8 warps": dict(inter_form="cols_kmajor"),

@@ -2,8 +2,8 @@
 
 Three launches (plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe):
 
-1. ``_chunk_diag_kernel``, one program per (16-token sub-block, head): the pairs inside a sub-block,
-   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), elementwise on raw q, k.
+1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
+   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k.
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain, in-chunk
    cumulative sum G in fp64 so that differences of nearby rows stay exact after a huge decay),
@@ -15,8 +15,8 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    sequence's chunks in order with the state in registers (V-major, as vLLM stores it):
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
    initial state from and writes the final state into the sequence's slot (in place). Three layouts of
-   these products (``_config["inter_form"]``): "cols" (the default), "rows" (value rows first: the state
-   and v_new^T on the left) and "cols_kmajor" (the state held key-major, so every product has 64 or 128
+   these products (``_config["inter_form"]``): "rows" (the fast path's default: value rows first, the
+   state and v_new^T on the left), "cols" (token rows first) and "cols_kmajor" (the state held key-major, so every product has 64 or 128
    rows); bf16 operands for the state products ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
@@ -30,6 +30,8 @@ Precision: bf16/fp16 inputs take the fast path (tf32 products in the parallel ke
 state in the sequential one, bf16 W/QG/KG, fp32 U/Aqk/state);
 fp32 inputs take an all-fp32 path (IEEE products; slow, for tests and checks).
 """
+
+import functools
 
 import torch
 import triton
@@ -69,61 +71,87 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     return e, is_r
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit
+def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
+                scr_ptr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
+                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr):
+    """Work item ``item`` = ((chunk * BT/BC + sub-block) * H + head): its pairs, stored in dd (see the kernel)."""
+    NC: tl.constexpr = BT // BC
+    h = item % H
+    c = item // H // NC
+    j = (item // H) % NC
+    n = tl.load(chunk_seq_ptr + c)
+    slot = tl.load(slot_ptr + n, mask=n < N, other=0)
+    if slot > 0:
+        eos = tl.load(cu_ptr + n + 1)
+        t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT + j * BC
+        ri = tl.arange(0, BC)
+        cols = tl.arange(0, K)
+        neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+        dtb = tl.load(dtb_ptr + h * K + cols)
+        qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, t0 + ri, t0 + ri < eos, cols, h,
+                                s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
+        hi = G.to(tl.float32)
+        lo = (G - hi.to(tl.float64)).to(tl.float32)
+        if FROM_TILE:           # this program's scratch rows: hi | lo | k, read back one row per column
+            scr = scr_ptr + ri[:, None] * (3 * K) + cols[None, :]
+            tl.debug_barrier()                      # the previous item's reads are done
+            tl.store(scr, hi)
+            tl.store(scr + K, lo)
+            tl.store(scr + 2 * K, ks)
+            tl.debug_barrier()                      # written by other threads than those reading
+        d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+        d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+        gc = tl.zeros([K], dtype=tl.float64)
+        for col in range(0, BC):
+            if FROM_TILE:
+                hic = tl.load(scr_ptr + col * 3 * K + cols)
+                loc = tl.load(scr_ptr + col * 3 * K + K + cols)
+                kc = tl.load(scr_ptr + col * 3 * K + 2 * K + cols)
+            else:               # recomputed from the inputs: gate and running sum of the column's row
+                tc = t0 + col
+                live = tc < eos
+                kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
+                x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
+                sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+                gc += tl.where(live, neg_a * sp, 0.0).to(tl.float64)
+                hic = gc.to(tl.float32)
+                loc = (gc - hic.to(tl.float64)).to(tl.float32)
+            # rows above the column (r < c) get positive exponents; they are dropped below, after the sums
+            e = tl.exp2((hi - hic[None, :]) + (lo - loc[None, :])) * kc[None, :]
+            keep = (ri >= col)[:, None] & (ri[None, :] == col)
+            d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
+            d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
+        base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
+        tl.store(dd_ptr + base, d_kk)
+        tl.store(dd_ptr + base + BT * BC, d_qk)
+
+
+@triton.jit(do_not_specialize=["N", "n_items"])
 def _chunk_diag_kernel(
-    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
-    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, scr_ptr,
+    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, n_items,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr,
 ):
-    """Pairs inside one 16-token sub-block (raw q, k; every exponent evaluated for a kept pair is <= 0):
+    """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0):
     dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c), c <= r.
 
     One column c at a time over the whole key width: the row sums then reduce along the key axis only.
     G is the sub-block's own cumulative log2 gate in fp64, carried as two fp32 parts (hi + lo) so that
     G_r - G_c = (hi_r - hi_c) + (lo_r - lo_c) costs three fp32 additions and stays exact to ~1e-7 in the
-    difference even after a huge decay inside the sub-block; column c's k and G come from a running sum
-    over the rows re-read from global memory (cache hits), not from the register tile."""
-    NC: tl.constexpr = BT // BC
+    difference even after a huge decay inside the sub-block. Column c's k and G: recomputed from the inputs
+    (a running sum over the rows, re-read from global memory), or with FROM_TILE read back from a small
+    per-program scratch copy of the tile (the programs then loop over the work items, so the scratch stays
+    in cache). Either way a [K] vector held by several thread groups at once."""
     pid = tl.program_id(0)
-    h = tl.program_id(1)
-    c = pid // NC
-    j = pid % NC
-    n = tl.load(chunk_seq_ptr + c)
-    if n >= N:
-        return
-    slot = tl.load(slot_ptr + n)
-    if slot <= 0:
-        return
-    eos = tl.load(cu_ptr + n + 1)
-    t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT + j * BC
-    ri = tl.arange(0, BC)
-    cols = tl.arange(0, K)
-    neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
-    dtb = tl.load(dtb_ptr + h * K + cols)
-    qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, t0 + ri, t0 + ri < eos, cols, h,
-                            s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
-    hi = G.to(tl.float32)
-    lo = (G - hi.to(tl.float64)).to(tl.float32)
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    gc = tl.zeros([K], dtype=tl.float64)
-    for col in range(0, BC):
-        tc = t0 + col
-        live = tc < eos
-        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
-        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
-        sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
-        gc += tl.where(live, neg_a * sp, 0.0).to(tl.float64)
-        hic = gc.to(tl.float32)
-        loc = (gc - hic.to(tl.float64)).to(tl.float32)
-        # rows above the column (r < c) get positive exponents; they are dropped below, after the sums
-        e = tl.exp2((hi - hic[None, :]) + (lo - loc[None, :])) * kc[None, :]
-        keep = (ri >= col)[:, None] & (ri[None, :] == col)
-        d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
-        d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-    base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
-    tl.store(dd_ptr + base, d_kk)
-    tl.store(dd_ptr + base + BT * BC, d_qk)
+    if FROM_TILE:
+        scr = scr_ptr + pid.to(tl.int64) * (BC * 3 * K)
+        for item in range(pid, n_items, tl.num_programs(0)):
+            _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
+                        dd_ptr, scr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE)
+    else:                       # one work item per program
+        _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
+                    dd_ptr, scr_ptr, pid, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE)
 
 
 @triton.jit
@@ -327,6 +355,15 @@ def _chunk_inter_kernel(
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def as_heads(x, H, D):
     """[T, H, D] view with a unit last stride (copies only if the last dim is strided)."""
     x = x.view(x.shape[0], H, D) if x.dim() == 2 else x
@@ -336,7 +373,8 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps.
-_FAST = dict(BK=16, diag_warps=4, BVI=32, BV=64, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(BK=16, diag_warps=4, diag_cols="recompute", diag_programs_per_sm=8, BVI=32, BV=64, ws_dtype=None,
+             ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
@@ -369,6 +407,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if _config:
         cfg.update(_config)
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
+    assert cfg["diag_cols"] in ("recompute", "tile"), f"diag_cols: 'recompute' or 'tile', not {cfg['diag_cols']!r}"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
     q, k, g_raw = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K)
     v = as_heads(v, H, V)
@@ -399,10 +438,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     a_log = A_log.reshape(-1).to(torch.float32)
     dtb = dt_bias.reshape(-1).to(torch.float32)
 
-    _chunk_diag_kernel[(nchb * (BT // BC), H)](
-        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, num_warps=cfg["diag_warps"])
+    n_items = nchb * (BT // BC) * H                      # (sub-block, head) pairs
+    from_tile = cfg["diag_cols"] == "tile"
+    sms = _num_sms(dev) if q.is_cuda else 1
+    progs = min(n_items, cfg["diag_programs_per_sm"] * sms) if from_tile else n_items
+    scr = torch.empty(progs if from_tile else 1, BC * 3 * K, dtype=torch.float32, device=dev)
+    _chunk_diag_kernel[(progs,)](
+        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, scr,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N, n_items,
+        H=H, K=K, BT=BT, BC=BC, FROM_TILE=from_tile, num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,

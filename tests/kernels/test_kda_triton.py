@@ -85,13 +85,14 @@ PREFILL_CASES = [
 ]
 
 
-# the layouts of the sequential step ("rows" is the fast path's default; fp32 inputs run all three the same way)
-FORMS = ["cols", "rows", "cols_kmajor"]
+# (sequential-step layout, where the diagonal kernel takes its column rows from): every layout and both column
+# sources run on every case ("rows" and "recompute" are the fast path's defaults)
+DESIGNS = [("cols", "recompute"), ("rows", "tile"), ("cols_kmajor", "recompute")]
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form,diag_cols", DESIGNS)
 @pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
-def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, form):
+def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, form, diag_cols):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
     V, T = K, sum(lengths)
     q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
@@ -105,7 +106,7 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, form):
     o = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, st,
                           torch.tensor(slots, dtype=torch.int32, device=DEV),
                           torch.tensor(has_init, device=DEV), cud, out=outd,
-                          _config={"inter_form": form})
+                          _config={"inter_form": form, "diag_cols": diag_cols})
     assert o.data_ptr() == outd.data_ptr()
     o, st = o.cpu(), st.cpu()
     assert not torch.isnan(o).any(), "some outputs were never written"
@@ -150,11 +151,11 @@ def two_sequence_errors(K, V, lengths, slots, seed, config):
     return errs, untouched
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form,diag_cols", DESIGNS)
 @pytest.mark.parametrize("K,V", [(32, 64), (64, 16)])
-def test_chunk_prefill_value_width_differs_from_key_width(K, V, form):
+def test_chunk_prefill_value_width_differs_from_key_width(K, V, form, diag_cols):
     """V != K: the state tile is [V, K] (value-major in memory), so row and column roles cannot be swapped."""
-    errs, untouched = two_sequence_errors(K, V, [70, 5], [2, 1], K * 1000 + V, {"inter_form": form})
+    errs, untouched = two_sequence_errors(K, V, [70, 5], [2, 1], K * 1000 + V, {"inter_form": form, "diag_cols": diag_cols})
     for i, (e_o, e_s) in enumerate(errs):
         assert e_o < TOL, (i, e_o)
         assert e_s < TOL
