@@ -4,7 +4,7 @@ Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= em
 plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
 layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
 
-    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile]
+    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile] [--full-warmup]
 """
 
 import argparse
@@ -75,7 +75,10 @@ def worker(args) -> None:
 
     for name, n, plen, olen in work:
         sp = SamplingParams(max_tokens=olen, ignore_eos=True, temperature=0.0, detokenize=False)
-        llm.generate(prompts(min(n, 4), min(plen, 4096)), sp, use_tqdm=False)      # warm-up
+        if args.full_warmup:             # the same shapes once untimed: no kernel compiles in the timed run
+            llm.generate(prompts(n, plen), sp, use_tqdm=False)
+        else:                            # the anchor's warm-up (shared/gpu/bench_intree.py)
+            llm.generate(prompts(min(n, 4), min(plen, 4096)), sp, use_tqdm=False)
         ps = prompts(n, plen)
         t = time.time()
         outs = llm.generate(ps, sp, use_tqdm=False)
@@ -122,6 +125,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="after each timed workload, run it again under torch.profiler (engine in-process) and "
                          "print the GPU time per kernel")
+    ap.add_argument("--full-warmup", action="store_true",
+                    help="warm each workload up with itself (default: 4 prompts of at most 4096 tokens, as the "
+                         "anchor measurements did), so that Triton compiles for new shapes fall outside the timing")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -137,7 +143,7 @@ def main() -> None:
             env["VLLM_PLUGINS"] = ""
         cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers),
                "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else []) + \
-            (["--profile"] if args.profile else [])
+            (["--profile"] if args.profile else []) + (["--full-warmup"] if args.full_warmup else [])
         t = time.time()
         rows = []
         # the worker's results are echoed as they come, so that a run cut off by a time limit still shows them
