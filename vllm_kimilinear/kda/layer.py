@@ -176,7 +176,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         """On CUDA, vLLM sizes the KV cache from the peak memory of this profile run, so the prefill's
         workspace must be allocated in it: run the real prefill path on the whole profile batch as one
         sequence, over two throw-away state slots (slot 0 is the null slot)."""
-        if not q.is_cuda or q.shape[0] == 0:
+        if not q.is_cuda or q.shape[0] == 0 or torch.cuda.is_current_stream_capturing():
             return
         T, dev = q.shape[0], q.device
         conv_shape, rec_shape = self._state_shapes

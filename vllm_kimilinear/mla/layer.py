@@ -82,7 +82,8 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         values are counted. (A chunked prefill over a long cached prefix expands that prefix too; that
         part grows with the context and is not counted here.)"""
         T = q.shape[0]
-        if not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16):
+        if (not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16)
+                or torch.cuda.is_current_stream_capturing()):
             return
         from vllm_kimilinear.mla.prefill import prefill_flash
 
