@@ -63,6 +63,8 @@ class KimiDeltaAttention(nn.Module, MambaBase):
                              "run without --speculative-config.")
         self._state_shapes = kda_state_shapes(vllm_config)
         self._state_dtypes = kda_state_dtypes(vllm_config)
+        self._max_seqs = vllm_config.scheduler_config.max_num_seqs
+        self._profiled = False
 
         hidden, proj = config.hidden_size, self.num_heads * self.head_dim
         quant = vllm_config.quant_config
@@ -173,21 +175,25 @@ class KimiDeltaAttention(nn.Module, MambaBase):
                                       self.dt_bias, self.scale, rec_state, slots, has_init, cu).to(out.dtype)
 
     def _profile_prefill(self, q, k, v, g_raw, beta, out) -> None:
-        """On CUDA, vLLM sizes the KV cache from the peak memory of this profile run, so the prefill's
-        workspace must be allocated in it: run the real prefill path on the whole profile batch as one
-        sequence, over two throw-away state slots (slot 0 is the null slot)."""
-        if not q.is_cuda or q.shape[0] == 0 or torch.cuda.is_current_stream_capturing():
+        """On CUDA, vLLM sizes the KV cache from the peak memory of its profile run (the first forward without
+        attention metadata), so the prefill's workspace must be allocated in it: run the real prefill path on
+        the profile batch split into as many sequences as the scheduler allows (the workspace grows with
+        their number), over two throw-away state slots (slot 0 is the null slot). Later forwards without
+        metadata (graph-capture warm-ups, idle data-parallel steps) skip it."""
+        if self._profiled or not q.is_cuda or q.shape[0] == 0 or torch.cuda.is_current_stream_capturing():
             return
+        self._profiled = True
         T, dev = q.shape[0], q.device
+        S = min(self._max_seqs, T)
         conv_shape, rec_shape = self._state_shapes
         conv_dtype, rec_dtype = self._state_dtypes
         conv_state = torch.zeros(2, *conv_shape, dtype=conv_dtype, device=dev)
         if not is_conv_state_dim_first():
             conv_state = conv_state.transpose(-1, -2)
         rec_state = torch.zeros(2, *rec_shape, dtype=rec_dtype, device=dev)
-        slots = torch.ones(1, dtype=torch.int32, device=dev)
-        has_init = torch.zeros(1, dtype=torch.bool, device=dev)
-        cu = torch.tensor([0, T], dtype=torch.int32, device=dev)
+        slots = torch.ones(S, dtype=torch.int32, device=dev)
+        has_init = torch.zeros(S, dtype=torch.bool, device=dev)
+        cu = (torch.arange(S + 1, device=dev) * T // S).to(torch.int32)          # S near-equal sequences
         self._prefill(torch.cat([q, k, v], dim=-1), g_raw, beta, self.conv_weight(), conv_state, rec_state, slots,
                       has_init, cu, out)
 

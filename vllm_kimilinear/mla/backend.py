@@ -88,6 +88,7 @@ class KimiMLAImpl:
 
     def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float):
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
+        self.context_chunk = paged.CONTEXT_CHUNK     # cached rows a prefill expands at a time
 
     def decode(self, q, kv_cache, W_kvb, md: KimiMLAMetadata, k_scale) -> torch.Tensor:
         nd = md.num_decodes
@@ -118,10 +119,10 @@ class KimiMLAImpl:
                 from vllm_kimilinear.mla.prefill import prefill_flash
 
                 o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
-                                  md.query_lens[sl], W_kvb, self.scale, k_scale)
+                                  md.query_lens[sl], W_kvb, self.scale, k_scale, chunk=self.context_chunk)
             else:
                 o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
-                                           md.query_lens[sl], W_kvb, self.scale, k_scale)
+                                           md.query_lens[sl], W_kvb, self.scale, k_scale, chunk=self.context_chunk)
             out[nd_tok:n] = o.reshape(n - nd_tok, -1).to(out.dtype)
 
 

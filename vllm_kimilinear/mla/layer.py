@@ -22,6 +22,7 @@ from vllm.utils.torch_utils import (LayerNameType, _encode_layer_name, _resolve_
                                     direct_register_custom_op)
 from vllm.v1.kv_cache_interface import MLAAttentionSpec
 
+from kernels.mla.paged import CONTEXT_CHUNK
 from vllm_kimilinear.mla.backend import KimiMLABackend
 
 HF_LATENT_NORM_EPS = 1e-6   # the released remote code's kv_a_layernorm eps ("hf" semantics)
@@ -45,6 +46,14 @@ class LatentAttention(nn.Module, AttentionLayerBase):
             raise ValueError(f"--kv-cache-dtype {self.cache_dtype_str!r} is not supported by vllm-kimilinear's "
                              f"MLA cache yet; supported: {KimiMLABackend.supported_kv_cache_dtypes}.")
         self.impl = KimiMLABackend.get_impl_cls()(num_heads, qk_nope_head_dim, kv_lora_rank, self.scale)
+        # a prefill expands at most this many cached rows at a time: never more than one step's tokens, the
+        # most the profile run measures
+        self.impl.context_chunk = min(CONTEXT_CHUNK, vllm_config.scheduler_config.max_num_batched_tokens)
+        self._profiled = False
+        if torch.cuda.is_available():       # pick the FlashAttention version now, under this engine's config
+            from vllm_kimilinear.mla.prefill import fa_version
+
+            fa_version(qk_nope_head_dim + qk_rope_head_dim)
         # The fp8 cache's scale (stored = row / k_scale). Kimi-Linear checkpoints ship none; 1.0 suits the
         # RMS-normalised latent (kernels/mla/fp8.py).
         self.register_buffer("k_scale", torch.ones(1, dtype=torch.float32), persistent=False)
@@ -77,14 +86,16 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         self.impl.forward(q, kv_c, k_pe, self.kv_cache, self.kv_b_weight(), md[self.prefix], out, self.k_scale)
 
     def _profile_prefill(self, q, kv_c, k_pe, out) -> None:
-        """On CUDA, vLLM sizes the KV cache from the peak memory of this profile run: run the real prefill on
-        the whole profile batch as one sequence, over a throw-away one-page cache, so that the expanded keys and
-        values are counted. (A chunked prefill over a long cached prefix expands that prefix too; that
-        part grows with the context and is not counted here.)"""
+        """On CUDA, vLLM sizes the KV cache from the peak memory of its profile run (the first forward without
+        attention metadata): run the real prefill on the whole profile batch as one sequence, over a
+        throw-away one-page cache, so that the expanded keys and values are counted. A prefill over a cached
+        prefix expands it at most ``context_chunk`` rows at a time, after freeing the new rows' expansion, so
+        it stays within this peak. Later forwards without metadata skip it."""
         T = q.shape[0]
-        if (not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16)
+        if (self._profiled or not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16)
                 or torch.cuda.is_current_stream_capturing()):
             return
+        self._profiled = True
         from vllm_kimilinear.mla.prefill import prefill_flash
 
         cache = torch.cat([kv_c, k_pe], dim=-1).unsqueeze(0)              # one page of T rows, in q's dtype

@@ -18,21 +18,27 @@ from kernels.mla.paged import CONTEXT_CHUNK, context_pieces, expand_latents, mer
 
 
 @functools.cache
-def _fa_version(head_size: int) -> int | None:
+def fa_version(head_size: int) -> int | None:
+    """vLLM's choice of FlashAttention version for this GPU, head size and config; first asked (and kept) when
+    the MLA layers are built, under the engine's config, so that its attention settings count."""
     from vllm.v1.attention.backends.fa_utils import get_flash_attn_version
 
     return get_flash_attn_version(head_size=head_size)
 
 
+def _cu_seqlens(lens: list[int], dev) -> torch.Tensor:
+    """Cumulative lengths on the device, copied from pinned host memory without waiting for the stream."""
+    return torch.tensor([0, *accumulate(lens)], dtype=torch.int32).pin_memory().to(dev, non_blocking=True)
+
+
 def _flash(q, k, v, q_lens: list[int], k_lens: list[int], scale: float, causal: bool, with_lse: bool):
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
-    dev = q.device
-    version = _fa_version(k.shape[-1])
+    version = fa_version(k.shape[-1])
+    cu_q = _cu_seqlens(q_lens, q.device)
     return flash_attn_varlen_func(
         q, k, v, max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens), softmax_scale=scale, causal=causal,
-        cu_seqlens_q=torch.tensor([0, *accumulate(q_lens)], dtype=torch.int32, device=dev),
-        cu_seqlens_k=torch.tensor([0, *accumulate(k_lens)], dtype=torch.int32, device=dev),
+        cu_seqlens_q=cu_q, cu_seqlens_k=cu_q if k_lens == q_lens else _cu_seqlens(k_lens, q.device),
         return_softmax_lse=with_lse, **({} if version is None else {"fa_version": version}))
 
 
@@ -58,6 +64,7 @@ def prefill_flash(q, kv_cache, block_table, seq_lens: list[int], query_lens: lis
     v = padded(torch.cat([vv for _, vv in news]), k.shape[-1])
     has_prefix = any(n > ql for n, ql in zip(seq_lens, query_lens))
     res = _flash(q, k, v, query_lens, query_lens, scale, causal=True, with_lse=has_prefix)
+    del news, k, v                       # the prefix pieces below stay within this peak
     if not has_prefix:
         return res[..., :V]
     out, lse = res[0][..., :V], res[1]                                     # lse: [H, T]
