@@ -94,22 +94,11 @@ def worker(args) -> None:
 def profile_generate(llm, ps, sp, top=20) -> dict:
     """GPU time per kernel name over one generate call (the engine runs in this process: see --profile), the
     total GPU kernel time and the wall time; their difference is time the GPU spent waiting on the host."""
-    import collections
+    from profiling import gpu_time_by_kernel
 
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
     t = time.time()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        llm.generate(ps, sp, use_tqdm=False)
-        torch.cuda.synchronize()
+    per = gpu_time_by_kernel(lambda: llm.generate(ps, sp, use_tqdm=False))
     wall = time.time() - t
-    per = collections.defaultdict(lambda: [0.0, 0])
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            per[e.name[:90]][0] += e.device_time_total / 1e3
-            per[e.name[:90]][1] += 1
     gpu = sum(ms for ms, _ in per.values())
     rows = sorted(per.items(), key=lambda kv: -kv[1][0])[:top]
     return {"wall_ms": round(wall * 1e3, 1), "gpu_kernel_ms": round(gpu, 1),

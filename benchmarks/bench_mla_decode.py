@@ -449,8 +449,9 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
                 return cache
             case = Case(dt, cache, B, ctx, BS, gen)
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
-            from kernels.mla.triton_decode import _num_sms, choose_num_splits, default_block_h
-            s0 = choose_num_splits(B, -(-H // default_block_h(H)), ctx, _num_sms(case.cache.device))
+            from kernels.device import num_sms
+            from kernels.mla.triton_decode import choose_num_splits, default_block_h
+            s0 = choose_num_splits(B, -(-H // default_block_h(H)), ctx, num_sms(case.cache.device))
             entries = [(f"ours[{s0} splits]", "ours", make_ours, case),
                        (f"ours@bs{BS_REAL}", "ours", make_ours, case_real)]
             for name, mk in kernels[1:]:
@@ -486,11 +487,12 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
 
 def sweep(case):
     """Our kernel under several launch configurations on one case: (case, default, best) summary row."""
-    from kernels.mla.triton_decode import _num_sms, choose_num_splits, default_config, mla_decode
+    from kernels.device import num_sms
+    from kernels.mla.triton_decode import choose_num_splits, default_config, mla_decode
     from triton.testing import do_bench
     d = default_config(H, L)
     bh0 = d["block_h"]
-    s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, _num_sms(case.cache.device))
+    s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))
     # (block_h, block_n, warps, stages, splits, prefetch, tokens_as_rows); prefetch "-" = the kernel's default
     dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-", False)
     cfgs = [dflt, (bh0, 32, 8, 4, s0, "-", False), (bh0, 16, 8, 3, s0, "-", False),

@@ -9,12 +9,10 @@ and the do_bench median at each split.
 """
 
 import argparse
-import collections
 import os
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,6 +20,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, vllm_prefill_fn   # noqa: E402
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
+from profiling import gpu_time_by_kernel                                     # noqa: E402
 
 # Candidates chosen with scripts/inspect_sm90.py (no register spills, or the fewest) for the next GPU run.
 CONFIGS = {
@@ -38,16 +37,11 @@ CONFIGS = {
 
 def kernel_table(fn, reps=5):
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+
+    def calls():
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
-    tot = collections.defaultdict(float)
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            tot[e.name[:60]] += e.device_time_total / 1000.0 if hasattr(e, "device_time_total") else e.cuda_time_total / 1000.0
-    return sorted(((ms / reps, name) for name, ms in tot.items()), reverse=True)
+    return sorted(((ms / reps, name) for name, (ms, _) in gpu_time_by_kernel(calls, 60).items()), reverse=True)
 
 
 _TRUTH = {}

@@ -16,8 +16,9 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
    initial state from and writes the final state into the sequence's slot (in place). Three layouts of
    these products (``_config["inter_form"]``): "rows" (the fast path's default: value rows first, the
-   state and v_new^T on the left), "cols" (token rows first) and "cols_kmajor" (the state held key-major, so every product has 64 or 128
-   rows); bf16 operands for the state products ("inter_dot") and for Aqk v_new ("inter_av") are options.
+   state and v_new^T on the left), "cols" (token rows first) and "cols_kmajor" (the state held key-major,
+   so every product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
+   Aqk v_new ("inter_av") are options.
 
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
 sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
@@ -31,11 +32,11 @@ state in the sequential one, bf16 W/QG/KG, fp32 U/Aqk/state);
 fp32 inputs take an all-fp32 path (IEEE products; slow, for tests and checks).
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels.device import num_sms
 
 BT = 64          # chunk length
 BC = 16          # sub-block length (pairs inside a sub-block are computed elementwise)
@@ -355,15 +356,6 @@ def _chunk_inter_kernel(
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _num_sms(device: torch.device) -> int:
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def as_heads(x, H, D):
     """[T, H, D] view with a unit last stride (copies only if the last dim is strided)."""
     x = x.view(x.shape[0], H, D) if x.dim() == 2 else x
@@ -440,8 +432,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
     n_items = nchb * (BT // BC) * H                      # (sub-block, head) pairs
     from_tile = cfg["diag_cols"] == "tile"
-    sms = _num_sms(dev) if q.is_cuda else 1
-    progs = min(n_items, cfg["diag_programs_per_sm"] * sms) if from_tile else n_items
+    progs = min(n_items, cfg["diag_programs_per_sm"] * num_sms(dev)) if from_tile else n_items
     scr = torch.empty(progs if from_tile else 1, BC * 3 * K, dtype=torch.float32, device=dev)
     _chunk_diag_kernel[(progs,)](
         q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, scr,

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.device import num_sms
+
 LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned back by * ln 2
 MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
@@ -252,16 +254,6 @@ def _mla_decode_combine(
     tl.store(lse_ptr + n * s_lse_n + h, lse)
 
 
-_SM_COUNT: dict = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4                                  # the interpreter: keep the grid small
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
@@ -352,7 +344,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     head_groups = triton.cdiv(H, block_h)
     if num_splits is None:
         bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
-        num_splits = choose_num_splits(N, head_groups, bound, _num_sms(dev))
+        num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev))
     num_splits = max(1, int(num_splits))
 
     if out is None:

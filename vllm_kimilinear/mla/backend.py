@@ -86,9 +86,10 @@ class KimiMLAImpl:
     the Triton kernel on CUDA, torch elsewhere. Prefills (expanded form): vLLM's FlashAttention varlen on
     CUDA in bf16/fp16, torch otherwise (CPU, float32)."""
 
-    def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float):
+    def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float,
+                 context_chunk: int = paged.CONTEXT_CHUNK):
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
-        self.context_chunk = paged.CONTEXT_CHUNK     # cached rows a prefill expands at a time
+        self.context_chunk = context_chunk           # cached rows a prefill expands at a time
 
     def decode(self, q, kv_cache, W_kvb, md: KimiMLAMetadata, k_scale) -> torch.Tensor:
         nd = md.num_decodes

@@ -45,10 +45,11 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         if self.cache_dtype_str not in KimiMLABackend.supported_kv_cache_dtypes:
             raise ValueError(f"--kv-cache-dtype {self.cache_dtype_str!r} is not supported by vllm-kimilinear's "
                              f"MLA cache yet; supported: {KimiMLABackend.supported_kv_cache_dtypes}.")
-        self.impl = KimiMLABackend.get_impl_cls()(num_heads, qk_nope_head_dim, kv_lora_rank, self.scale)
         # a prefill expands at most this many cached rows at a time: never more than one step's tokens, the
         # most the profile run measures
-        self.impl.context_chunk = min(CONTEXT_CHUNK, vllm_config.scheduler_config.max_num_batched_tokens)
+        self.impl = KimiMLABackend.get_impl_cls()(
+            num_heads, qk_nope_head_dim, kv_lora_rank, self.scale,
+            context_chunk=min(CONTEXT_CHUNK, vllm_config.scheduler_config.max_num_batched_tokens))
         self._profiled = False
         if torch.cuda.is_available():       # pick the FlashAttention version now, under this engine's config
             from vllm_kimilinear.mla.prefill import fa_version

@@ -51,9 +51,8 @@ def prefill_flash(q, kv_cache, block_table, seq_lens: list[int], query_lens: lis
     W = W_kvb.to(q.dtype)
     q = q.contiguous()
 
-    def expand(i, lo, hi):
-        k, v = expand_latents(rows_as_float(row_range(kv_cache, block_table[i], lo, hi), q.dtype, k_scale), W, P)
-        return k, v
+    def expand(i, lo, hi):                # keys [hi - lo, H, P+R], values [hi - lo, H, V] of sequence i's rows
+        return expand_latents(rows_as_float(row_range(kv_cache, block_table[i], lo, hi), q.dtype, k_scale), W, P)
 
     def padded(v, width):
         return torch.nn.functional.pad(v, (0, width - v.shape[-1]))
