@@ -500,7 +500,11 @@ def sweep(case):
             (bh0, 16, 8, 2, s0, True, False), (bh0, 64, 8, 3, s0, "-", False),
             (bh0, 64, 8, 2, s0, False, True), (bh0, 32, 8, 3, s0, "-", True),
             (bh0, 64, 4, 2, s0, False, True), (16, 32, 8, 3, s0, "-", False),
-            (bh0, 32, 8, 3, max(1, s0 // 2), "-", False), (bh0, 32, 8, 3, min(256, 2 * s0), "-", False)]
+            (bh0, 32, 8, 3, max(1, s0 // 2), "-", False), (bh0, 32, 8, 3, min(256, 2 * s0), "-", False),
+            # 64 rows of heads (32 real) reach wgmma in the default orientation; more or fewer splits with the
+            # transposed (wgmma) products
+            (64, 32, 8, 3, s0, "-", False), (64, 64, 8, 2, s0, "-", False),
+            (bh0, 64, 8, 2, min(256, 2 * s0), False, True), (bh0, 64, 8, 2, max(1, s0 // 2), False, True)]
     res = []
     for cfg in dict.fromkeys(cfgs):
         bh, bn, nw, ns, sp, pf, tar = cfg

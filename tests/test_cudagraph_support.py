@@ -1,19 +1,37 @@
-"""What the MLA backend tells vLLM about CUDA graphs: piecewise only unless full decode graphs are opted into,
-and a captured decode sized for the longest context it may replay."""
+"""What the MLA backend tells vLLM about CUDA graphs: full graphs for decode-only batches on CUDA unless switched
+off (piecewise elsewhere), a bad switch value refused by name, and a captured decode sized for the longest
+context it may replay."""
 
 from types import SimpleNamespace
 
+import pytest
+from vllm.platforms import current_platform
 from vllm.v1.attention.backend import AttentionCGSupport
 
 from vllm_kimilinear.mla.backend import FULL_CUDAGRAPH_ENV, KimiMLAMetadataBuilder
 
 
-def test_full_decode_graphs_are_opt_in(monkeypatch):
+def support():
+    return KimiMLAMetadataBuilder.get_cudagraph_support(None, None)
+
+
+def test_full_decode_graphs_on_cuda_by_default_and_switchable(monkeypatch):
     monkeypatch.delenv(FULL_CUDAGRAPH_ENV, raising=False)
-    assert KimiMLAMetadataBuilder.get_cudagraph_support(None, None) == AttentionCGSupport.NEVER
+    monkeypatch.setattr(type(current_platform), "is_cuda", lambda self=None: True, raising=False)
+    assert support() == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "0")
+    assert support() == AttentionCGSupport.NEVER
+    monkeypatch.setattr(type(current_platform), "is_cuda", lambda self=None: False, raising=False)
+    monkeypatch.delenv(FULL_CUDAGRAPH_ENV)
+    assert support() == AttentionCGSupport.NEVER              # a CPU has no CUDA graphs to capture
     monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "1")
-    assert (KimiMLAMetadataBuilder.get_cudagraph_support(None, None)
-            == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE)
+    assert support() == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
+
+def test_bad_switch_value_is_named(monkeypatch):
+    monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "yes")
+    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH='yes'.*allowed values are 0"):
+        support()
 
 
 def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeypatch):
@@ -36,7 +54,7 @@ def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeyp
             slot_mapping=torch.zeros(int(qsl[-1]), dtype=torch.int64))
 
     decode, mixed = common([1, 1, 1], [1, 1, 1]), common([1, 5], [9, 5])
-    monkeypatch.delenv(FULL_CUDAGRAPH_ENV, raising=False)
+    monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "0")
     assert builder.build(0, decode).max_seq_len == 1
     monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "1")
     assert builder.build(0, decode).max_seq_len == 131072

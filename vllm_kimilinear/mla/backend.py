@@ -36,9 +36,18 @@ FULL_CUDAGRAPH_ENV = "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"
 
 
 def full_decode_cudagraphs_enabled() -> bool:
-    """Whether MLA decode batches may be captured in full CUDA graphs: opt-in (``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH
-    =1``) until a GPU run has checked it; without it vLLM keeps the attention between piecewise graphs."""
-    return os.environ.get(FULL_CUDAGRAPH_ENV, "") == "1"
+    """Whether MLA decode-only batches may be captured in full CUDA graphs (vLLM's FULL_AND_PIECEWISE then
+    replays one graph per decode step, attention included). On by default on CUDA (tokens checked against the
+    fp64 reference on the H100: ``benchmarks/check_gpu_tokens.py`` case 4); ``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH
+    =0`` keeps the attention between piecewise graphs, ``=1`` asks for full graphs on any platform."""
+    value = os.environ.get(FULL_CUDAGRAPH_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{FULL_CUDAGRAPH_ENV}={value!r}: allowed values are 0 (piecewise CUDA graphs only) "
+                         "and 1 (full CUDA graphs for decode-only batches); unset means 1 on CUDA")
+    if value:
+        return value == "1"
+    from vllm.platforms import current_platform
+    return current_platform.is_cuda()
 
 
 class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
