@@ -403,7 +403,7 @@ def main():
                 for ctx in contexts:
                     if args.no_sweep or time.time() - T0 > args.budget_s:
                         break
-                    sweep_rows.append(sweep(Case(dt, cache, B, ctx, BS, gen)))
+                    # the block size the plugin serves with only (the 64-token pages are for vLLM's kernels)
                     real = cache.view(cache.shape[0] * BS // BS_REAL, BS_REAL, L + R)
                     sweep_rows.append(sweep(Case(dt, real, B, ctx, BS_REAL, gen)))
     except DeviceBroken as e:
