@@ -4,7 +4,8 @@ Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= em
 plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
 layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
 
-    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile] [--full-warmup]
+    python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile]
+                                   [--full-warmup] [--cprofile]
 """
 
 import argparse
@@ -81,7 +82,10 @@ def worker(args) -> None:
             llm.generate(prompts(min(n, 4), min(plen, 4096)), sp, use_tqdm=False)
         ps = prompts(n, plen)
         t = time.time()
-        outs = llm.generate(ps, sp, use_tqdm=False)
+        if args.cprofile:
+            outs = cprofile_generate(llm, ps, sp, name)
+        else:
+            outs = llm.generate(ps, sp, use_tqdm=False)
         dt = time.time() - t
         gen = sum(len(o.outputs[0].token_ids) for o in outs)
         print("RESULT " + json.dumps({"workload": name, "time_s": round(dt, 3), "out_tok_s": round(gen / dt, 1),
@@ -89,6 +93,24 @@ def worker(args) -> None:
         if args.profile:                 # the same workload again, under the profiler (not the timed run)
             print("RESULT " + json.dumps({"profile": name, **profile_generate(llm, prompts(n, plen), sp)}),
                   flush=True)
+
+
+def cprofile_generate(llm, ps, sp, name, top=40):
+    """The timed generate under cProfile (the engine runs in this process): prints the functions with the most
+    cumulative host time, to find what a first run of a new shape spends its time on."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    outs = prof.runcall(llm.generate, ps, sp, use_tqdm=False)
+    st = pstats.Stats(prof)
+    label = lambda f, line, fn: f"{os.path.basename(f)}:{line}:{fn}"[-90:]  # noqa: E731
+    cum = sorted(st.stats.items(), key=lambda kv: -kv[1][3])[:top]
+    own = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]
+    print("RESULT " + json.dumps({"cprofile": name,
+                                  "top_cumulative_s": [[label(*k), round(v[3], 3), v[1]] for k, v in cum],
+                                  "top_self_s": [[label(*k), round(v[2], 3), v[1]] for k, v in own]}), flush=True)
+    return outs
 
 
 def profile_generate(llm, ps, sp, top=20) -> dict:
@@ -117,6 +139,9 @@ def main() -> None:
     ap.add_argument("--full-warmup", action="store_true",
                     help="warm each workload up with itself (default: 4 prompts of at most 4096 tokens, as the "
                          "anchor measurements did), so that Triton compiles for new shapes fall outside the timing")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="run each timed workload under cProfile (engine in-process; times include its overhead) "
+                         "and print the functions with the most cumulative host time")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -126,13 +151,14 @@ def main() -> None:
     results = {}
     for side in args.sides.split(","):
         env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")
-        if args.profile:
-            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"        # the profiler sees the engine's kernels
+        if args.profile or args.cprofile:
+            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"        # the profilers see the engine's work
         if side == "intree":
             env["VLLM_PLUGINS"] = ""
         cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers),
                "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else []) + \
-            (["--profile"] if args.profile else []) + (["--full-warmup"] if args.full_warmup else [])
+            (["--profile"] if args.profile else []) + (["--full-warmup"] if args.full_warmup else []) + \
+            (["--cprofile"] if args.cprofile else [])
         t = time.time()
         rows = []
         # the worker's results are echoed as they come, so that a run cut off by a time limit still shows them
@@ -150,7 +176,7 @@ def main() -> None:
             print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{''.join(err)[-3000:]}",
                   flush=True)
         results[side] = rows
-        print(f"[{side}] {[r for r in rows if 'workload' not in r and 'profile' not in r]}", flush=True)
+        print(f"[{side}] {[r for r in rows if not {'workload', 'profile', 'cprofile'} & r.keys()]}", flush=True)
     print(f"\nGPU: {torch.cuda.get_device_name()}  layers: {args.layers}  date: {time.strftime('%Y-%m-%d')}")
     names = [r["workload"] for rows in results.values() for r in rows if "workload" in r]
     names = list(dict.fromkeys(names))
@@ -171,6 +197,13 @@ def main() -> None:
             print("| kernel | GPU ms | launches |\n|---|---|---|")
             for name, ms, cnt in r["top"]:
                 print(f"| `{name}` | {ms} | {cnt} |")
+        for r in (r for r in rows if "cprofile" in r):
+            print(f"\n{side}, {r['cprofile']} under cProfile (cumulative host s, calls):")
+            for fn, cum, calls in r["top_cumulative_s"]:
+                print(f"  {cum:9.3f} {calls:8d}  {fn}")
+            print(f"{side}, {r['cprofile']}: most self time (host s, calls):")
+            for fn, own, calls in r["top_self_s"]:
+                print(f"  {own:9.3f} {calls:8d}  {fn}")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def default_config(num_heads: int, L: int) -> dict:
     the page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`); not yet tuned on a
     GPU against other settings."""
     big = L >= 256
-    return dict(block_h=default_block_h(num_heads), block_n=32 if big else 16, num_warps=8 if big else 4,
+    return dict(block_h=default_block_h(num_heads), block_n=64 if big else 16, num_warps=8 if big else 4,
                 num_stages=3)
 
 

@@ -29,6 +29,14 @@ def triton_kda_available() -> bool:
     return True
 
 
+def short_conv_prefill(x, weight, conv_state, slots, has_init, cu_seqlens):
+    if x.is_cuda and triton_kda_available():
+        from kernels.kda.triton_conv import short_conv_prefill as triton_short_conv_prefill
+
+        return triton_short_conv_prefill(x, weight, conv_state, slots, has_init, cu_seqlens)
+    return paged.short_conv_prefill(x, weight, conv_state, slots, has_init, cu_seqlens)
+
+
 def short_conv_decode(x, weight, conv_state, slots, has_init):
     if x.is_cuda and triton_kda_available():
         from kernels.kda.triton_conv import short_conv_decode as triton_short_conv_decode

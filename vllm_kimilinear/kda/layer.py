@@ -26,7 +26,6 @@ from vllm.utils.torch_utils import (LayerNameType, _encode_layer_name, _resolve_
                                     direct_register_custom_op)
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
-from kernels.kda import paged
 from vllm_kimilinear.kda import dispatch
 from vllm_kimilinear.kda.backend import KimiKDABackend
 from vllm_kimilinear.kda.state import kda_state_dtypes, kda_state_shapes
@@ -169,7 +168,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         return qq.view(-1, H, D), kk.view(-1, H, D), vv.view(-1, H, D)
 
     def _prefill(self, qkv, g_raw, beta, weight, conv_state, rec_state, slots, has_init, cu, out) -> None:
-        x = paged.short_conv_prefill(qkv, weight, conv_state, slots, has_init, cu)
+        x = dispatch.short_conv_prefill(qkv, weight, conv_state, slots, has_init, cu)
         qq, kk, vv = self._split_heads(x)
         out[:] = dispatch.kda_prefill(qq, kk, vv, g_raw.view(-1, self.local_heads, self.head_dim), beta, self.A_log,
                                       self.dt_bias, self.scale, rec_state, slots, has_init, cu).to(out.dtype)
