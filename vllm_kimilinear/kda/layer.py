@@ -158,9 +158,12 @@ class KimiDeltaAttention(nn.Module, MambaBase):
                                                self.dt_bias, self.scale, rec_state, slots[:nd], has_init).to(out.dtype)
         if md.num_prefills > 0:
             cu = md.non_spec_query_start_loc[nd:] - nd_tok
+            # The prefills' slots and flags start nd entries in: copies, so that the kernels always see 16-byte
+            # aligned pointers (Triton specialises on alignment; a view at an odd offset would compile a second
+            # variant of every prefill kernel in the middle of serving)
+            pf = slice(nd, nd + md.num_prefills)
             self._prefill(qkv[nd_tok:], g_raw[nd_tok:n_tok], beta[nd_tok:n_tok], weight, conv_state, rec_state,
-                          slots[nd:nd + md.num_prefills], md.has_initial_state[nd:nd + md.num_prefills], cu,
-                          out[nd_tok:n_tok])
+                          slots[pf].clone(), md.has_initial_state[pf].clone(), cu, out[nd_tok:n_tok])
 
     def _split_heads(self, x):
         H, D = self.local_heads, self.head_dim
