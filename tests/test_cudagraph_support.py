@@ -5,6 +5,7 @@ context it may replay."""
 from types import SimpleNamespace
 
 import pytest
+from vllm.config import CUDAGraphMode
 from vllm.platforms import current_platform
 from vllm.v1.attention.backend import AttentionCGSupport
 
@@ -35,13 +36,15 @@ def test_bad_switch_value_is_named(monkeypatch):
 
 
 def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeypatch):
-    """With full decode graphs on, every decode-only batch gets max_model_len as its split bound, so the
-    warm-up before a capture (dummy length 1) loads the same kernel variant the capture launches."""
+    """With full decode graphs on and captured, every decode-only batch gets max_model_len as its split bound, so
+    the warm-up before a capture (dummy length 1) loads the same kernel variant the capture launches; eager
+    engines keep each batch's own bound."""
     import torch
     from vllm.v1.attention.backends.utils import CommonAttentionMetadata
 
     builder = KimiMLAMetadataBuilder.__new__(KimiMLAMetadataBuilder)
-    builder.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=131072))
+    graphs = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    builder.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=131072), compilation_config=graphs)
     builder.reorder_batch_threshold = 1
 
     def common(query_lens, seq_lens):
@@ -58,5 +61,8 @@ def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeyp
     assert builder.build(0, decode).max_seq_len == 1
     monkeypatch.setenv(FULL_CUDAGRAPH_ENV, "1")
     assert builder.build(0, decode).max_seq_len == 131072
+    graphs.cudagraph_mode = CUDAGraphMode.NONE            # --enforce-eager: nothing is captured
+    assert builder.build(0, decode).max_seq_len == 1
+    graphs.cudagraph_mode = CUDAGraphMode.FULL_AND_PIECEWISE
     md = builder.build(0, mixed)                          # a batch with a prefill is never captured
     assert md.max_seq_len == 9 and md.num_decodes == 1 and md.num_prefills == 1

@@ -273,8 +273,8 @@ def default_block_h(num_heads: int) -> int:
 
 def default_config(num_heads: int, L: int) -> dict:
     """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages. Three stages give
-    the page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`); not yet tuned on a
-    GPU against other settings."""
+    the page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`); 64-token tiles were
+    the fastest of an 18-setting sweep on the H100 at batch >= 32, bf16 and fp8 (`benchmarks/RESULTS.md`)."""
     big = L >= 256
     return dict(block_h=default_block_h(num_heads), block_n=64 if big else 16, num_warps=8 if big else 4,
                 num_stages=3)

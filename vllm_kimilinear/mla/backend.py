@@ -38,8 +38,8 @@ FULL_CUDAGRAPH_ENV = "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"
 def full_decode_cudagraphs_enabled() -> bool:
     """Whether MLA decode-only batches may be captured in full CUDA graphs (vLLM's FULL_AND_PIECEWISE then
     replays one graph per decode step, attention included). On by default on CUDA (tokens checked against the
-    fp64 reference on the H100: ``benchmarks/check_gpu_tokens.py`` case 4); ``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH
-    =0`` keeps the attention between piecewise graphs, ``=1`` asks for full graphs on any platform."""
+    fp64 reference on the H100: ``benchmarks/check_gpu_tokens.py``); ``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH=0``
+    keeps the attention between piecewise graphs, ``=1`` asks for full graphs on any platform."""
     value = os.environ.get(FULL_CUDAGRAPH_ENV, "")
     if value not in ("", "0", "1"):
         raise ValueError(f"{FULL_CUDAGRAPH_ENV}={value!r}: allowed values are 0 (piecewise CUDA graphs only) "
@@ -72,7 +72,7 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
         nd, npf, nd_tok, _ = split_decodes_and_prefills(m, decode_threshold=1)
         qsl = m.query_start_loc_cpu[: m.num_reqs + 1]
         max_seq_len = m.max_seq_len
-        if npf == 0 and full_decode_cudagraphs_enabled():
+        if npf == 0 and full_decode_cudagraphs_enabled() and self._captures_full_graphs():
             # A captured decode keeps the split count (and kernel variant) it was captured with: size every
             # decode-only batch for the longest context, so that the warm-up before a capture compiles and
             # loads the very kernels the capture launches (Triton cannot load a module while capturing).
@@ -82,6 +82,12 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
             num_prefills=npf, max_seq_len=max_seq_len, seq_lens=m.seq_lens[: m.num_reqs],
             block_table=m.block_table_tensor[: m.num_reqs], slot_mapping=m.slot_mapping[: m.num_actual_tokens],
             query_lens=(qsl[1:] - qsl[:-1]).tolist(), seq_lens_host=self._host_seq_lens(m) if npf else [])
+
+    def _captures_full_graphs(self) -> bool:
+        # vLLM's resolved mode (NONE with --enforce-eager): without full graphs a decode sizes itself for its own
+        # longest context
+        mode = getattr(self.vllm_config.compilation_config, "cudagraph_mode", None)
+        return mode is not None and mode.has_full_cudagraphs()
 
     @staticmethod
     def _host_seq_lens(m: CommonAttentionMetadata) -> list[int]:
