@@ -294,7 +294,7 @@ def correctness(dev, dtype, kernels, lens=(1, 700, 2100), makers=None):
     ref_o, ref_lse = reference(case)
     out = {}
     if makers is None:
-        makers = [("ours_fp32_math", make_ours_fp32)] + kernels
+        makers = [("ours_fp32_math", make_ours_fp32), ("ours_tma", lambda c: make_ours(c, tma=True, block_n=32, num_stages=3))] + kernels
     for name, mk in makers:
         try:
             o = mk(case)()
@@ -421,7 +421,7 @@ def main():
     if sweep_rows:
         log("")
         log("our launch configurations: default vs fastest of the sweep (eager median us; config = "
-            "block_h/block_n/warps/stages/splits/prefetch/tokens_as_rows; every config's time is in the log above)")
+            "block_h/block_n/warps/stages/splits/prefetch/tokens_as_rows[/tma]; every config's time is in the log above)")
         table(("cache", "batch", "ctx", "default_cfg", "default_us", "best_cfg", "best_us", "best_GB/s", "gain"),
               sweep_rows)
     log(f"total {time.time() - T0:.0f}s")
@@ -504,14 +504,18 @@ def sweep(case):
             # 64 rows of heads (32 real) reach wgmma in the default orientation; more or fewer splits with the
             # transposed (wgmma) products
             (64, 32, 8, 3, s0, "-", False), (64, 64, 8, 2, s0, "-", False),
-            (bh0, 64, 8, 2, min(256, 2 * s0), False, True), (bh0, 64, 8, 2, max(1, s0 // 2), False, True)]
+            (bh0, 64, 8, 2, min(256, 2 * s0), False, True), (bh0, 64, 8, 2, max(1, s0 // 2), False, True),
+            # tiles through TMA descriptors (multi-buffered in shared memory, fp8 included)
+            (bh0, 64, 8, 2, s0, False, False, True), (bh0, 32, 8, 3, s0, False, False, True),
+            (bh0, 32, 8, 4, s0, False, False, True)]
     res = []
     for cfg in dict.fromkeys(cfgs):
-        bh, bn, nw, ns, sp, pf, tar = cfg
+        bh, bn, nw, ns, sp, pf, tar, *tma = cfg
         try:
             fn = lambda: mla_decode(case.q_lat, case.q_pe, case.cache, case.block_table, case.seq_lens,  # noqa
                                     SCALE, sp, case.k_scale, block_h=bh, block_n=bn, num_warps=nw,
-                                    num_stages=ns, prefetch=None if pf == "-" else pf, tokens_as_rows=tar)[0]
+                                    num_stages=ns, prefetch=None if pf == "-" else pf, tokens_as_rows=tar,
+                                    tma=bool(tma and tma[0]))[0]
             fn()
             res.append((cfg, do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3))
         except Exception as e:

@@ -65,11 +65,20 @@ def mla():
                 (16, 8, 2, True, True, False), (64, 8, 2, True, False, True), (64, 8, 2, True, True, True)]:
             const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888 if page_loop else 64, BLOCK_H=32,
                          BLOCK_N=bn, IS_FP8=kv != "bf16", DIRECT=False, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                         PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=kv != "bf16")
+                         PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=kv != "bf16", TMA=False, desc_c=None,
+                         desc_r=None)
             k = compile_kernel(_mla_decode_split, dict(ptrs, kv_ptr="*" + kv), const, floats=("qk_scale_log2",),
                                div16=div16, num_warps=nw, num_stages=ns)
             report(f"mla {kv} block_n {bn} w {nw} stages {ns} page_loop {page_loop} prefetch {prefetch} "
                    f"tokens_as_rows {tar}", k)
+    for kv, bn, nw, ns in [("fp8e4nv", 64, 8, 2), ("fp8e4nv", 32, 8, 3), ("fp8e4nv", 32, 8, 4), ("bf16", 32, 8, 3)]:
+        const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888, BLOCK_H=32, BLOCK_N=bn,
+                     IS_FP8=kv != "bf16", DIRECT=False, DOT_PRECISION="tf32", PAGE_LOOP=True, PREFETCH=False,
+                     TOKENS_AS_ROWS=False, F16_MATH=kv != "bf16", TMA=True)
+        descs = dict(desc_c=f"tensordesc<{kv}[1, {bn}, 512]>", desc_r=f"tensordesc<{kv}[1, {bn}, 64]>")
+        k = compile_kernel(_mla_decode_split, dict(ptrs, kv_ptr="*" + kv, **descs), const, floats=("qk_scale_log2",),
+                           div16=div16, num_warps=nw, num_stages=ns)
+        report(f"mla {kv} TMA tiles, block_n {bn} w {nw} stages {ns}", k)
     from kernels.mla.triton_decode import _mla_decode_combine
     k = compile_kernel(_mla_decode_combine, dict(acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32"),
                        dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8), num_warps=4)

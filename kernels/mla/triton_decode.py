@@ -15,7 +15,8 @@ Reading the cache: with pages of at least PAGE_LOOP_MIN_TILES tiles (vLLM gives 
 blocks), a split walks its pages one by one, with one block-table load per page. The tile loads of the
 inner loop then depend on no load of that loop, and Triton multi-buffers them. Small pages use a flat loop
 with a lookup per position. fp8 tiles and flat-loop tiles are prefetched one tile ahead into registers
-instead, because Triton's pipelining covers neither.
+instead, because Triton's pipelining covers neither. Opt-in (``tma=True``, untimed): tiles fetched through TMA
+descriptors of the cache, which Triton multi-buffers in shared memory for fp8 tiles too.
 """
 
 import torch
@@ -93,6 +94,24 @@ def _attend_range(q, qp, base, p0, bt_row, lo, hi, m, l_sum, acc, offs_l, offs_r
 
 
 @triton.jit
+def _attend_range_tma(q, qp, desc_c, desc_r, page, p0, lo, hi, m, l_sum, acc, score_mul, L: tl.constexpr,
+                      R: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                      TOKENS_AS_ROWS: tl.constexpr):
+    """As ``_attend_range`` over one page (block number ``page``, first position p0), the tiles fetched by TMA
+    through host descriptors of the cache ([blocks, rows, L + R]; rows past the page come back as zeros, rows
+    past ``hi`` are zeroed here, so no stale value reaches the products). Triton multi-buffers these loads."""
+    for t0 in range(lo, hi, BLOCK_N):
+        tok = t0 + tl.arange(0, BLOCK_N)
+        t_ok = tok < hi
+        c = desc_c.load([page, t0 - p0, 0]).reshape(BLOCK_N, L).to(q.dtype)
+        kpe = desc_r.load([page, t0 - p0, L]).reshape(BLOCK_N, R).to(q.dtype)
+        c = tl.where(t_ok[:, None], c, 0.0)
+        kpe = tl.where(t_ok[:, None], kpe, 0.0)
+        m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION, TOKENS_AS_ROWS)
+    return m, l_sum, acc
+
+
+@triton.jit
 def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.constexpr,
             TOKENS_AS_ROWS: tl.constexpr):
     """Fold one tile of cached rows (c, kpe; ``t_ok``: which rows are real) into the running softmax state
@@ -125,14 +144,14 @@ def _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION: tl.con
 @triton.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
 def _mla_decode_split(
     q_lat_ptr, q_pe_ptr, kv_ptr, bt_ptr, seq_lens_ptr, k_scale_ptr,
-    acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    acc_ptr, ml_ptr, o_ptr, lse_ptr, desc_c, desc_r,
     num_heads, num_splits, qk_scale_log2,
     s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_kv_blk, s_kv_row, s_bt_n,
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
     L: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_PRECISION: tl.constexpr, PAGE_LOOP: tl.constexpr,
-    PREFETCH: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr, F16_MATH: tl.constexpr,
+    PREFETCH: tl.constexpr, TOKENS_AS_ROWS: tl.constexpr, F16_MATH: tl.constexpr, TMA: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     hg = tl.program_id(1)
@@ -183,7 +202,14 @@ def _mla_decode_split(
         acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
 
     bt_row = bt_ptr + n * s_bt_n
-    if PAGE_LOOP:
+    if TMA:
+        for pg in range(start // BLOCK_SIZE, tl.cdiv(end, BLOCK_SIZE)):
+            p0 = pg * BLOCK_SIZE
+            m, l_sum, acc = _attend_range_tma(
+                q, qp, desc_c, desc_r, tl.load(bt_row + pg), p0, tl.maximum(start, p0),
+                tl.minimum(end, p0 + BLOCK_SIZE), m, l_sum, acc, score_mul, L, R, BLOCK_N, DOT_PRECISION,
+                TOKENS_AS_ROWS)
+    elif PAGE_LOOP:
         # Page by page: one block-table load per page, then an inner loop over the page's tiles whose loads
         # depend on no other load in that loop, so Triton multi-buffers them (an in-loop page lookup leaves a
         # single buffer: the pipeliner gives the indirect load the first stage and the data only one).
@@ -256,6 +282,24 @@ def _mla_decode_combine(
 
 
 
+def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
+    """Host TMA descriptors of the cache as [blocks, rows, L + R]: one for the latent part of a tile of block_n
+    rows, one for its position part (loaded at column L)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    nb, bs, D = kv_cache.shape
+    esize = kv_cache.element_size()
+    if L & (L - 1) or R & (R - 1) or R * esize < 16:
+        raise ValueError(f"mla_decode(tma=True): latent {L} and position {R} widths must be powers of two, "
+                         f"the position part at least 16 bytes")
+    if (kv_cache.stride(0) * esize) % 16 or (kv_cache.stride(1) * esize) % 16 or kv_cache.data_ptr() % 16:
+        raise ValueError(f"mla_decode(tma=True): the cache's base and strides {tuple(kv_cache.stride())} must be "
+                         f"16-byte aligned")
+    shape, strides = [nb, bs, D], [kv_cache.stride(0), kv_cache.stride(1), 1]
+    return (TensorDescriptor(kv_cache, shape, strides, [1, block_n, L]),
+            TensorDescriptor(kv_cache, shape, strides, [1, block_n, R]))
+
+
 def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
     """Splits per sequence from host-known values: about PROGRAMS_PER_SM programs per SM (several waves, so
     that the last, partly filled wave costs little), >= MIN_TOKENS_PER_SPLIT positions a split."""
@@ -284,7 +328,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
                k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None,
-               tokens_as_rows: bool = False, fp16_math: bool | None = None):
+               tokens_as_rows: bool = False, fp16_math: bool | None = None, tma: bool = False):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -304,6 +348,9 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
     which 32 query heads alone cannot reach; same result. fp16_math (default: fp8 caches with 16-bit queries)
     runs the products in fp16 (q scaled by 1/16): e4m3 converts to fp16 in one packed instruction.
+    tma (opt-in, Hopper; untimed): tiles come through TMA descriptors of the cache, which Triton multi-buffers
+    in shared memory even for fp8 tiles (their plain loads go through registers); needs L and R powers of two,
+    16-byte-aligned cache strides; replaces the page-by-page and flat loops (one page at a time, any page size).
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -315,6 +362,9 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         # access on an H100 (2026-11-23, benchmarks/RESULTS.md); not root-caused, so it is refused
         raise ValueError("mla_decode: tokens_as_rows=True cannot be combined with prefetch=True "
                          "(use prefetch=False or None with tokens_as_rows)")
+    if tma and (prefetch or tokens_as_rows):
+        raise ValueError("mla_decode: tma=True loads tiles through TMA; it cannot be combined with prefetch=True "
+                         "or tokens_as_rows=True")
     if kv_cache.dtype == torch.uint8:
         kv_cache = kv_cache.view(torch.float8_e4m3fn)
     is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
@@ -367,9 +417,12 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
 
     precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
     page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n
+    desc_c = desc_r = None
+    if tma:
+        desc_c, desc_r = _cache_descriptors(kv_cache, L, R, block_n)
     _mla_decode_split[(N, head_groups, num_splits)](
         q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg,
-        acc, ml, out, lse,
+        acc, ml, out, lse, desc_c, desc_r,
         H, num_splits, float(scale) * LOG2E,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
@@ -377,8 +430,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
         IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
-        PREFETCH=(not tokens_as_rows and (is_fp8 or not page_loop)) if prefetch is None else prefetch,
-        TOKENS_AS_ROWS=tokens_as_rows,
+        PREFETCH=(not tma and not tokens_as_rows and (is_fp8 or not page_loop)) if prefetch is None else prefetch,
+        TOKENS_AS_ROWS=tokens_as_rows, TMA=tma,
         F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
         num_warps=num_warps, num_stages=num_stages,
     )

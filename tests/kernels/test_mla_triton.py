@@ -132,6 +132,25 @@ def test_loops_and_prefetch(block_n, num_splits, prefetch, tokens_as_rows):
     check(o, lse, *reference(*case, 0.1), tol=2e-5)
 
 
+@pytest.mark.parametrize("bs,block_n,num_splits", [(64, 16, 3), (40, 16, 1), (24, 32, 5)])
+def test_tma_tiles(bs, block_n, num_splits):
+    """tma=True (tiles through TMA descriptors): pages that are not a whole number of tiles (the tile's tail past
+    the page comes back as zeros), splits and sequences ending mid-tile over NaN-poisoned rows, a row stride
+    padded beyond L + R."""
+    case = make_case([1, 63, 64, 65, 200, 333], bs=bs, H=3, L=64, R=16, seed=22, row_pad=4)
+    o, lse = run(*case, 0.1, num_splits=num_splits, block_n=block_n, tma=True)
+    check(o, lse, *reference(*case, 0.1), tol=2e-5)
+
+
+def test_tma_refuses_what_it_cannot_do():
+    case = make_case([5], bs=16, H=2, L=64, R=16, seed=1)
+    with pytest.raises(ValueError, match="prefetch"):
+        run(*case, 0.1, tma=True, prefetch=True)
+    odd = make_case([5], bs=16, H=2, L=48, R=16, seed=1)
+    with pytest.raises(ValueError, match="powers of two"):
+        run(*odd, 0.1, tma=True)
+
+
 def test_more_splits_than_tiles_and_empty_sequence():
     case = make_case([3, 40, 0, 16], bs=16, H=3, L=64, R=16, seed=3)
     for s in (1, 16):
@@ -284,6 +303,18 @@ def test_fp8_kernel_bf16_queries_fp16_math(page_loop_block_size):
     assert (lse.double() - ref_lse).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_fp8_kernel_tma(num_splits):
+    """The fp8 cache through TMA descriptors (the case they are for): == fp64 attention over the dequantised
+    cache, NaN bytes outside the live rows included."""
+    ks = 0.03
+    q_lat, q_pe, kv8, bt, sl = _fp8_case([1, 16, 17, 90], bs=48, H=5, L=64, R=16, seed=12, k_scale=ks)
+    ref = reference(q_lat, q_pe, kv8.float(), bt, sl, 0.1, k_scale=ks)
+    o, lse = run(q_lat, q_pe, kv8.view(torch.uint8), bt, sl, 0.1, num_splits=num_splits, k_scale=ks, block_n=16,
+                 tma=True)
+    check(o, lse, *ref, tol=2e-5)
+
+
 def test_fp8_kernel_real_dims():
     ks = 0.05
     q_lat, q_pe, kv8, bt, sl = _fp8_case([33], bs=16, H=2, L=512, R=64, seed=13, k_scale=ks)
@@ -302,17 +333,20 @@ from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
          "s_o_n", "s_o_h", "s_lse_n", "num_heads")   # what the JIT sees for Kimi's shapes
-for kv, direct, page_loop, prefetch, tar, bn, nw in [
-        ("bf16", False, True, False, False, 32, 8), ("bf16", True, False, True, False, 32, 8),
-        ("fp8e4nv", False, True, True, False, 32, 8), ("fp8e4nv", True, False, True, False, 32, 8),
-        ("bf16", False, True, False, True, 64, 8)]:
+for kv, direct, page_loop, prefetch, tar, bn, nw, tma in [
+        ("bf16", False, True, False, False, 64, 8, False), ("bf16", True, False, True, False, 32, 8, False),
+        ("fp8e4nv", False, True, True, False, 64, 8, False), ("fp8e4nv", True, False, True, False, 32, 8, False),
+        ("bf16", False, True, False, True, 64, 8, False), ("fp8e4nv", False, True, False, False, 64, 8, True)]:
     f16 = kv != "bf16"
     fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*" + kv, bt_ptr="*i32", seq_lens_ptr="*i32",
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
+    descs = dict(desc_c=f"tensordesc<{kv}[1, {bn}, 512]>", desc_r=f"tensordesc<{kv}[1, {bn}, 64]>") if tma else {}
     const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=1888, BLOCK_H=32, BLOCK_N=bn,
                  IS_FP8=kv != "bf16", DIRECT=direct, DOT_PRECISION="tf32", PAGE_LOOP=page_loop,
-                 PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=f16)
+                 PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=f16, TMA=tma,
+                 **({} if tma else dict(desc_c=None, desc_r=None)))
+    ptrs.update(descs)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
