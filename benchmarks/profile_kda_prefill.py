@@ -25,6 +25,8 @@ from profiling import gpu_time_by_kernel                                     # n
 # Candidates chosen with scripts/inspect_sm90.py (no register spills, or the fewest) for the next GPU run.
 CONFIGS = {
     "default": {},
+    "diag columns walked in reverse (running fp32 sums)": dict(diag_cols="reverse"),
+    "diag columns walked in reverse, 2 warps": dict(diag_cols="reverse", diag_warps=2),
     "diag kernel 2 warps": dict(diag_warps=2),
     "diag columns from a scratch tile, 8 programs/SM": dict(diag_cols="tile"),
     "diag columns from a scratch tile, 16 programs/SM": dict(diag_cols="tile", diag_programs_per_sm=16),

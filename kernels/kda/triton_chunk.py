@@ -3,7 +3,9 @@
 Three launches (plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
-   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k.
+   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k
+   (``_config["diag_cols"]``: the column's gate recomputed, read from a scratch tile, or, opt-in and not yet
+   timed, the columns walked in reverse with G_r - G_c kept as a running fp32 sum of non-positive terms).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain, in-chunk
    cumulative sum G in fp64 so that differences of nearby rows stay exact after a huge decay),
@@ -75,7 +77,8 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
                 scr_ptr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr):
+                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr,
+                REVERSE: tl.constexpr):
     """Work item ``item`` = ((chunk * BT/BC + sub-block) * H + head): its pairs, stored in dd (see the kernel)."""
     NC: tl.constexpr = BT // BC
     h = item % H
@@ -90,6 +93,10 @@ def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_
         cols = tl.arange(0, K)
         neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
         dtb = tl.load(dtb_ptr + h * K + cols)
+        if REVERSE:
+            _diag_block_reverse(q_ptr, k_ptr, g_ptr, dd_ptr, t0, eos, c, j, h, ri, cols, dtb, neg_a,
+                                s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, H, K, BT, BC)
+            return
         qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, t0 + ri, t0 + ri < eos, cols, h,
                                 s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
         hi = G.to(tl.float32)
@@ -128,11 +135,46 @@ def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_
         tl.store(dd_ptr + base + BT * BC, d_qk)
 
 
+@triton.jit
+def _diag_block_reverse(q_ptr, k_ptr, g_ptr, dd_ptr, t0, eos, c, j, h, ri, cols, dtb, neg_a,
+                        s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                        BC: tl.constexpr):
+    """The sub-block's pairs with the columns walked last to first: D[r] = G_r - G_col = sum of the log2 decays of
+    rows col+1..r, kept as a running fp32 sum (D <- D + g_col when the walk moves to column col - 1). Every term
+    is <= 0, so the sum has no cancellation (relative rounding ~BC ulp, exponents <= 0) and needs neither the
+    fp64 cumulative gate nor its hi/lo split."""
+    live_r = t0 + ri < eos
+    m2 = live_r[:, None]
+    tok = t0 + ri
+    qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    D = tl.zeros([BC, K], dtype=tl.float32)
+    for step in range(0, BC):
+        col = BC - 1 - step
+        tc = t0 + col
+        live = tc < eos
+        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
+        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped below
+        keep = (ri >= col)[:, None] & (ri[None, :] == col)
+        d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
+        d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
+        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
+        sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+        gcol = tl.where(live, neg_a * sp, 0.0)          # this column's row decay (log2), <= 0
+        D = tl.where((ri >= col)[:, None], D + gcol[None, :], 0.0)
+    base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
+    tl.store(dd_ptr + base, d_kk)
+    tl.store(dd_ptr + base + BT * BC, d_qk)
+
+
 @triton.jit(do_not_specialize=["N", "n_items"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, scr_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, n_items,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr,
+    REVERSE: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0):
     dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c), c <= r.
@@ -149,10 +191,12 @@ def _chunk_diag_kernel(
         scr = scr_ptr + pid.to(tl.int64) * (BC * 3 * K)
         for item in range(pid, n_items, tl.num_programs(0)):
             _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-                        dd_ptr, scr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE)
+                        dd_ptr, scr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE,
+                        REVERSE)
     else:                       # one work item per program
         _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-                    dd_ptr, scr_ptr, pid, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE)
+                    dd_ptr, scr_ptr, pid, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE,
+                    REVERSE)
 
 
 @triton.jit
@@ -399,7 +443,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if _config:
         cfg.update(_config)
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
-    assert cfg["diag_cols"] in ("recompute", "tile"), f"diag_cols: 'recompute' or 'tile', not {cfg['diag_cols']!r}"
+    assert cfg["diag_cols"] in ("recompute", "tile", "reverse"), \
+        f"diag_cols: 'recompute', 'tile' or 'reverse', not {cfg['diag_cols']!r}"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
     q, k, g_raw = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K)
     v = as_heads(v, H, V)
@@ -437,7 +482,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     _chunk_diag_kernel[(progs,)](
         q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, scr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N, n_items,
-        H=H, K=K, BT=BT, BC=BC, FROM_TILE=from_tile, num_warps=cfg["diag_warps"])
+        H=H, K=K, BT=BT, BC=BC, FROM_TILE=from_tile, REVERSE=cfg["diag_cols"] == "reverse",
+        num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,

@@ -28,8 +28,10 @@ def check(label, k):
 
 for from_tile in (False, True):
     check(f"diag from_tile={from_tile}", compile_kernel(_chunk_diag_kernel, ptrs,
-                                                        dict(H=32, K=128, BT=BT, BC=BC, FROM_TILE=from_tile),
+                                                        dict(H=32, K=128, BT=BT, BC=BC, FROM_TILE=from_tile, REVERSE=False),
                                                         num_warps=4))
+check("diag reverse", compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, FROM_TILE=False,
+                                                                  REVERSE=True), num_warps=4))
 const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
 check("intra", compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), num_warps=_FAST["intra_warps"],
                               num_stages=_FAST["intra_stages"]))
@@ -50,4 +52,4 @@ print("LOWERED", len(done))
 
 
 def test_kda_kernels_lower_for_sm90(tmp_path):
-    assert "LOWERED 12" in run_lowering_script(_LOWER, tmp_path, timeout=1200)
+    assert "LOWERED 13" in run_lowering_script(_LOWER, tmp_path, timeout=1200)

@@ -85,9 +85,10 @@ PREFILL_CASES = [
 ]
 
 
-# (sequential-step layout, where the diagonal kernel takes its column rows from): every layout and both column
-# sources run on every case ("rows" and "recompute" are the fast path's defaults)
-DESIGNS = [("cols", "recompute"), ("rows", "tile"), ("cols_kmajor", "recompute")]
+# (sequential-step layout, where the diagonal kernel takes its column rows from): every layout and every column
+# source (recomputed, a scratch tile, walked in reverse) run on every case ("rows" and "recompute" are the fast
+# path's defaults)
+DESIGNS = [("cols", "recompute"), ("rows", "tile"), ("cols_kmajor", "recompute"), ("rows", "reverse")]
 
 
 @pytest.mark.parametrize("form,diag_cols", DESIGNS)
