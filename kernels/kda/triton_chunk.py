@@ -45,6 +45,12 @@ BC = 16          # sub-block length (pairs inside a sub-block are computed eleme
 
 
 @triton.jit
+def _softplus(x):
+    """softplus with torch's threshold 20 (x itself above it)."""
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
 def _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
                 neg_a, K: tl.constexpr):
     """Raw q, k columns ``cols`` of one chunk (fp32) and the in-chunk cumulative log2 gate G (fp64, so that
@@ -54,8 +60,7 @@ def _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h, s_qt, s_qh, s
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     x = x + tl.load(dtb_ptr + h * K + cols)[None, :]
-    sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))          # softplus, threshold 20
-    g2 = tl.where(m2, neg_a * sp, 0.0)                            # log2-domain decay, 0 past the end
+    g2 = tl.where(m2, neg_a * _softplus(x), 0.0)                  # log2-domain decay, 0 past the end
     G = tl.cumsum(g2.to(tl.float64), axis=0)
     return qs, ks, G
 
@@ -72,6 +77,31 @@ def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     is_r = (rows % (2 * S)) >= S
     e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
     return e, is_r
+
+
+@triton.jit
+def _column(k_ptr, g_ptr, tc, live, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh):
+    """Row ``tc`` of one head as a diagonal-block column: its k (fp32) and its log2 decay (<= 0; 0 if not live)."""
+    kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
+    x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
+    return kc, tl.where(live, neg_a * _softplus(x), 0.0)
+
+
+@triton.jit
+def _fold_column(qs, ks, e, ri, col, d_kk, d_qk):
+    """Column ``col`` of the pair blocks from its gated key e [rows, K]: row sums of k_r e and q_r e, kept on the
+    rows r >= col (the others had positive exponents)."""
+    keep = (ri >= col)[:, None] & (ri[None, :] == col)
+    d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
+    d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
+    return d_kk, d_qk
+
+
+@triton.jit
+def _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
+    tl.store(dd_ptr + base, d_kk)
+    tl.store(dd_ptr + base + BT * BC, d_qk)
 
 
 @triton.jit
@@ -118,21 +148,14 @@ def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_
                 kc = tl.load(scr_ptr + col * 3 * K + 2 * K + cols)
             else:               # recomputed from the inputs: gate and running sum of the column's row
                 tc = t0 + col
-                live = tc < eos
-                kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
-                x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
-                sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
-                gc += tl.where(live, neg_a * sp, 0.0).to(tl.float64)
+                kc, gcol = _column(k_ptr, g_ptr, tc, tc < eos, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh)
+                gc += gcol.to(tl.float64)
                 hic = gc.to(tl.float32)
                 loc = (gc - hic.to(tl.float64)).to(tl.float32)
-            # rows above the column (r < c) get positive exponents; they are dropped below, after the sums
+            # rows above the column (r < c) get positive exponents; they are dropped after the sums
             e = tl.exp2((hi - hic[None, :]) + (lo - loc[None, :])) * kc[None, :]
-            keep = (ri >= col)[:, None] & (ri[None, :] == col)
-            d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
-            d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-        base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
-        tl.store(dd_ptr + base, d_kk)
-        tl.store(dd_ptr + base + BT * BC, d_qk)
+            d_kk, d_qk = _fold_column(qs, ks, e, ri, col, d_kk, d_qk)
+        _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H, BT, BC)
 
 
 @triton.jit
@@ -154,19 +177,11 @@ def _diag_block_reverse(q_ptr, k_ptr, g_ptr, dd_ptr, t0, eos, c, j, h, ri, cols,
     for step in range(0, BC):
         col = BC - 1 - step
         tc = t0 + col
-        live = tc < eos
-        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
-        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped below
-        keep = (ri >= col)[:, None] & (ri[None, :] == col)
-        d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
-        d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
-        sp = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
-        gcol = tl.where(live, neg_a * sp, 0.0)          # this column's row decay (log2), <= 0
+        kc, gcol = _column(k_ptr, g_ptr, tc, tc < eos, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh)
+        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped after the sums
+        d_kk, d_qk = _fold_column(qs, ks, e, ri, col, d_kk, d_qk)
         D = tl.where((ri >= col)[:, None], D + gcol[None, :], 0.0)
-    base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
-    tl.store(dd_ptr + base, d_kk)
-    tl.store(dd_ptr + base + BT * BC, d_qk)
+    _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H, BT, BC)
 
 
 @triton.jit(do_not_specialize=["N", "n_items"])
@@ -185,7 +200,8 @@ def _chunk_diag_kernel(
     difference even after a huge decay inside the sub-block. Column c's k and G: recomputed from the inputs
     (a running sum over the rows, re-read from global memory), or with FROM_TILE read back from a small
     per-program scratch copy of the tile (the programs then loop over the work items, so the scratch stays
-    in cache). Either way a [K] vector held by several thread groups at once."""
+    in cache). Either way a [K] vector held by several thread groups at once. With REVERSE the columns are
+    walked last to first instead (``_diag_block_reverse``: no fp64, no hi/lo)."""
     pid = tl.program_id(0)
     if FROM_TILE:
         scr = scr_ptr + pid.to(tl.int64) * (BC * 3 * K)
