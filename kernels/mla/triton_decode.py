@@ -95,8 +95,7 @@ def _attend_range(q, qp, base, p0, bt_row, lo, hi, m, l_sum, acc, offs_l, offs_r
 
 @triton.jit
 def _attend_range_tma(q, qp, desc_c, desc_r, page, p0, lo, hi, m, l_sum, acc, score_mul, L: tl.constexpr,
-                      R: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                      TOKENS_AS_ROWS: tl.constexpr):
+                      R: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """As ``_attend_range`` over one page (block number ``page``, first position p0), the tiles fetched by TMA
     through host descriptors of the cache ([blocks, rows, L + R]; rows past the page come back as zeros, rows
     past ``hi`` are zeroed here, so no stale value reaches the products). Triton multi-buffers these loads."""
@@ -107,7 +106,7 @@ def _attend_range_tma(q, qp, desc_c, desc_r, page, p0, lo, hi, m, l_sum, acc, sc
         kpe = desc_r.load([page, t0 - p0, L]).reshape(BLOCK_N, R).to(q.dtype)
         c = tl.where(t_ok[:, None], c, 0.0)
         kpe = tl.where(t_ok[:, None], kpe, 0.0)
-        m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION, TOKENS_AS_ROWS)
+        m, l_sum, acc = _attend(q, qp, c, kpe, t_ok, m, l_sum, acc, score_mul, DOT_PRECISION, False)
     return m, l_sum, acc
 
 
@@ -202,23 +201,23 @@ def _mla_decode_split(
         acc = tl.zeros([BLOCK_H, BLOCK_L], tl.float32)
 
     bt_row = bt_ptr + n * s_bt_n
-    if TMA:
-        for pg in range(start // BLOCK_SIZE, tl.cdiv(end, BLOCK_SIZE)):
-            p0 = pg * BLOCK_SIZE
-            m, l_sum, acc = _attend_range_tma(
-                q, qp, desc_c, desc_r, tl.load(bt_row + pg), p0, tl.maximum(start, p0),
-                tl.minimum(end, p0 + BLOCK_SIZE), m, l_sum, acc, score_mul, L, R, BLOCK_N, DOT_PRECISION,
-                TOKENS_AS_ROWS)
-    elif PAGE_LOOP:
+    if TMA or PAGE_LOOP:
         # Page by page: one block-table load per page, then an inner loop over the page's tiles whose loads
         # depend on no other load in that loop, so Triton multi-buffers them (an in-loop page lookup leaves a
         # single buffer: the pipeliner gives the indirect load the first stage and the data only one).
         for pg in range(start // BLOCK_SIZE, tl.cdiv(end, BLOCK_SIZE)):
             p0 = pg * BLOCK_SIZE
-            m, l_sum, acc = _attend_range(
-                q, qp, kv_ptr + tl.load(bt_row + pg).to(tl.int64) * s_kv_blk, p0, bt_row, tl.maximum(start, p0),
-                tl.minimum(end, p0 + BLOCK_SIZE), m, l_sum, acc, offs_l, offs_r, l_ok, r_ok, score_mul, s_kv_blk,
-                s_kv_row, L, R, BLOCK_L, BLOCK_R, BLOCK_N, BLOCK_SIZE, DOT_PRECISION, TOKENS_AS_ROWS, PREFETCH, False)
+            page = tl.load(bt_row + pg)
+            lo = tl.maximum(start, p0)
+            hi = tl.minimum(end, p0 + BLOCK_SIZE)
+            if TMA:
+                m, l_sum, acc = _attend_range_tma(q, qp, desc_c, desc_r, page, p0, lo, hi, m, l_sum, acc, score_mul,
+                                                  L, R, BLOCK_N, DOT_PRECISION)
+            else:
+                m, l_sum, acc = _attend_range(
+                    q, qp, kv_ptr + page.to(tl.int64) * s_kv_blk, p0, bt_row, lo, hi, m, l_sum, acc, offs_l, offs_r,
+                    l_ok, r_ok, score_mul, s_kv_blk, s_kv_row, L, R, BLOCK_L, BLOCK_R, BLOCK_N, BLOCK_SIZE,
+                    DOT_PRECISION, TOKENS_AS_ROWS, PREFETCH, False)
     else:                    # small pages: one flat loop, a block-table lookup per position
         m, l_sum, acc = _attend_range(
             q, qp, kv_ptr, 0, bt_row, start, end, m, l_sum, acc, offs_l, offs_r, l_ok, r_ok, score_mul, s_kv_blk,
@@ -280,8 +279,6 @@ def _mla_decode_combine(
     tl.store(lse_ptr + n * s_lse_n + h, lse)
 
 
-
-
 def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
     """Host TMA descriptors of the cache as [blocks, rows, L + R]: one for the latent part of a tile of block_n
     rows, one for its position part (loaded at column L)."""
@@ -341,8 +338,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
     block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
-    (default: fp8 caches, and pages too small for the page-by-page loop; never with tokens_as_rows) loads the next tile into registers
-    before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
+    (default: fp8 caches, and pages too small for the page-by-page loop; never with tokens_as_rows or tma) loads
+    the next tile into registers before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
     multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
     come from a block-table load in the same loop. tokens_as_rows computes the transposed products
     (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
