@@ -29,7 +29,7 @@ LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned 
 MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
 MAX_SPLITS = 256
 PAGE_LOOP_MIN_TILES = 4        # pages of at least this many tiles take the page-by-page loop
-PROGRAMS_PER_SM = 4            # one program fits an SM at the default launch: about four waves
+SPLIT_OVERHEAD_TOKENS = 200    # a split's fixed cost (q, partials, pipeline fill) in cache positions, estimated
 
 
 @triton.jit
@@ -298,13 +298,27 @@ def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
 
 
 def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
-    """Splits per sequence from host-known values: about PROGRAMS_PER_SM programs per SM (several waves, so
-    that the last, partly filled wave costs little), >= MIN_TOKENS_PER_SPLIT positions a split."""
+    """Splits per sequence from host-known values. At the default launch one program fills an SM, so programs run
+    in waves of ``num_sms``; the time is about (waves) x (positions a split + SPLIT_OVERHEAD_TOKENS), and the count
+    minimising it is taken (the fewest on a tie), with at least MIN_TOKENS_PER_SPLIT positions a split. E.g. on 132
+    SMs: batch 32 takes 4 splits (128 programs, one wave), batch 128 one split (no merge), batch 1 at 128K 132."""
     if max_seq_len <= 0:
         return 1
-    want = -(-PROGRAMS_PER_SM * num_sms // max(1, batch * num_head_groups))
-    cap = max(1, max_seq_len // MIN_TOKENS_PER_SPLIT)
-    return max(1, min(want, cap, MAX_SPLITS))
+    rows = max(1, batch * num_head_groups)
+    cap = max(1, min(MAX_SPLITS, max_seq_len // MIN_TOKENS_PER_SPLIT))
+
+    def cost(s: int) -> int:
+        return -(-rows * s // num_sms) * (-(-max_seq_len // s) + SPLIT_OVERHEAD_TOKENS)
+    return min(range(1, cap + 1), key=lambda s: (cost(s), s))
+
+
+def legacy_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
+    """The split count used until the fifth session (about four programs per SM), kept for the benchmark's
+    same-run comparison."""
+    if max_seq_len <= 0:
+        return 1
+    want = -(-4 * num_sms // max(1, batch * num_head_groups))
+    return max(1, min(want, max(1, max_seq_len // MIN_TOKENS_PER_SPLIT), MAX_SPLITS))
 
 
 def default_block_h(num_heads: int) -> int:

@@ -190,10 +190,16 @@ def test_default_splits_heuristic():
 def test_choose_num_splits():
     assert choose_num_splits(1, 1, 0, 132) == 1
     assert choose_num_splits(1, 1, 4096, 132) == 16                # capped by 256 tokens a split
-    assert choose_num_splits(1, 1, 131072, 132) == 256
-    assert choose_num_splits(32, 1, 32768, 132) == 17              # ~4 programs per SM
-    assert choose_num_splits(128, 1, 131072, 132) == 5
-    assert choose_num_splits(1024, 1, 131072, 132) == 1
+    assert choose_num_splits(1, 1, 131072, 132) == 132             # one wave of programs
+    assert choose_num_splits(32, 1, 32768, 132) == 4               # 128 programs: one wave, not 4.1 (17 splits)
+    assert choose_num_splits(128, 1, 131072, 132) == 1             # one wave without splitting: no merge
+    for batch in (1, 3, 32, 100, 128, 200, 1024):
+        for ctx in (300, 4096, 32768, 131072, 1 << 20):
+            s = choose_num_splits(batch, 1, ctx, 132)
+            assert s == 1 or ctx // s >= 256, (batch, ctx, s)
+            programs = batch * s
+            fill = programs / (-(-programs // 132) * 132)          # how full the waves are
+            assert fill >= 0.9 or ctx // (s + 1) < 256 or batch >= 132 * 4, (batch, ctx, s, fill)
 
 
 def test_matches_project_torch_path():
