@@ -5,7 +5,7 @@ prefill call (torch.profiler) for vLLM and for our default; with --configs, for 
 launch settings: relative error of o and of the final state against float64 on a 1x2048 case (gate N(0,1)),
 and the do_bench median at each split.
 
-    python benchmarks/profile_kda_prefill.py [--splits 1x32768,64x512] [--configs]
+    python benchmarks/profile_kda_prefill.py [--splits 1x32768,64x512] [--configs [--kernel-tables]]
 """
 
 import argparse
@@ -22,18 +22,15 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates chosen with scripts/inspect_sm90.py (no register spills, or the fewest) for the next GPU run.
+# Candidates for the next GPU run (the fifth session timed the column walks, fp32 gate sums and BV choice).
 CONFIGS = {
     "default": {},
-    "diag columns walked in reverse (running fp32 sums)": dict(diag_cols="reverse"),
-    "diag columns walked in reverse, 2 warps": dict(diag_cols="reverse", diag_warps=2),
-    "diag kernel 2 warps": dict(diag_warps=2),
-    "diag columns from a scratch tile, 8 programs/SM": dict(diag_cols="tile"),
-    "diag columns from a scratch tile, 16 programs/SM": dict(diag_cols="tile", diag_programs_per_sm=16),
-    "columns-first tf32 sequential step, BV 32 4 warps": dict(inter_form="cols", inter_dot="fp32", BV=32,
-                                                              inter_warps=4),
-    "key-major state bf16 products, BV 64 8 warps": dict(inter_form="cols_kmajor"),
-    "rows-first bf16, BV 32 8 warps": dict(BV=32),
+    "diagonal kernel walked in halves": dict(diag_halves=True),
+    "U in bf16": dict(u_dtype=torch.bfloat16),
+    "U and Aqk in bf16": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
+    "2^G k handed between the passes in bf16": dict(ek_dtype=torch.bfloat16),
+    "intra kernel 2 stages": dict(intra_stages=2),
+    "sequential step BV 64 always (the fourth session's default)": dict(BV=64),
 }
 
 
@@ -70,6 +67,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--splits", default="1x32768,64x512")
     ap.add_argument("--configs", action="store_true")
+    ap.add_argument("--kernel-tables", action="store_true", help="with --configs: each setting's per-kernel times")
     args = ap.parse_args()
     vl = load_vllm()
     print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
@@ -106,6 +104,9 @@ def main():
             for label, cfg in CONFIGS.items():
                 try:
                     times[(split, label)] = do_bench(ours(cfg), warmup=20, rep=100, return_mode="median")
+                    if args.kernel_tables:
+                        print(f"\n## {split} {label}: " + ", ".join(
+                            f"{name[:40]} {ms:.3f}" for ms, name in kernel_table(ours(cfg))), flush=True)
                 except Exception as e:       # noqa: BLE001
                     times[(split, label)] = f"failed: {type(e).__name__}: {str(e)[:100]}"
         del q, k, v, g, pool

@@ -91,13 +91,13 @@ def kda_prefill():
     div16 = ("s_qt", "s_qh", "s_kt", "s_kh", "s_vt", "s_vh", "s_gt", "s_gh", "s_ot", "s_oh", "s_ss", "s_sh", "s_sv")
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
-                kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, scr_ptr=f32, o_ptr=bf,
+                kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for cols in ("recompute", "tile", "reverse"):
-        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, FROM_TILE=cols == "tile",
-                                                          REVERSE=cols == "reverse"), div16=div16, num_warps=4)
-        report(f"kda diag kernel (column loop, 4 warps, columns: {cols})", k)
-    for bk, nw in [(16, 4), (16, 8), (32, 8)]:
+    for halves in (False, True):
+        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, HALVES=halves), div16=div16,
+                           num_warps=4)
+        report(f"kda diag kernel (reverse column walk, 4 warps, halves: {halves})", k)
+    for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
                            num_stages=3)

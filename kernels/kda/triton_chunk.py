@@ -3,12 +3,13 @@
 Three launches (plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
-   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k
-   (``_config["diag_cols"]``: the column's gate recomputed, read from a scratch tile, or, opt-in and not yet
-   timed, the columns walked in reverse with G_r - G_c kept as a running fp32 sum of non-positive terms).
+   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k, the
+   columns walked last to first with G_r - G_c kept as a running fp32 sum of non-positive decays
+   (``_config["diag_halves"]``, opt-in: the last 8 columns walked on the lower 8 rows only).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
-   evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain, in-chunk
-   cumulative sum G in fp64 so that differences of nearby rows stay exact after a huge decay),
+   evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
+   needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
+   16-row segments and the segments' totals, so a huge decay never cancels against nearby rows),
    the row norms of q and k, the pairs across sub-blocks (on tensor cores, see below), inverts
    ``L = I + diag(beta) A`` and writes per chunk: W = L^-1 diag(beta) (2^G * k_n),
    U = L^-1 diag(beta) v, QG = scale * 2^G * q, KG = 2^(G_last - G) * k (raw q, k: their norms
@@ -51,66 +52,93 @@ def _softplus(x):
 
 
 @triton.jit
-def _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                neg_a, K: tl.constexpr):
-    """Raw q, k columns ``cols`` of one chunk (fp32) and the in-chunk cumulative log2 gate G (fp64, so that
-    differences G_a - G_b of nearby rows stay exact after a huge decay earlier in the chunk)."""
-    m2 = rmask[:, None]
-    qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    x = x + tl.load(dtb_ptr + h * K + cols)[None, :]
-    g2 = tl.where(m2, neg_a * _softplus(x), 0.0)                  # log2-domain decay, 0 past the end
-    G = tl.cumsum(g2.to(tl.float64), axis=0)
-    return qs, ks, G
+def _pick(T, seg, j):
+    """Row j of a [segments, BK] tile, as [BK]."""
+    return tl.sum(tl.where(seg == j, T, 0.0), axis=0)
 
 
 @triton.jit
-def _level_factor(G, rows, S: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """For the hierarchy level that pairs rows in the upper half of each 2S-block ("R" rows) with
-    columns in its lower half ("C" columns) through the reference row p = last row of the lower half:
-    returns (2^(G_r - G_p) on R rows / 2^(G_p - G_c) on C rows, is_R). Both exponents are <= 0."""
-    G3 = tl.reshape(G, (BT // (2 * S), 2 * S, BK))
-    idx = tl.arange(0, 2 * S)[None, :, None]
-    Gp = tl.sum(tl.where(idx == S - 1, G3, 0.0), axis=1)                          # [BT/2S, BK]
-    Gp = tl.reshape(tl.broadcast_to(Gp[:, None, :], (BT // (2 * S), 2 * S, BK)), (BT, BK))
-    is_r = (rows % (2 * S)) >= S
-    e = tl.exp2(tl.where(is_r[:, None], G - Gp, Gp - G).to(tl.float32))
-    return e, is_r
+def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr, BT: tl.constexpr,
+                   BC: tl.constexpr, BK: tl.constexpr):
+    """The log2 gate sums one chunk slice needs, all in fp32 and each a sum of non-positive decays (no cancellation,
+    so no fp64): within each 16-row segment the inclusive prefix P and the exclusive suffix S (a reversed scan of
+    the gates shifted up a row), the segments' totals, and from them
+    G = prefix over the chunk, X = exclusive suffix over the chunk (G_last - G), g_last,
+    L32 = the level-32 exponents (G_r - G_31 on rows 32..63, G_31 - G_c on rows 0..31) and
+    L16 = the level-16 exponents (same at 16-row granularity inside each half). Chunk of BT = 4 x BC rows."""
+    tl.static_assert(BT == 4 * BC)
+    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
+    dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
+    g2 = tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
+    nmask = (tok + 1 < eos) & ((rows % BC) != BC - 1)
+    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nmask[:, None], other=0.0)
+    gn = tl.where(nmask[:, None], neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
+    g3 = tl.reshape(g2, (4, BC, BK))
+    P = tl.cumsum(g3, axis=1)
+    S = tl.cumsum(tl.reshape(gn, (4, BC, BK)), axis=1, reverse=True)
+    T = tl.sum(g3, axis=1)                                               # [4, BK]
+    seg = tl.arange(0, 4)[:, None]
+    t0 = _pick(T, seg, 0)
+    t1 = _pick(T, seg, 1)
+    t2 = _pick(T, seg, 2)
+    t3 = _pick(T, seg, 3)
+    before = tl.where(seg == 0, 0.0, tl.where(seg == 1, t0[None, :], tl.where(seg == 2, (t0 + t1)[None, :],
+                                                                                  (t0 + t1 + t2)[None, :])))
+    after = tl.where(seg == 3, 0.0, tl.where(seg == 2, t3[None, :], tl.where(seg == 1, (t2 + t3)[None, :],
+                                                                                 (t1 + t2 + t3)[None, :])))
+    s3 = tl.arange(0, 4)[:, None, None]
+    G = tl.reshape(P + before[:, None, :], (BT, BK))
+    X = tl.reshape(S + after[:, None, :], (BT, BK))
+    L32 = tl.reshape(tl.where(s3 >= 2, P + tl.where(s3 == 3, t2[None, None, :], 0.0),
+                              S + tl.where(s3 == 0, t1[None, None, :], 0.0)), (BT, BK))
+    L16 = tl.reshape(tl.where(s3 % 2 == 1, P, S), (BT, BK))
+    return G, X, t0 + t1 + t2 + t3, L32, L16
 
 
 @triton.jit
-def _column(k_ptr, g_ptr, tc, live, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh):
-    """Row ``tc`` of one head as a diagonal-block column: its k (fp32) and its log2 decay (<= 0; 0 if not live)."""
-    kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=live, other=0.0).to(tl.float32)
-    x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=live, other=0.0).to(tl.float32) + dtb
-    return kc, tl.where(live, neg_a * _softplus(x), 0.0)
+def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, col_hi, D,
+                  s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, NCOL: tl.constexpr, BC: tl.constexpr):
+    """Columns col_hi, col_hi - 1, ..., col_hi - NCOL + 1 of the pair blocks of the sub-block starting at token t0,
+    for its rows ri, with D[r] = G_r - G_col carried as a running fp32 sum of the log2 decays of rows
+    col+1..r (D <- D + g_col when the walk moves to column col - 1). Every term is <= 0: no cancellation (relative
+    rounding ~BC ulp) and no exponent above 0, so neither an fp64 cumulative gate nor a hi/lo split is needed.
+    Returns the [rows, BC] pair blocks (columns outside the walk are 0) and D after the walk."""
+    live = (t0 + ri < eos)[:, None]
+    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
+    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
+    qs = qs.to(tl.float32)
+    ks = ks.to(tl.float32)
+    ci = tl.arange(0, BC)
+    d_kk = tl.zeros([ri.shape[0], BC], dtype=tl.float32)
+    d_qk = tl.zeros([ri.shape[0], BC], dtype=tl.float32)
+    for step in range(0, NCOL):
+        col = col_hi - step
+        tc = t0 + col
+        ok = tc < eos
+        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=ok, other=0.0).to(tl.float32)
+        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
+        gcol = tl.where(ok, neg_a * _softplus(x), 0.0)
+        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped after the sums
+        keep = (ri >= col)[:, None] & (ci[None, :] == col)
+        d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
+        d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
+        D = tl.where((ri >= col)[:, None], D + gcol[None, :], 0.0)
+    return d_kk, d_qk, D
 
 
-@triton.jit
-def _fold_column(qs, ks, e, ri, col, d_kk, d_qk):
-    """Column ``col`` of the pair blocks from its gated key e [rows, K]: row sums of k_r e and q_r e, kept on the
-    rows r >= col (the others had positive exponents)."""
-    keep = (ri >= col)[:, None] & (ri[None, :] == col)
-    d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
-    d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-    return d_kk, d_qk
-
-
-@triton.jit
-def _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-    base = (c * H + h).to(tl.int64) * 2 * BT * BC + (j * BC + ri[:, None]) * BC + ri[None, :]
-    tl.store(dd_ptr + base, d_kk)
-    tl.store(dd_ptr + base + BT * BC, d_qk)
-
-
-@triton.jit
-def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
-                scr_ptr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr,
-                REVERSE: tl.constexpr):
-    """Work item ``item`` = ((chunk * BT/BC + sub-block) * H + head): its pairs, stored in dd (see the kernel)."""
+@triton.jit(do_not_specialize=["N"])
+def _chunk_diag_kernel(
+    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
+    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HALVES: tl.constexpr,
+):
+    """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
+    per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
+    c <= r, one column at a time over the whole key width (the row sums reduce along the key axis only), walked
+    last column to first (``_reverse_walk``). With HALVES the last BC/2 columns are walked on the lower half of
+    the rows only (the upper rows have no pairs with them), a quarter less work than the full square."""
     NC: tl.constexpr = BT // BC
+    item = tl.program_id(0)
     h = item % H
     c = item // H // NC
     j = (item // H) % NC
@@ -119,100 +147,30 @@ def _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_
     if slot > 0:
         eos = tl.load(cu_ptr + n + 1)
         t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT + j * BC
-        ri = tl.arange(0, BC)
         cols = tl.arange(0, K)
         neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
         dtb = tl.load(dtb_ptr + h * K + cols)
-        if REVERSE:
-            _diag_block_reverse(q_ptr, k_ptr, g_ptr, dd_ptr, t0, eos, c, j, h, ri, cols, dtb, neg_a,
-                                s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, H, K, BT, BC)
-            return
-        qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, t0 + ri, t0 + ri < eos, cols, h,
-                                s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
-        hi = G.to(tl.float32)
-        lo = (G - hi.to(tl.float64)).to(tl.float32)
-        if FROM_TILE:           # this program's scratch rows: hi | lo | k, read back one row per column
-            scr = scr_ptr + ri[:, None] * (3 * K) + cols[None, :]
-            tl.debug_barrier()                      # the previous item's reads are done
-            tl.store(scr, hi)
-            tl.store(scr + K, lo)
-            tl.store(scr + 2 * K, ks)
-            tl.debug_barrier()                      # written by other threads than those reading
-        d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-        d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-        gc = tl.zeros([K], dtype=tl.float64)
-        for col in range(0, BC):
-            if FROM_TILE:
-                hic = tl.load(scr_ptr + col * 3 * K + cols)
-                loc = tl.load(scr_ptr + col * 3 * K + K + cols)
-                kc = tl.load(scr_ptr + col * 3 * K + 2 * K + cols)
-            else:               # recomputed from the inputs: gate and running sum of the column's row
-                tc = t0 + col
-                kc, gcol = _column(k_ptr, g_ptr, tc, tc < eos, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh)
-                gc += gcol.to(tl.float64)
-                hic = gc.to(tl.float32)
-                loc = (gc - hic.to(tl.float64)).to(tl.float32)
-            # rows above the column (r < c) get positive exponents; they are dropped after the sums
-            e = tl.exp2((hi - hic[None, :]) + (lo - loc[None, :])) * kc[None, :]
-            d_kk, d_qk = _fold_column(qs, ks, e, ri, col, d_kk, d_qk)
-        _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H, BT, BC)
-
-
-@triton.jit
-def _diag_block_reverse(q_ptr, k_ptr, g_ptr, dd_ptr, t0, eos, c, j, h, ri, cols, dtb, neg_a,
-                        s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                        BC: tl.constexpr):
-    """The sub-block's pairs with the columns walked last to first: D[r] = G_r - G_col = sum of the log2 decays of
-    rows col+1..r, kept as a running fp32 sum (D <- D + g_col when the walk moves to column col - 1). Every term
-    is <= 0, so the sum has no cancellation (relative rounding ~BC ulp, exponents <= 0) and needs neither the
-    fp64 cumulative gate nor its hi/lo split."""
-    live_r = t0 + ri < eos
-    m2 = live_r[:, None]
-    tok = t0 + ri
-    qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    D = tl.zeros([BC, K], dtype=tl.float32)
-    for step in range(0, BC):
-        col = BC - 1 - step
-        tc = t0 + col
-        kc, gcol = _column(k_ptr, g_ptr, tc, tc < eos, h, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh)
-        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped after the sums
-        d_kk, d_qk = _fold_column(qs, ks, e, ri, col, d_kk, d_qk)
-        D = tl.where((ri >= col)[:, None], D + gcol[None, :], 0.0)
-    _store_diag(dd_ptr, c, h, j, ri, d_kk, d_qk, H, BT, BC)
-
-
-@triton.jit(do_not_specialize=["N", "n_items"])
-def _chunk_diag_kernel(
-    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, scr_ptr,
-    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, n_items,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FROM_TILE: tl.constexpr,
-    REVERSE: tl.constexpr,
-):
-    """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0):
-    dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c), c <= r.
-
-    One column c at a time over the whole key width: the row sums then reduce along the key axis only.
-    G is the sub-block's own cumulative log2 gate in fp64, carried as two fp32 parts (hi + lo) so that
-    G_r - G_c = (hi_r - hi_c) + (lo_r - lo_c) costs three fp32 additions and stays exact to ~1e-7 in the
-    difference even after a huge decay inside the sub-block. Column c's k and G: recomputed from the inputs
-    (a running sum over the rows, re-read from global memory), or with FROM_TILE read back from a small
-    per-program scratch copy of the tile (the programs then loop over the work items, so the scratch stays
-    in cache). Either way a [K] vector held by several thread groups at once. With REVERSE the columns are
-    walked last to first instead (``_diag_block_reverse``: no fp64, no hi/lo)."""
-    pid = tl.program_id(0)
-    if FROM_TILE:
-        scr = scr_ptr + pid.to(tl.int64) * (BC * 3 * K)
-        for item in range(pid, n_items, tl.num_programs(0)):
-            _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-                        dd_ptr, scr, item, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE,
-                        REVERSE)
-    else:                       # one work item per program
-        _diag_block(q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-                    dd_ptr, scr_ptr, pid, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, H, K, BT, BC, FROM_TILE,
-                    REVERSE)
+        ri = tl.arange(0, BC)
+        base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
+        if HALVES:
+            HB: tl.constexpr = BC // 2
+            rl = HB + tl.arange(0, HB)               # the lower rows, walked alone over the last HB columns
+            a_kk, a_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, rl, cols, dtb, neg_a, BC - 1,
+                                          tl.zeros([HB, K], dtype=tl.float32), s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                                          HB, BC)
+            Dfull = tl.reshape(tl.permute(tl.join(tl.zeros([HB, K], dtype=tl.float32), D), (2, 0, 1)), (BC, K))
+            d_kk, d_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, HB - 1, Dfull,
+                                          s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, HB, BC)
+            zeros = tl.zeros([HB, BC], dtype=tl.float32)
+            d_kk += tl.reshape(tl.permute(tl.join(zeros, a_kk), (2, 0, 1)), (BC, BC))
+            d_qk += tl.reshape(tl.permute(tl.join(zeros, a_qk), (2, 0, 1)), (BC, BC))
+        else:
+            d_kk, d_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, BC - 1,
+                                          tl.zeros([BC, K], dtype=tl.float32), s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                                          BC, BC)
+        full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
+        tl.store(full, d_kk)
+        tl.store(full + BT * BC, d_qk)
 
 
 @triton.jit
@@ -266,26 +224,31 @@ def _chunk_intra_kernel(
     b_qk = tl.zeros([2, BT // 2, BT // 2], dtype=tl.float32)
     for k0 in range(0, K, BK):
         cols = k0 + tl.arange(0, BK)
-        qs, ks, G = _load_slice(q_ptr, k_ptr, g_ptr, dtb_ptr, tok, rmask, cols, h,
-                                s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, neg_a, K)
+        m2 = rmask[:, None]
+        qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        G, X, g_last, L32, L16 = _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a,
+                                                K, BT, BC, BK)
+        eg = tl.exp2(G)
         ssq_q += tl.sum(qs * qs, axis=1)
         ssq_k += tl.sum(ks * ks, axis=1)
         # per-token outputs of this slice (unnormalised; fp32 copy of 2^G k for pass 2)
-        eg = tl.exp2(G.to(tl.float32))
-        g_last = tl.sum(tl.where(rr == BT - 1, G, 0.0), axis=0)
         off = base * BT * K + rr * K + cols[None, :]
         tl.store(qg_ptr + off, (qs * eg * scale).to(wsd))
-        tl.store(kg_ptr + off, (ks * tl.exp2((g_last[None, :] - G).to(tl.float32))).to(wsd))
+        tl.store(kg_ptr + off, (ks * tl.exp2(X)).to(wsd))
         tl.store(ek_ptr + off, (ks * eg).to(ek_ptr.dtype.element_ty))
-        tl.store(gl_ptr + base * K + cols, tl.exp2(g_last.to(tl.float32)))
-        # off-diagonal sub-blocks through reference rows: level 32, then level 16
-        e, is_r = _level_factor(G, rows, 32, BT, BK)
+        tl.store(gl_ptr + base * K + cols, tl.exp2(g_last))
+        # off-diagonal sub-blocks through reference rows: level 32 (rows 32..63 x columns 0..31, reference row 31),
+        # then level 16 (inside each half, reference rows 15 and 47)
+        e = tl.exp2(L32)
+        is_r = rows >= BT // 2
         colf = tl.where(is_r[:, None], 0.0, ks * e)
         ke = tl.where(is_r[:, None], ks * e, 0.0)
         qe = tl.where(is_r[:, None], qs * e, 0.0)
         a_kk += tl.dot(ke, tl.trans(colf), input_precision=PREC_A)
         a_qk += tl.dot(qe, tl.trans(colf), input_precision=PREC_A)
-        e, is_r = _level_factor(G, rows, 16, BT, BK)
+        e = tl.exp2(L16)
+        is_r = (rows % (BT // 2)) >= BT // 4
         colf = tl.where(is_r[:, None], 0.0, ks * e)
         ke = tl.where(is_r[:, None], ks * e, 0.0)
         qe = tl.where(is_r[:, None], qs * e, 0.0)
@@ -425,13 +388,22 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps.
-_FAST = dict(BK=16, diag_warps=4, diag_cols="recompute", diag_programs_per_sm=8, BVI=32, BV=64, ws_dtype=None,
-             ek_dtype=torch.float16,
+_FAST = dict(BK=16, diag_warps=4, diag_halves=False, BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
+
+
+def inter_block_v(n_walks: int, V: int, sms: int) -> int:
+    """Value rows per program of the sequential kernel when none is configured: 64, halved while twice the
+    programs still fit in one wave (a single long sequence: 32 heads x 2 programs would leave half the H100
+    idle; measured 1.36 ms at BV 32 against 1.90 ms at BV 64 for 1x32768, and slower at BV 16)."""
+    bv = 64
+    while bv > 16 and 2 * n_walks * (V // bv) <= sms:
+        bv //= 2
+    return bv
 
 
 def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_state, state_indices,
@@ -459,8 +431,6 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if _config:
         cfg.update(_config)
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
-    assert cfg["diag_cols"] in ("recompute", "tile", "reverse"), \
-        f"diag_cols: 'recompute', 'tile' or 'reverse', not {cfg['diag_cols']!r}"
     assert recurrent_state.stride(-1) == 1 and recurrent_state.shape[1:] == (H, V, K)
     q, k, g_raw = as_heads(q, H, K), as_heads(k, H, K), as_heads(g_raw, H, K)
     v = as_heads(v, H, V)
@@ -469,7 +439,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if T == 0 or N == 0:
         return o.zero_()
     ws_dtype = cfg["ws_dtype"] or q.dtype
-    bk, bvi, bv = min(cfg["BK"], K), min(cfg["BVI"], V), min(cfg["BV"], V)
+    bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
+    bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
 
     cu = cu_seqlens.to(torch.int32)
     nch = (cu[1:] - cu[:-1] + BT - 1) // BT
@@ -491,23 +462,17 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     a_log = A_log.reshape(-1).to(torch.float32)
     dtb = dt_bias.reshape(-1).to(torch.float32)
 
-    n_items = nchb * (BT // BC) * H                      # (sub-block, head) pairs
-    from_tile = cfg["diag_cols"] == "tile"
-    progs = min(n_items, cfg["diag_programs_per_sm"] * num_sms(dev)) if from_tile else n_items
-    scr = torch.empty(progs if from_tile else 1, BC * 3 * K, dtype=torch.float32, device=dev)
-    _chunk_diag_kernel[(progs,)](
-        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, scr,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N, n_items,
-        H=H, K=K, BT=BT, BC=BC, FROM_TILE=from_tile, REVERSE=cfg["diag_cols"] == "reverse",
-        num_warps=cfg["diag_warps"])
+    _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
+        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+        H=H, K=K, BT=BT, BC=BC, HALVES=cfg["diag_halves"], num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
-        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
+        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o

@@ -85,15 +85,16 @@ PREFILL_CASES = [
 ]
 
 
-# (sequential-step layout, where the diagonal kernel takes its column rows from): every layout and every column
-# source (recomputed, a scratch tile, walked in reverse) run on every case ("rows" and "recompute" are the fast
-# path's defaults)
-DESIGNS = [("cols", "recompute"), ("rows", "tile"), ("cols_kmajor", "recompute"), ("rows", "reverse")]
+# Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default) and
+# the diagonal kernel's full walk or its walk in halves run on every case.
+DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_halves=True),
+           dict(inter_form="cols_kmajor"), dict(inter_form="rows", diag_halves=True)]
+DESIGN_IDS = ["-".join(str(v) for v in d.values()) for d in DESIGNS]
 
 
-@pytest.mark.parametrize("form,diag_cols", DESIGNS)
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 @pytest.mark.parametrize("lengths,has_init,slots,regime,K", PREFILL_CASES)
-def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, form, diag_cols):
+def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, design):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((lengths, regime, K)).encode()))
     V, T = K, sum(lengths)
     q, k, v, g, beta = make_tokens(T, K, V, regime, gen)
@@ -107,7 +108,7 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, form, d
     o = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, st,
                           torch.tensor(slots, dtype=torch.int32, device=DEV),
                           torch.tensor(has_init, device=DEV), cud, out=outd,
-                          _config={"inter_form": form, "diag_cols": diag_cols})
+                          _config=design)
     assert o.data_ptr() == outd.data_ptr()
     o, st = o.cpu(), st.cpu()
     assert not torch.isnan(o).any(), "some outputs were never written"
@@ -152,11 +153,11 @@ def two_sequence_errors(K, V, lengths, slots, seed, config):
     return errs, untouched
 
 
-@pytest.mark.parametrize("form,diag_cols", DESIGNS)
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 @pytest.mark.parametrize("K,V", [(32, 64), (64, 16)])
-def test_chunk_prefill_value_width_differs_from_key_width(K, V, form, diag_cols):
+def test_chunk_prefill_value_width_differs_from_key_width(K, V, design):
     """V != K: the state tile is [V, K] (value-major in memory), so row and column roles cannot be swapped."""
-    errs, untouched = two_sequence_errors(K, V, [70, 5], [2, 1], K * 1000 + V, {"inter_form": form, "diag_cols": diag_cols})
+    errs, untouched = two_sequence_errors(K, V, [70, 5], [2, 1], K * 1000 + V, design)
     for i, (e_o, e_s) in enumerate(errs):
         assert e_o < TOL, (i, e_o)
         assert e_s < TOL
