@@ -25,10 +25,12 @@ from profiling import gpu_time_by_kernel                                     # n
 # Candidates for the next GPU run (the fifth session timed the column walks, fp32 gate sums and BV choice).
 CONFIGS = {
     "default": {},
-    "diagonal kernel walked in halves": dict(diag_halves=True),
+    "diagonal kernel walked in halves": dict(diag_form="halves"),
+    "diagonal kernel with two more hierarchy levels": dict(diag_form="levels"),
+    "diagonal kernel with two more hierarchy levels, 2 warps": dict(diag_form="levels", diag_warps=2),
     "U in bf16": dict(u_dtype=torch.bfloat16),
     "U and Aqk in bf16": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
-    "2^G k handed between the passes in bf16": dict(ek_dtype=torch.bfloat16),
+    "levels + U in bf16": dict(diag_form="levels", u_dtype=torch.bfloat16),
     "intra kernel 2 stages": dict(intra_stages=2),
     "sequential step BV 64 always (the fourth session's default)": dict(BV=64),
 }

@@ -93,10 +93,10 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for halves in (False, True):
-        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, HALVES=halves), div16=div16,
-                           num_warps=4)
-        report(f"kda diag kernel (reverse column walk, 4 warps, halves: {halves})", k)
+    for form, name in enumerate(("walk", "halves", "levels")):
+        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, FORM=form, PREC="tf32"),
+                           div16=div16, num_warps=4)
+        report(f"kda diag kernel ({name}, 4 warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,

@@ -86,9 +86,10 @@ PREFILL_CASES = [
 
 
 # Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default) and
-# the diagonal kernel's full walk or its walk in halves run on every case.
-DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_halves=True),
-           dict(inter_form="cols_kmajor"), dict(inter_form="rows", diag_halves=True)]
+# every form of the diagonal kernel ("walk", the default, "halves", "levels") run on every case.
+DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_form="halves"),
+           dict(inter_form="cols_kmajor", diag_form="levels"), dict(inter_form="rows", diag_form="halves"),
+           dict(inter_form="rows", diag_form="levels")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) for d in DESIGNS]
 
 
