@@ -465,6 +465,19 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     return bv
 
 
+def prefill_variant_batches(H: int, V: int, device) -> list[int]:
+    """The smallest number of sequences for each value block the sequential kernel may take (``inter_block_v``):
+    a warm-up that runs a prefill with each of these counts compiles every variant the fast path can launch."""
+    sms = num_sms(device)
+    first: dict[int, int] = {}
+    n = 1
+    while True:
+        first.setdefault(min(inter_block_v(n * H, V, sms), V), n)
+        if min(inter_block_v(n * H, V, sms), V) == min(64, V):
+            return sorted(first.values())
+        n += 1
+
+
 def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_state, state_indices,
                       has_initial_state, cu_seqlens, out=None, _config=None):
     """KDA over varlen sequences with the state in paged slots, updated in place.

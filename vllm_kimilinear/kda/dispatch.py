@@ -54,6 +54,16 @@ def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, ha
     return paged.kda_decode(q, k, v, g, beta, scale, rec_state, slots, has_init)
 
 
+def prefill_variant_batches(num_heads: int, head_dim: int, device) -> list[int]:
+    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per value block of the
+    sequential kernel); the layer's profile run warms each, so that serving compiles nothing."""
+    if device.type == "cuda" and triton_kda_available():
+        from kernels.kda.triton_chunk import prefill_variant_batches as variants
+
+        return variants(num_heads, head_dim, device)
+    return []
+
+
 def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens):
     if q.is_cuda and triton_kda_available():
         from kernels.kda.triton_chunk import chunk_kda_prefill

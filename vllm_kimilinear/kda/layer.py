@@ -181,7 +181,9 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         attention metadata), so the prefill's workspace must be allocated in it: run the real prefill path on
         the profile batch split into as many sequences as the scheduler allows (the workspace grows with
         their number), over two throw-away state slots (slot 0 is the null slot). Later forwards without
-        metadata (graph-capture warm-ups, idle data-parallel steps) skip it."""
+        metadata (graph-capture warm-ups, idle data-parallel steps) skip it. First, prefills of one token a sequence
+        for each sequence count that launches another kernel variant (one long sequence takes a narrower block of
+        the sequential kernel), so that none is compiled mid-serving."""
         if self._profiled or not q.is_cuda or q.shape[0] == 0 or torch.cuda.is_current_stream_capturing():
             return
         self._profiled = True
@@ -195,6 +197,12 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         rec_state = torch.zeros(2, *rec_shape, dtype=rec_dtype, device=dev)
         slots = torch.ones(S, dtype=torch.int32, device=dev)
         has_init = torch.zeros(S, dtype=torch.bool, device=dev)
+        for n in dispatch.prefill_variant_batches(self.local_heads, self.head_dim, dev):
+            if n <= T:
+                self._prefill(torch.cat([q[:n], k[:n], v[:n]], dim=-1), g_raw[:n], beta[:n], self.conv_weight(),
+                              conv_state, rec_state, torch.ones(n, dtype=torch.int32, device=dev),
+                              torch.zeros(n, dtype=torch.bool, device=dev),
+                              torch.arange(n + 1, device=dev, dtype=torch.int32), out[:n])
         cu = (torch.arange(S + 1, device=dev) * T // S).to(torch.int32)          # S near-equal sequences
         self._prefill(torch.cat([q, k, v], dim=-1), g_raw, beta, self.conv_weight(), conv_state, rec_state, slots,
                       has_init, cu, out)
