@@ -22,17 +22,14 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates for the next GPU run (the fifth session timed the column walks, fp32 gate sums and BV choice).
+# Candidates for the next GPU run (the fifth session timed the column walks, fp32 gate sums and BV choice;
+# the diagonal kernel's halves and levels forms, U/Aqk in bf16 and 2 intra stages measured no faster).
 CONFIGS = {
     "default": {},
-    "diagonal kernel walked in halves": dict(diag_form="halves"),
-    "diagonal kernel with two more hierarchy levels": dict(diag_form="levels"),
-    "diagonal kernel with two more hierarchy levels, 2 warps": dict(diag_form="levels", diag_warps=2),
-    "U in bf16": dict(u_dtype=torch.bfloat16),
-    "U and Aqk in bf16": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
-    "levels + U in bf16": dict(diag_form="levels", u_dtype=torch.bfloat16),
-    "intra kernel 2 stages": dict(intra_stages=2),
-    "sequential step BV 64 always (the fourth session's default)": dict(BV=64),
+    "diagonal kernel, running product": dict(diag_form="product"),
+    "diagonal kernel, running product, 2 warps": dict(diag_form="product", diag_warps=2),
+    "diagonal kernel, running product, 8 warps": dict(diag_form="product", diag_warps=8),
+    "product + U in bf16": dict(diag_form="product", u_dtype=torch.bfloat16),
 }
 
 

@@ -93,8 +93,8 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for form, name in enumerate(("walk", "halves", "levels")):
-        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, FORM=form, PREC="tf32"),
+    for product, name in ((False, "walk"), (True, "product")):
+        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, PRODUCT=product),
                            div16=div16, num_warps=4)
         report(f"kda diag kernel ({name}, 4 warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:

@@ -5,8 +5,8 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k, the
    columns walked last to first with G_r - G_c kept as a running fp32 sum of non-positive decays
-   (``_config["diag_form"]``: "walk"; opt-in "halves", the last 8 columns walked on the lower 8 rows only, and
-   "levels", the reference-row hierarchy below carried down to 4-row groups so only pairs inside them are walked).
+   (``_config["diag_form"]``: "walk"; opt-in "product", the decays carried as a running product, one exp2 per
+   key column and step instead of one per element).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
    needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
@@ -61,13 +61,12 @@ def _pick(T, seg, j):
 @triton.jit
 def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr, BT: tl.constexpr,
                    BC: tl.constexpr, BK: tl.constexpr):
-    """The log2 gate sums a block of BT = 4 x BC rows needs (a chunk slice: 64 = 4 x 16; a diagonal sub-block:
-    16 = 4 x 4), all in fp32 and each a sum of non-positive decays (no cancellation, so no fp64): within each
+    """The log2 gate sums a chunk slice of BT = 4 x BC rows needs, all in fp32 and each a sum of non-positive decays (no cancellation, so no fp64): within each
     BC-row segment the inclusive prefix P and the exclusive suffix S (a reversed scan of the gates shifted up a
     row), the segments' totals, and from them
     G = prefix over the block, X = exclusive suffix over the block (G_last - G), g_last,
     LH = the exponents of the half level (G_r - G_p on the upper half, G_p - G_c on the lower, p its last row),
-    LQ = the same one level down, inside each half. Also the per-row log2 decays g (0 past the end)."""
+    LQ = the same one level down, inside each half."""
     tl.static_assert(BT == 4 * BC)
     x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
     dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
@@ -94,89 +93,48 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
     LH = tl.reshape(tl.where(s3 >= 2, P + tl.where(s3 == 3, t2[None, None, :], 0.0),
                              S + tl.where(s3 == 0, t1[None, None, :], 0.0)), (BT, BK))
     LQ = tl.reshape(tl.where(s3 % 2 == 1, P, S), (BT, BK))
-    return G, X, t0 + t1 + t2 + t3, LH, LQ, g2
+    return G, X, t0 + t1 + t2 + t3, LH, LQ
 
 
 @triton.jit
-def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, col_hi, D,
-                  s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, NCOL: tl.constexpr, BC: tl.constexpr):
-    """Columns col_hi, col_hi - 1, ..., col_hi - NCOL + 1 of the pair blocks of the sub-block starting at token t0,
-    for its rows ri, with D[r] = G_r - G_col carried as a running fp32 sum of the log2 decays of rows
-    col+1..r (D <- D + g_col when the walk moves to column col - 1). Every term is <= 0: no cancellation (relative
-    rounding ~BC ulp) and no exponent above 0, so neither an fp64 cumulative gate nor a hi/lo split is needed.
-    Returns the [rows, BC] pair blocks (columns outside the walk are 0) and D after the walk."""
+def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                  BC: tl.constexpr, PRODUCT: tl.constexpr):
+    """The pair blocks of the sub-block starting at token t0, one column at a time, last column to first. Row r
+    at column c needs 2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32
+    product E (E <- E * 2^g_c when the walk moves to column c - 1: one exp2 per key column and step instead of
+    one per element, every factor <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to
+    0 as they should); otherwise as a running fp32 sum D of the log2 decays with one exp2 per element. Either
+    way every exponent is <= 0 and nothing cancels (no fp64, no hi/lo split). Returns [BC, BC] pair blocks."""
     live = (t0 + ri < eos)[:, None]
     qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
     ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
     qs = qs.to(tl.float32)
     ks = ks.to(tl.float32)
     ci = tl.arange(0, BC)
-    d_kk = tl.zeros([ri.shape[0], BC], dtype=tl.float32)
-    d_qk = tl.zeros([ri.shape[0], BC], dtype=tl.float32)
-    for step in range(0, NCOL):
-        col = col_hi - step
+    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    D = tl.zeros([BC, cols.shape[0]], dtype=tl.float32)     # the running sum of decays, from 0
+    if PRODUCT:
+        D = D + 1.0                                          # or the running product 2^(G_r - G_c), from 1
+    for step in range(0, BC):
+        col = BC - 1 - step
         tc = t0 + col
         ok = tc < eos
         kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=ok, other=0.0).to(tl.float32)
         x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
         gcol = tl.where(ok, neg_a * _softplus(x), 0.0)
-        e = tl.exp2(D) * kc[None, :]                   # rows r < col hold D = 0: dropped after the sums
-        keep = (ri >= col)[:, None] & (ci[None, :] == col)
+        on = (ri >= col)[:, None]
+        if PRODUCT:
+            e = D * kc[None, :]                      # rows r < col hold 1: dropped after the sums
+        else:
+            e = tl.exp2(D) * kc[None, :]             # rows r < col hold D = 0: dropped after the sums
+        keep = on & (ci[None, :] == col)
         d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
         d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-        D = tl.where((ri >= col)[:, None], D + gcol[None, :], 0.0)
-    return d_kk, d_qk, D
-
-
-@triton.jit
-def _level_pairs(qs, ks, e, is_r, keep, d_kk, d_qk, PREC: tl.constexpr):
-    """Adds the pairs (r on is_r rows, c on the others, kept where ``keep``) through a reference row: e holds
-    2^(G_r - G_p) on is_r rows and 2^(G_p - G_c) on the others (both <= 1), so each pair is one tensor-core
-    product of the scaled rows."""
-    colf = tl.where(is_r[:, None], 0.0, ks * e)
-    ke = tl.where(is_r[:, None], ks * e, 0.0)
-    qe = tl.where(is_r[:, None], qs * e, 0.0)
-    d_kk += tl.where(keep, tl.dot(ke, tl.trans(colf), input_precision=PREC), 0.0)
-    d_qk += tl.where(keep, tl.dot(qe, tl.trans(colf), input_precision=PREC), 0.0)
-    return d_kk, d_qk
-
-
-@triton.jit
-def _diag_levels(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, cols, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                 K: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """The sub-block's pairs with the reference-row hierarchy carried two levels further down: rows 8..15 x columns
-    0..7 through row 7, then inside each half rows 4..7 x 0..3 (row 3) and 12..15 x 8..11 (row 11), as tensor-core
-    products; only the pairs inside 4-row groups are walked column by column (4 steps, each row group on its own
-    column, last to first, with the running fp32 sum of decays). Every exponent is <= 0."""
-    tl.static_assert(BC == 16)
-    QB: tl.constexpr = BC // 4
-    live = (t0 + ri < eos)[:, None]
-    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    _, _, _, LH, LQ, g = _segment_gates(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC, QB, K)
-    rr = ri[:, None]
-    cc = ri[None, :]
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_kk, d_qk = _level_pairs(qs, ks, tl.exp2(LH), ri >= BC // 2, rr >= cc, d_kk, d_qk, PREC)
-    d_kk, d_qk = _level_pairs(qs, ks, tl.exp2(LQ), (ri % (BC // 2)) >= QB, (rr // (BC // 2)) == (cc // (BC // 2)),
-                              d_kk, d_qk, PREC)
-    g3 = tl.reshape(g, (4, QB, K))
-    gi = tl.arange(0, QB)[None, :, None]
-    D = tl.zeros([BC, K], dtype=tl.float32)
-    for step in range(0, QB):
-        cin = QB - 1 - step                                   # the column inside each group
-        crow = (ri // QB) * QB + cin                          # each row's column, as a row of the sub-block
-        ok = (t0 + crow < eos)[:, None]
-        kc = tl.load(k_ptr + (t0 + crow)[:, None] * s_kt + h * s_kh + cols[None, :], mask=ok, other=0.0)
-        e = tl.exp2(D) * kc.to(tl.float32)                    # rows before their column hold D = 0: dropped
-        on = (ri % QB) >= cin
-        keep = on[:, None] & (cc == crow[:, None])
-        d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
-        d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
-        gcol = tl.reshape(tl.broadcast_to(tl.sum(tl.where(gi == cin, g3, 0.0), axis=1)[:, None, :], (4, QB, K)),
-                          (BC, K))
-        D = tl.where(on[:, None], D + gcol, 0.0)
+        if PRODUCT:
+            D = tl.where(on, D * tl.exp2(gcol)[None, :], D)
+        else:
+            D = tl.where(on, D + gcol[None, :], 0.0)
     return d_kk, d_qk
 
 
@@ -184,15 +142,12 @@ def _diag_levels(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, cols, neg_a, s_qt
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
-    PREC: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PRODUCT: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
     c <= r, one column at a time over the whole key width (the row sums reduce along the key axis only), walked
-    last column to first (``_reverse_walk``). FORM 1: the last BC/2 columns are walked on the lower half of the
-    rows only (the upper rows have no pairs with them), a quarter less work than the full square. FORM 2: two more
-    levels of the reference-row hierarchy (``_diag_levels``), so that only pairs inside 4-row groups are walked."""
+    last column to first (``_reverse_walk``; PRODUCT: the decays carried as a running product)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -208,25 +163,8 @@ def _chunk_diag_kernel(
         dtb = tl.load(dtb_ptr + h * K + cols)
         ri = tl.arange(0, BC)
         base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
-        if FORM == 2:
-            d_kk, d_qk = _diag_levels(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, cols, neg_a,
-                                      s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, K, BC, PREC)
-        elif FORM == 1:
-            HB: tl.constexpr = BC // 2
-            rl = HB + tl.arange(0, HB)               # the lower rows, walked alone over the last HB columns
-            a_kk, a_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, rl, cols, dtb, neg_a, BC - 1,
-                                          tl.zeros([HB, K], dtype=tl.float32), s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                                          HB, BC)
-            Dfull = tl.reshape(tl.permute(tl.join(tl.zeros([HB, K], dtype=tl.float32), D), (2, 0, 1)), (BC, K))
-            d_kk, d_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, HB - 1, Dfull,
-                                          s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, HB, BC)
-            zeros = tl.zeros([HB, BC], dtype=tl.float32)
-            d_kk += tl.reshape(tl.permute(tl.join(zeros, a_kk), (2, 0, 1)), (BC, BC))
-            d_qk += tl.reshape(tl.permute(tl.join(zeros, a_qk), (2, 0, 1)), (BC, BC))
-        else:
-            d_kk, d_qk, D = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, BC - 1,
-                                          tl.zeros([BC, K], dtype=tl.float32), s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                                          BC, BC)
+        d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
+                                   s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
         full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
         tl.store(full, d_kk)
         tl.store(full + BT * BC, d_qk)
@@ -286,7 +224,7 @@ def _chunk_intra_kernel(
         m2 = rmask[:, None]
         qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        G, X, g_last, L32, L16, _ = _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a,
+        G, X, g_last, L32, L16 = _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a,
                                                    K, BT, BC, BK)
         eg = tl.exp2(G)
         ssq_q += tl.sum(qs * qs, axis=1)
@@ -455,6 +393,14 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
 
+def _diag_product(form: str) -> bool:
+    """``_config["diag_form"]`` as the diagonal kernel's PRODUCT flag."""
+    forms = {"walk": False, "product": True}
+    if form not in forms:
+        raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
+    return forms[form]
+
+
 def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     """Value rows per program of the sequential kernel when none is configured: 64, halved while twice the
     programs still fit in one wave (a single long sequence: 32 heads x 2 programs would leave half the H100
@@ -537,8 +483,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
         q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, FORM={"walk": 0, "halves": 1, "levels": 2}[cfg["diag_form"]], PREC=cfg["prec_a"],
-        num_warps=cfg["diag_warps"])
+        H=H, K=K, BT=BT, BC=BC, PRODUCT=_diag_product(cfg["diag_form"]), num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,
