@@ -22,14 +22,12 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates for the next GPU run (the fifth session timed the column walks, fp32 gate sums and BV choice;
-# the diagonal kernel's halves and levels forms, U/Aqk in bf16 and 2 intra stages measured no faster).
+# Candidates for the next GPU run (the sixth session timed the diagonal kernel's running product, now the default:
+# 2 and 8 warps were slower; U in bf16 saves 0.1-0.2 ms at a higher error, 2.47e-3).
 CONFIGS = {
     "default": {},
-    "diagonal kernel, running product": dict(diag_form="product"),
-    "diagonal kernel, running product, 2 warps": dict(diag_form="product", diag_warps=2),
-    "diagonal kernel, running product, 8 warps": dict(diag_form="product", diag_warps=8),
-    "product + U in bf16": dict(diag_form="product", u_dtype=torch.bfloat16),
+    "diagonal kernel, running sum of log2 decays (the fifth session's default)": dict(diag_form="walk"),
+    "U in bf16": dict(u_dtype=torch.bfloat16),
 }
 
 
