@@ -2,7 +2,9 @@
 
 Each side runs in its own engine process (the in-tree side with VLLM_PLUGINS= empty, which switches the
 plugin off), one after the other on the same GPU, on a Kimi-Linear-48B-A3B-shaped model cut to LAYERS
-layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table.
+layers (real widths, 3:1 KDA:MLA, 256 experts; dummy weights, bf16, CUDA graphs on). Prints one table, with
+the number of Triton kernel variants each side's processes built or loaded during each timed run (logged by
+``compile_log/sitecustomize.py``; any such variant is a mid-serving stall, and their names follow the table).
 
     python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile]
                                    [--full-warmup] [--cprofile]
@@ -14,6 +16,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -88,11 +91,28 @@ def worker(args) -> None:
             outs = llm.generate(ps, sp, use_tqdm=False)
         dt = time.time() - t
         gen = sum(len(o.outputs[0].token_ids) for o in outs)
+        built = variants_built(t, t + dt)
         print("RESULT " + json.dumps({"workload": name, "time_s": round(dt, 3), "out_tok_s": round(gen / dt, 1),
-                                      "total_tok_s": round((gen + n * plen) / dt, 1)}), flush=True)
+                                      "total_tok_s": round((gen + n * plen) / dt, 1), "variants_built": len(built),
+                                      "variants": built[:8]}), flush=True)
         if args.profile:                 # the same workload again, under the profiler (not the timed run)
             print("RESULT " + json.dumps({"profile": name, **profile_generate(llm, prompts(n, plen), sp)}),
                   flush=True)
+
+
+def variants_built(t0: float, t1: float) -> list[str]:
+    """The Triton kernel variants any process of this worker built or loaded between t0 and t1 (from the log that
+    ``compile_log/sitecustomize.py`` writes), as 'kernel: specialisation' strings."""
+    path = os.environ.get("KIMI_COMPILE_LOG")
+    if not path or not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            when, _, kernel, desc = line.rstrip("\n").split("\t", 3)
+            if t0 <= float(when) <= t1:
+                out.append(f"{kernel}: {desc[:300]}")
+    return out
 
 
 def cprofile_generate(llm, ps, sp, name, top=40):
@@ -150,7 +170,10 @@ def main() -> None:
 
     results = {}
     for side in args.sides.split(","):
-        env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1")
+        env = dict(os.environ, VLLM_ALLOW_INSECURE_SERIALIZATION="1",
+                   KIMI_COMPILE_LOG=os.path.join(tempfile.mkdtemp(), "triton-variants.log"),
+                   PYTHONPATH=os.pathsep.join([os.path.join(HERE, "compile_log")] +
+                                              [x for x in [os.environ.get("PYTHONPATH")] if x]))
         if args.profile or args.cprofile:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"        # the profilers see the engine's work
         if side == "intree":
@@ -180,18 +203,24 @@ def main() -> None:
     print(f"\nGPU: {torch.cuda.get_device_name()}  layers: {args.layers}  date: {time.strftime('%Y-%m-%d')}")
     names = [r["workload"] for rows in results.values() for r in rows if "workload" in r]
     names = list(dict.fromkeys(names))
-    print("| workload | " + " | ".join(f"{s} time s | {s} out tok/s | {s} total tok/s" for s in results) + " | plugin/intree |")
-    print("|---|" + "---|---|---|" * len(results) + "---|")
+    print("| workload | " + " | ".join(f"{s} time s | {s} out tok/s | {s} total tok/s | {s} Triton variants built"
+                                      for s in results) + " | plugin/intree |")
+    print("|---|" + "---|---|---|---|" * len(results) + "---|")
     for name in names:
         cells, times = [], {}
         for side, rows in results.items():
             r = next((r for r in rows if r.get("workload") == name), None)
-            cells += [f"{r['time_s']:.2f}", f"{r['out_tok_s']:.0f}", f"{r['total_tok_s']:.0f}"] if r else ["n/a"] * 3
+            cells += [f"{r['time_s']:.2f}", f"{r['out_tok_s']:.0f}", f"{r['total_tok_s']:.0f}",
+                      str(r.get("variants_built", "n/a"))] if r else ["n/a"] * 4
             if r:
                 times[side] = r["time_s"]
         ratio = f"{times['intree'] / times['plugin']:.2f}x" if {"plugin", "intree"} <= times.keys() else "n/a"
         print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
     for side, rows in results.items():
+        for r in (r for r in rows if r.get("variants")):
+            print(f"\n{side}, {r['workload']}: Triton variants built or loaded during the timed run (first 8):")
+            for v in r["variants"]:
+                print(f"  {v}")
         for r in (r for r in rows if "profile" in r):
             print(f"\n{side}, {r['profile']}: wall {r['wall_ms']} ms, GPU kernels {r['gpu_kernel_ms']} ms")
             print("| kernel | GPU ms | launches |\n|---|---|---|")
