@@ -121,21 +121,25 @@ def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_qt, s
         col = BC - 1 - step
         tc = t0 + col
         ok = tc < eos
-        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols, mask=ok, other=0.0).to(tl.float32)
+        # the column's key loaded as a [BC, K] tile (every row the same address, served from L1), which puts it,
+        # the running tile and the products in the row tiles' layout; a [K] vector broadcast here made Triton
+        # move the [BC, K] tile through shared memory every step
+        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols[None, :] + 0 * ri[:, None], mask=ok, other=0.0)
+        kc = kc.to(tl.float32)
         x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
-        gcol = tl.where(ok, neg_a * _softplus(x), 0.0)
+        gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
         on = (ri >= col)[:, None]
         if PRODUCT:
-            e = D * kc[None, :]                      # rows r < col hold 1: dropped after the sums
+            e = D * kc                               # rows r < col hold 1: dropped after the sums
         else:
-            e = tl.exp2(D) * kc[None, :]             # rows r < col hold D = 0: dropped after the sums
+            e = tl.exp2(D) * kc                      # rows r < col hold D = 0: dropped after the sums
         keep = on & (ci[None, :] == col)
         d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
         d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
         if PRODUCT:
-            D = tl.where(on, D * tl.exp2(gcol)[None, :], D)
+            D = tl.where(on, D * tl.exp2(gcol), D)
         else:
-            D = tl.where(on, D + gcol[None, :], 0.0)
+            D = tl.where(on, D + gcol, 0.0)
     return d_kk, d_qk
 
 
