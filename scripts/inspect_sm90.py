@@ -46,11 +46,28 @@ def report(label, k):
         ("wgmma", r"wgmma\.mma_async"), ("mma.sync", r"\bmma\.sync"), ("cp.async", r"cp\.async\.c"),
         ("tma", r"cp\.async\.bulk"), ("ld.local", r"ld\.local"), ("ld.global", r"ld\.global"),
         ("f64 ops", r"\.f64\b")]}
+    counts["loop relayouts"] = loop_relayouts(k.asm["ttgir"])
     smem = k.metadata.shared
     too_big = " (over the 227 KiB an H100 block can have: will not launch)" if smem > SMEM_LIMIT else ""
     print(f"{label:60s} regs {regs.group(1) if regs else '?':>4}  spill st/ld "
           f"{spill.group(1) + '/' + spill.group(2) if spill else '?':>9}  smem {smem:>6}{too_big}  " +
           "  ".join(f"{n} {c}" for n, c in counts.items()), flush=True)
+
+
+def loop_relayouts(ttgir: str) -> int:
+    """Layout conversions of 2-D or larger tiles inside loops (in Triton's GPU IR): each usually moves the tile
+    through shared memory with barriers, every iteration. (The diagonal KDA kernel's column walk had one of a
+    [16, 128] fp32 tile per step until its key column was loaded as a tile.)"""
+    n, depth = 0, 0
+    for line in ttgir.splitlines():
+        s = line.strip()
+        if "scf.for" in s:
+            depth += 1
+        elif s.startswith("scf.yield") and depth:
+            depth -= 1
+        elif depth and "ttg.convert_layout" in s and re.search(r"tensor<\d+x\d+", s.split("->")[0]):
+            n += 1
+    return n
 
 
 def mla():
