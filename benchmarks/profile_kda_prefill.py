@@ -23,11 +23,13 @@ from kernels.kda.triton_chunk import chunk_kda_prefill                       # n
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
 # Candidates for the next GPU run (the sixth session timed the diagonal kernel's running product, now the default:
-# 2 and 8 warps were slower; U in bf16 saves 0.1-0.2 ms at a higher error, 2.47e-3).
+# 2 and 8 warps were slower; U in bf16 saves 0.1-0.2 ms at a higher error, 2.47e-3). Not yet timed: the
+# diagonal kernel's tile-loaded key column and the unrolled W and U steps of the intra kernel.
 CONFIGS = {
     "default": {},
     "diagonal kernel, running sum of log2 decays (the fifth session's default)": dict(diag_form="walk"),
     "U in bf16": dict(u_dtype=torch.bfloat16),
+    "intra kernel's W and U steps as loops (before the sixth session's unrolling)": dict(intra_unroll=False),
 }
 
 

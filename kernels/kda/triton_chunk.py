@@ -193,7 +193,7 @@ def _chunk_intra_kernel(
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BVI: tl.constexpr,
-    PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+    PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr, UNROLL: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -288,19 +288,43 @@ def _chunk_intra_kernel(
 
     # Pass 2: W = L^-1 diag(beta rk) (2^G k) and U = L^-1 diag(beta) v
     tl.debug_barrier()                          # pass 1's stores of 2^G k are read back by other threads
+    # UNROLL: both loops unrolled, so that the loop-invariant left operands are converted to the tensor-core
+    # layout once (as loops, Triton 3.6 converts them in every step: 12 round trips of a 64x64 fp32 tile through
+    # shared memory per program; scripts/inspect_sm90.py counts them as loop relayouts)
     tbk = x * (beta * rk)[None, :]
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
-        off = base * BT * K + rr * K + cols[None, :]
-        ek = tl.load(ek_ptr + off).to(tl.float32)
-        tl.store(w_ptr + off, tl.dot(tbk, ek, input_precision=PREC_O).to(w_ptr.dtype.element_ty))
+    if UNROLL:
+        for k0 in tl.static_range(0, K, BK):
+            _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K, BT, BK, PREC_O)
+    else:
+        for k0 in range(0, K, BK):
+            _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K, BT, BK, PREC_O)
     tb = x * beta[None, :]
-    for v0 in range(0, V, BVI):
-        vc = v0 + tl.arange(0, BVI)
-        vs = tl.load(v_ptr + tok[:, None] * s_vt + h * s_vh + vc[None, :], mask=rmask[:, None],
-                     other=0.0).to(tl.float32)
-        u = tl.dot(tb, vs, input_precision=PREC_O)
-        tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
+    if UNROLL:
+        for v0 in tl.static_range(0, V, BVI):
+            _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V, BT, BVI, PREC_O)
+    else:
+        for v0 in range(0, V, BVI):
+            _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V, BT, BVI, PREC_O)
+
+
+@triton.jit
+def _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+             PREC: tl.constexpr):
+    """Columns k0..k0+BK of W = (L^-1 diag(beta rk)) (2^G k)."""
+    cols = k0 + tl.arange(0, BK)
+    off = base * BT * K + rr * K + cols[None, :]
+    ek = tl.load(ek_ptr + off).to(tl.float32)
+    tl.store(w_ptr + off, tl.dot(tbk, ek, input_precision=PREC).to(w_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.constexpr, BT: tl.constexpr,
+             BVI: tl.constexpr, PREC: tl.constexpr):
+    """Columns v0..v0+BVI of U = (L^-1 diag(beta)) v."""
+    vc = v0 + tl.arange(0, BVI)
+    vs = tl.load(v_ptr + tok[:, None] * s_vt + h * s_vh + vc[None, :], mask=rmask[:, None], other=0.0)
+    u = tl.dot(tb, vs.to(tl.float32), input_precision=PREC)
+    tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -394,7 +418,7 @@ def as_heads(x, H, D):
 _FAST = dict(BK=16, diag_warps=4, diag_form="product", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
-             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
+             intra_warps=4, intra_stages=3, intra_unroll=True, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
@@ -496,7 +520,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
-        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
+        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], UNROLL=cfg["intra_unroll"], num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
