@@ -62,9 +62,9 @@ def _pick(T, seg, j):
 @triton.jit
 def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr, BT: tl.constexpr,
                    BC: tl.constexpr, BK: tl.constexpr):
-    """The log2 gate sums a chunk slice of BT = 4 x BC rows needs, all in fp32 and each a sum of non-positive decays (no cancellation, so no fp64): within each
-    BC-row segment the inclusive prefix P and the exclusive suffix S (a reversed scan of the gates shifted up a
-    row), the segments' totals, and from them
+    """The log2 gate sums a chunk slice of BT = 4 x BC rows needs, all in fp32 and each a sum of non-positive decays
+    (no cancellation, so no fp64): within each BC-row segment the inclusive prefix P and the exclusive suffix S
+    (a reversed scan of the gates shifted up a row), the segments' totals, and from them
     G = prefix over the block, X = exclusive suffix over the block (G_last - G), g_last,
     LH = the exponents of the half level (G_r - G_p on the upper half, G_p - G_c on the lower, p its last row),
     LQ = the same one level down, inside each half."""
@@ -230,7 +230,7 @@ def _chunk_intra_kernel(
         qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         G, X, g_last, L32, L16 = _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a,
-                                                   K, BT, BC, BK)
+                                                K, BT, BC, BK)
         eg = tl.exp2(G)
         ssq_q += tl.sum(qs * qs, axis=1)
         ssq_k += tl.sum(ks * ks, axis=1)
@@ -520,7 +520,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
-        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], UNROLL=cfg["intra_unroll"], num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
+        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], UNROLL=cfg["intra_unroll"],
+        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
         **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
