@@ -30,6 +30,8 @@ CONFIGS = {
     "diagonal kernel, running sum of log2 decays (the fifth session's default)": dict(diag_form="walk"),
     "U in bf16": dict(u_dtype=torch.bfloat16),
     "intra kernel's W and U steps as loops (before the sixth session's unrolling)": dict(intra_unroll=False),
+    # register-limited at 2 blocks per SM (ncu, H100); capped at 168 registers it fits 3 but spills 684/628 bytes
+    "intra kernel capped at 168 registers": dict(intra_maxnreg=168),
 }
 
 
