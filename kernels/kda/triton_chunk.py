@@ -420,7 +420,8 @@ _FAST = dict(BK=16, diag_warps=4, diag_form="product", BVI=32, BV=None, ws_dtype
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, intra_unroll=True, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
-              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
+              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
+              intra_unroll=False)          # IEEE fp32 products: unrolled W/U steps spill twice as much (sm_90a)
 
 
 def _diag_product(form: str) -> bool:
