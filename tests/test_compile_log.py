@@ -5,6 +5,7 @@ the benchmark reads back exactly the variants logged inside a time window."""
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 HOOK_DIR = os.path.join(ROOT, "benchmarks", "compile_log")
@@ -23,28 +24,24 @@ for i in range(3):
 """
 
 
-def test_compile_log_counts_variants_inside_a_window(tmp_path):
+def test_compile_log_counts_variants_inside_a_window(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from bench_e2e import variants_built
 
     log = tmp_path / "variants.log"
     env = dict(os.environ, KIMI_COMPILE_LOG=str(log), PYTHONPATH=HOOK_DIR)
-    import time
     t0 = time.time()
     subprocess.run([sys.executable, "-c", _CHILD], env=env, check=True, timeout=120)
     t1 = time.time()
     lines = log.read_text().splitlines()
     assert len(lines) == 3
-    os.environ["KIMI_COMPILE_LOG"] = str(log)
-    try:
-        built = variants_built(t0, t1)
-        assert len(built) == 3 and all(b.startswith("kernels.mla.triton_decode._mla_decode_split: ") for b in built)
-        assert "DIRECT: True" in built[1]
-        assert variants_built(t1 + 1, t1 + 2) == []              # nothing logged after the window
-        first = float(lines[0].split("\t")[0])
-        assert len(variants_built(first + 0.01, t1)) == 2         # the window's start is honoured
-    finally:
-        del os.environ["KIMI_COMPILE_LOG"]
+    monkeypatch.setenv("KIMI_COMPILE_LOG", str(log))
+    built = variants_built(t0, t1)
+    assert len(built) == 3 and all(b.startswith("kernels.mla.triton_decode._mla_decode_split: ") for b in built)
+    assert "DIRECT: True" in built[1]
+    assert variants_built(t1 + 1, t1 + 2) == []              # nothing logged after the window
+    first = float(lines[0].split("\t")[0])
+    assert len(variants_built(first + 0.01, t1)) == 2         # the window's start is honoured
 
 
 def test_compile_log_is_inert_without_the_variable():

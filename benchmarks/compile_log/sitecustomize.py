@@ -20,6 +20,6 @@ if _PATH:
     try:
         from triton import knobs
     except Exception:  # noqa: BLE001 - a process without Triton builds no kernels
-        knobs = None
-    if knobs is not None:
+        pass
+    else:
         knobs.runtime.jit_post_compile_hook = _log_variant
