@@ -22,16 +22,14 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates for the next GPU run (the sixth session timed the diagonal kernel's running product, now the default:
-# 2 and 8 warps were slower; U in bf16 saves 0.1-0.2 ms at a higher error, 2.47e-3). Not yet timed: the
-# diagonal kernel's tile-loaded key column and the unrolled W and U steps of the intra kernel.
+# Candidates for the next GPU run. Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W and U steps
+# unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (3 blocks per SM but
+# spills 684/628 bytes: 4.52 ms); diagonal kernel with 2 or 8 warps (slower, sixth session). U in bf16 saves
+# 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
 CONFIGS = {
     "default": {},
-    "diagonal kernel, running sum of log2 decays (the fifth session's default)": dict(diag_form="walk"),
+    "diagonal kernel, running product of decays": dict(diag_form="product"),
     "U in bf16": dict(u_dtype=torch.bfloat16),
-    "intra kernel's W and U steps as loops (before the sixth session's unrolling)": dict(intra_unroll=False),
-    # register-limited at 2 blocks per SM (ncu, H100); capped at 168 registers it fits 3 but spills 684/628 bytes
-    "intra kernel capped at 168 registers": dict(intra_maxnreg=168),
 }
 
 

@@ -114,12 +114,11 @@ def kda_prefill():
         k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, PRODUCT=product),
                            div16=div16, num_warps=4)
         report(f"kda diag kernel ({name}, 4 warps)", k)
-    for bk, nw, unroll in [(16, 4, True), (16, 4, False), (16, 8, True), (32, 4, True)]:
-        const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32",
-                     UNROLL=unroll)
+    for bk, nw in [(16, 4), (16, 8), (32, 4)]:
+        const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
                            num_stages=3)
-        report(f"kda intra BK {bk} warps {nw}{'' if unroll else ' W/U loops'}", k)
+        report(f"kda intra BK {bk} warps {nw}", k)
     import triton.language as tl
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:

@@ -4,10 +4,10 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k, the
-   columns walked last to first with 2^(G_r - G_c) kept as a running fp32 product of decays <= 1
-   (``_config["diag_form"]``: "product", the default, carries the decays as a running product, one exp2 per key
-   column and step; "walk" as a running sum of log2 decays, one exp2 per element: 2.52 against 2.25 ms on an
-   H200 at 1x32768).
+   columns walked last to first with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per
+   element (``_config["diag_form"]`` "walk", the default; "product" carries the decays as a running product, one
+   exp2 per key column and step: faster while the key column was a broadcast vector, 2.25 against 2.52 ms on an
+   H200 at 1x32768; slower since it is loaded as a tile, 2.22 against 2.08 ms).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
    needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
@@ -193,7 +193,7 @@ def _chunk_intra_kernel(
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BVI: tl.constexpr,
-    PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr, UNROLL: tl.constexpr,
+    PREC_A: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -288,23 +288,14 @@ def _chunk_intra_kernel(
 
     # Pass 2: W = L^-1 diag(beta rk) (2^G k) and U = L^-1 diag(beta) v
     tl.debug_barrier()                          # pass 1's stores of 2^G k are read back by other threads
-    # UNROLL: both loops unrolled, so that the loop-invariant left operands are converted to the tensor-core
-    # layout once (as loops, Triton 3.6 converts them in every step: 12 round trips of a 64x64 fp32 tile through
-    # shared memory per program; scripts/inspect_sm90.py counts them as loop relayouts)
+    # (as loops, Triton 3.6 moves the loop-invariant left operand to the tensor-core layout in every step;
+    # unrolled, it does not, but that was no faster on an H200: 3.44 ms unrolled against 3.41 ms at 1x32768)
     tbk = x * (beta * rk)[None, :]
-    if UNROLL:
-        for k0 in tl.static_range(0, K, BK):
-            _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K, BT, BK, PREC_O)
-    else:
-        for k0 in range(0, K, BK):
-            _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K, BT, BK, PREC_O)
+    for k0 in range(0, K, BK):
+        _w_slice(tbk, ek_ptr, w_ptr, base, rr, k0, K, BT, BK, PREC_O)
     tb = x * beta[None, :]
-    if UNROLL:
-        for v0 in tl.static_range(0, V, BVI):
-            _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V, BT, BVI, PREC_O)
-    else:
-        for v0 in range(0, V, BVI):
-            _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V, BT, BVI, PREC_O)
+    for v0 in range(0, V, BVI):
+        _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V, BT, BVI, PREC_O)
 
 
 @triton.jit
@@ -414,14 +405,13 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
-# kernel's running product from the H200 comparison of 2026-11-30.
-_FAST = dict(BK=16, diag_warps=4, diag_form="product", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
+# kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
+_FAST = dict(BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
-             intra_warps=4, intra_stages=3, intra_unroll=True, inter_warps=8, inter_stages=2)
+             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
-              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
-              intra_unroll=False)          # IEEE fp32 products: unrolled W/U steps spill twice as much (sm_90a)
+              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
 
 def _diag_product(form: str) -> bool:
@@ -521,9 +511,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
-        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], UNROLL=cfg["intra_unroll"],
-        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"],
-        **({"maxnreg": cfg["intra_maxnreg"]} if cfg.get("intra_maxnreg") else {}))
+        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"])
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
     # The sequential step's layout ("inter_form": "rows" value rows first, the fast-path default; "cols" token rows

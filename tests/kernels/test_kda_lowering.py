@@ -29,11 +29,10 @@ def check(label, k):
 for product in (False, True):
     check(f"diag product={product}", compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC,
                                                                                  PRODUCT=product), num_warps=4))
-for unroll in (True, False):
-    const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32",
-                 UNROLL=unroll)
-    check(f"intra unroll={unroll}", compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",),
-                                                   num_warps=_FAST["intra_warps"], num_stages=_FAST["intra_stages"]))
+for prec in ("tf32", "ieee"):
+    const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A=prec, PREC_M=prec, PREC_O=prec)
+    check(f"intra {prec}", compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",),
+                                          num_warps=_FAST["intra_warps"], num_stages=_FAST["intra_stages"]))
 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
 for form, dot, bv, nw in [(0, "fp32", 32, 4), (0, "bf16", 16, 4), (1, "bf16", 64, 8), (2, "bf16", 32, 8)]:
     const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form)
