@@ -29,10 +29,6 @@ from profiling import gpu_time_by_kernel                                     # n
 CONFIGS = {
     "default": {},
     "diagonal kernel, running product of decays": dict(diag_form="product"),
-    # untimed (seventh session): the pairs inside sub-blocks by reference-row levels on tensor cores, per key slice
-    "diagonal kernel by levels, key slices of 32": dict(diag_form="levels", diag_bk=32),
-    "diagonal kernel by levels, key slices of 64": dict(diag_form="levels", diag_bk=64),
-    "diagonal kernel by levels, key slices of 16, 2 warps": dict(diag_form="levels", diag_bk=16, diag_warps=2),
     "U in bf16": dict(u_dtype=torch.bfloat16),
 }
 

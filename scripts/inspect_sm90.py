@@ -110,12 +110,10 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for form, name, nw, bkd in ((0, "walk", 4, 128), (1, "product", 4, 128), (2, "levels", 4, 128),
-                                (2, "levels", 4, 64), (2, "levels", 4, 32), (2, "levels", 2, 32), (2, "levels", 1, 32),
-                                (2, "levels", 1, 16)):
-        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, FORM=form, PREC="tf32",
-                                                          BKD=bkd), div16=div16, num_warps=nw)
-        report(f"kda diag kernel ({name}, {nw} warps{f', key slices of {bkd}' if form == 2 else ''})", k)
+    for product, name in ((False, "walk"), (True, "product")):
+        k = compile_kernel(_chunk_diag_kernel, ptrs, dict(H=32, K=128, BT=BT, BC=BC, PRODUCT=product),
+                           div16=div16, num_warps=4)
+        report(f"kda diag kernel ({name}, 4 warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,

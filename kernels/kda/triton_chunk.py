@@ -7,9 +7,7 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    columns walked last to first with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per
    element (``_config["diag_form"]`` "walk", the default; "product" carries the decays as a running product, one
    exp2 per key column and step: faster while the key column was a broadcast vector, 2.25 against 2.52 ms on an
-   H200 at 1x32768; slower since it is loaded as a tile, 2.22 against 2.08 ms; "levels" continues the intra
-   kernel's reference-row hierarchy (below) down to single rows, four small tensor-core products per key slice
-   of ``diag_bk`` columns instead of 16 elementwise steps: not yet timed).
+   H200 at 1x32768; slower since it is loaded as a tile, 2.22 against 2.08 ms).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
    needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
@@ -28,8 +26,7 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    Aqk v_new ("inter_av") are options.
 
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
-sub-block use 2^(G_r - G_c) elementwise (or the hierarchy below at 8-, 4-, 2- and 1-token granularity, with
-"levels"); pairs in different sub-blocks are split at a reference
+sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
 row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binary hierarchy at
 32- and 16-token granularity, one factor per row per level, products on tensor cores). The 64x64
 unit lower-triangular inverse is block forward substitution by doubling: the inverses of the 2x2
@@ -146,87 +143,16 @@ def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_qt, s
     return d_kk, d_qk
 
 
-@triton.jit
-def _level_exponent(g2, gn, rows, ELL: tl.constexpr, R: tl.constexpr, BK: tl.constexpr):
-    """The log2 factors of hierarchy level ELL for R rows (a whole number of 2*ELL-row blocks): rows in the upper
-    half of their block take the inclusive prefix of the gates over their ELL-row segment (G_r - G_p, p the lower
-    half's last row), rows in the lower half the exclusive suffix over theirs (G_p - G_c); both are sums of
-    non-positive decays, so nothing cancels. g2: the gates; gn: each row's successor's gate (0 on the last row)."""
-    up = ((rows // ELL) % 2 == 1)[:, None]
-    if ELL == 1:
-        return tl.where(up, g2, 0.0)
-    P = tl.reshape(tl.cumsum(tl.reshape(g2, (R // ELL, ELL, BK)), axis=1), (R, BK))
-    gz = tl.where(((rows % ELL) == ELL - 1)[:, None], 0.0, gn)
-    S = tl.reshape(tl.cumsum(tl.reshape(gz, (R // ELL, ELL, BK)), axis=1, reverse=True), (R, BK))
-    return tl.where(up, P, S)
-
-
-@triton.jit
-def _sub_block_levels(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, dtb_ptr, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                      BC: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """The pair blocks of the sub-block starting at token t0 on tensor cores, by the binary hierarchy the intra
-    kernel uses across sub-blocks, continued down to single rows: the pairs whose rows first differ at level
-    ELL = 8, 4, 2, 1 (same 2*ELL-row block, r in its upper half, c in its lower half) are
-    (q_r or k_r) 2^(G_r - G_p) . k_c 2^(G_p - G_c) with p the lower half's last row, both factors <= 1; the pairs
-    r = c need no decay. Per BK-wide key slice, four [BC, BK] x [BK, BC] products per matrix instead of BC
-    elementwise column steps."""
-    live = (t0 + ri < eos)[:, None]
-    nxt = ((t0 + ri + 1 < eos) & (ri != BC - 1))[:, None]
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    self_kk = tl.zeros([BC], dtype=tl.float32)
-    self_qk = tl.zeros([BC], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
-        dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
-        qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
-        ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-        qs = qs.to(tl.float32)
-        ks = ks.to(tl.float32)
-        x = tl.load(g_ptr + (t0 + ri)[:, None] * s_gt + h * s_gh + cols[None, :], mask=live, other=0.0)
-        g2 = tl.where(live, neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
-        xn = tl.load(g_ptr + (t0 + ri + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nxt, other=0.0)
-        gn = tl.where(nxt, neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
-        self_kk += tl.sum(ks * ks, axis=1)
-        self_qk += tl.sum(qs * ks, axis=1)
-        d_kk, d_qk = _level_pairs(d_kk, d_qk, ks, qs, g2, gn, ri, 8, BC, BK, PREC)
-        d_kk, d_qk = _level_pairs(d_kk, d_qk, ks, qs, g2, gn, ri, 4, BC, BK, PREC)
-        d_kk, d_qk = _level_pairs(d_kk, d_qk, ks, qs, g2, gn, ri, 2, BC, BK, PREC)
-        d_kk, d_qk = _level_pairs(d_kk, d_qk, ks, qs, g2, gn, ri, 1, BC, BK, PREC)
-    diag = ri[:, None] == ri[None, :]
-    return d_kk + tl.where(diag, self_kk[:, None], 0.0), d_qk + tl.where(diag, self_qk[:, None], 0.0)
-
-
-@triton.jit
-def _level_pairs(d_kk, d_qk, ks, qs, g2, gn, ri, ELL: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                 PREC: tl.constexpr):
-    """Adds the pairs of level ELL to the [BC, BC] blocks (see ``_sub_block_levels``); the product's entries
-    between different 2*ELL-row blocks are not pairs of this level and are dropped."""
-    e = tl.exp2(_level_exponent(g2, gn, ri, ELL, BC, BK))
-    up = ((ri // ELL) % 2 == 1)[:, None]
-    kf = ks * e
-    rhs = tl.trans(tl.where(up, 0.0, kf))
-    pk = tl.dot(tl.where(up, kf, 0.0), rhs, input_precision=PREC)
-    pq = tl.dot(tl.where(up, qs * e, 0.0), rhs, input_precision=PREC)
-    if 2 * ELL < BC:
-        same = (ri[:, None] // (2 * ELL)) == (ri[None, :] // (2 * ELL))
-        pk = tl.where(same, pk, 0.0)
-        pq = tl.where(same, pq, 0.0)
-    return d_kk + pk, d_qk + pq
-
-
 @triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr, PREC: tl.constexpr,
-    BKD: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PRODUCT: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 and 1: one column at a time over the whole key width, walked last column to first
-    (``_reverse_walk``; 1: the decays carried as a running product); FORM 2: by levels on tensor cores
-    (``_sub_block_levels``, products in PREC)."""
+    c <= r, one column at a time over the whole key width (the row sums reduce along the key axis only), walked
+    last column to first (``_reverse_walk``; PRODUCT: the decays carried as a running product)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -242,12 +168,8 @@ def _chunk_diag_kernel(
         dtb = tl.load(dtb_ptr + h * K + cols)
         ri = tl.arange(0, BC)
         base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
-        if FORM == 2:
-            d_kk, d_qk = _sub_block_levels(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, dtb_ptr, neg_a,
-                                           s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, K, BKD, PREC)
-        else:
-            d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
-                                       s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
+        d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
+                                   s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
         full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
         tl.store(full, d_kk)
         tl.store(full + BT * BC, d_qk)
@@ -484,7 +406,7 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(BK=16, diag_warps=4, diag_form="walk", diag_bk=32, BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
@@ -492,14 +414,12 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
 
-DIAG_FORMS = ("walk", "product", "levels")
-
-
-def _diag_form(form: str) -> int:
-    """``_config["diag_form"]`` as the diagonal kernel's FORM."""
-    if form not in DIAG_FORMS:
-        raise ValueError(f"diag_form={form!r}: expected one of {list(DIAG_FORMS)}")
-    return DIAG_FORMS.index(form)
+def _diag_product(form: str) -> bool:
+    """``_config["diag_form"]`` as the diagonal kernel's PRODUCT flag."""
+    forms = {"walk": False, "product": True}
+    if form not in forms:
+        raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
+    return forms[form]
 
 
 def inter_block_v(n_walks: int, V: int, sms: int) -> int:
@@ -584,9 +504,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
         q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, FORM=_diag_form(cfg["diag_form"]), PREC=cfg["prec_a"],
-        BKD=min(cfg["diag_bk"], K),
-        num_warps=cfg["diag_warps"])
+        H=H, K=K, BT=BT, BC=BC, PRODUCT=_diag_product(cfg["diag_form"]), num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd,
