@@ -30,6 +30,11 @@ CONFIGS = {
     "default": {},
     "diagonal kernel, running product of decays": dict(diag_form="product"),
     "U in bf16": dict(u_dtype=torch.bfloat16),
+    # untimed (seventh session): 16-token chunks, FlashKDA's split with our exact pair walk: one parallel kernel
+    # (pairs, gates, norms, 16x16 inverse, W, U, QG, KG) and the sequential kernel in 16-token steps
+    "16-token chunks": dict(chunk=16),
+    "16-token chunks, parallel kernel at 8 warps": dict(chunk=16, diag_warps=8),
+    "16-token chunks, sequential kernel at 4 warps": dict(chunk=16, inter_warps=4),
 }
 
 

@@ -119,7 +119,16 @@ def kda_prefill():
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
+    from kernels.kda.triton_chunk import _chunk16_kernel
+    for nw in (4, 8):
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=32, PRODUCT=False, PREC_M="tf32", PREC_O="tf32")
+        report(f"kda 16-token chunk kernel, {nw} warps", compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",),
+                                                                       div16=div16, num_warps=nw))
     import triton.language as tl
+    for bv, nw in [(32, 4), (64, 8)]:
+        const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=1)
+        report(f"kda inter rows bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
+               compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2))
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:

@@ -25,6 +25,11 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    so every product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
    Aqk v_new ("inter_av") are options.
 
+16-token chunks (``_config["chunk"] = 16``, opt-in, not yet timed): ``_chunk16_kernel`` does the work of launches 1
+and 2 for chunks that are a single sub-block (the column walk for the pairs, then a 16x16 inverse; no pairs across
+sub-blocks), and the sequential kernel walks 16-token steps (the split of MoonshotAI's FlashKDA, which reaches
+~2x fla with it but needs a bounded gate; here the pairs stay exact for Kimi-Linear's unbounded one).
+
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
 sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
 row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binary hierarchy at
@@ -318,6 +323,80 @@ def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.co
     tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
 
 
+@triton.jit(do_not_specialize=["N"])
+def _chunk16_kernel(
+    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
+    cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
+    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
+    N, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
+    PRODUCT: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+):
+    """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
+    its chunk, which is a single sub-block: the pairs by the exact column walk (``_reverse_walk``), the gate's prefix
+    and suffix sums inside the chunk, the row norms, the 16x16 inverse, and W, U, QG, KG, Aqk, 2^G_last in the
+    layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64 inverse; the
+    sequential kernel takes four times as many (smaller) steps."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    n = tl.load(chunk_seq_ptr + c)
+    if n >= N:
+        return
+    slot = tl.load(slot_ptr + n)
+    if slot <= 0:
+        return
+    eos = tl.load(cu_ptr + n + 1)
+    t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BC
+    ri = tl.arange(0, BC)
+    cols = tl.arange(0, K)
+    tok = t0 + ri
+    live = tok < eos
+    neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+    dtb = tl.load(dtb_ptr + h * K + cols)
+    d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
+                               s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
+    m2 = live[:, None]
+    qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=m2, other=0.0)
+    g2 = tl.where(m2, neg_a * _softplus(x.to(tl.float32) + dtb[None, :]), 0.0)
+    nxt = ((tok + 1 < eos) & (ri != BC - 1))[:, None]
+    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nxt, other=0.0)
+    gn = tl.where(nxt, neg_a * _softplus(xn.to(tl.float32) + dtb[None, :]), 0.0)
+    G = tl.cumsum(g2, axis=0)                      # decays of rows 0..r (log2, <= 0)
+    X = tl.cumsum(gn, axis=0, reverse=True)        # decays of rows r+1..15: G_last - G, summed without cancelling
+    rq = tl.rsqrt(tl.sum(qs * qs, axis=1) + 1e-6)
+    rk = tl.rsqrt(tl.sum(ks * ks, axis=1) + 1e-6)
+    beta = tl.load(beta_ptr + tok * s_bt + h * s_bh, mask=live, other=0.0).to(tl.float32)
+    base = (c * H + h).to(tl.int64)
+    tl.store(rn_ptr + base * 2 * BC + ri, rq)
+    tl.store(rn_ptr + base * 2 * BC + BC + ri, rk)
+    eg = tl.exp2(G)
+    wsd = qg_ptr.dtype.element_ty
+    off = base * BC * K + ri[:, None] * K + cols[None, :]
+    tl.store(qg_ptr + off, (qs * eg * scale).to(wsd))
+    tl.store(kg_ptr + off, (ks * tl.exp2(X)).to(wsd))
+    tl.store(gl_ptr + base * K + cols, tl.exp2(tl.sum(g2, axis=0)))
+    rr = ri[:, None]
+    cc = ri[None, :]
+    tl.store(aqk_ptr + base * BC * BC + rr * BC + cc,
+             (d_qk * (rq * scale)[:, None] * rk[None, :]).to(aqk_ptr.dtype.element_ty))
+    nmat = tl.where(rr > cc, d_kk * (rk * beta)[:, None] * rk[None, :], 0.0)
+    xi = tl.where(rr == cc, 1.0, 0.0) - tl.where((rr // 2 == cc // 2) & (rr > cc), nmat, 0.0)
+    xi = _merge_level(xi, nmat, rr, cc, 2, PREC_M)
+    xi = _merge_level(xi, nmat, rr, cc, 4, PREC_M)
+    xi = _merge_level(xi, nmat, rr, cc, 8, PREC_M)
+    w = tl.dot(xi * (beta * rk)[None, :], ks * eg, input_precision=PREC_O)
+    tl.store(w_ptr + off, w.to(w_ptr.dtype.element_ty))
+    tb = xi * beta[None, :]
+    for v0 in range(0, V, BVI):
+        vc = v0 + tl.arange(0, BVI)
+        vs = tl.load(v_ptr + tok[:, None] * s_vt + h * s_vh + vc[None, :], mask=m2, other=0.0)
+        u = tl.dot(tb, vs.to(tl.float32), input_precision=PREC_O)
+        tl.store(u_ptr + base * BC * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
+
+
 @triton.jit
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
@@ -406,7 +485,7 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(chunk=BT, BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
@@ -481,38 +560,37 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
     bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
 
+    bt = cfg["chunk"]
+    if bt not in (BC, BT):
+        raise ValueError(f"chunk={bt!r}: expected {BT} or {BC} tokens")
     cu = cu_seqlens.to(torch.int32)
-    nch = (cu[1:] - cu[:-1] + BT - 1) // BT
+    nch = (cu[1:] - cu[:-1] + bt - 1) // bt
     chunk_off = torch.zeros(N + 1, dtype=torch.int32, device=dev)
     chunk_off[1:] = torch.cumsum(nch, 0)
-    nchb = T // BT + N                                   # host bound on the number of chunks
+    nchb = T // bt + N                                   # host bound on the number of chunks
     chunk_seq = torch.searchsorted(chunk_off[1:], torch.arange(nchb, dtype=torch.int32, device=dev),
                                    right=True, out_int32=True)
-    w = torch.empty(nchb, H, BT, K, dtype=ws_dtype, device=dev)
+    w = torch.empty(nchb, H, bt, K, dtype=ws_dtype, device=dev)
     qg = torch.empty_like(w)
     kg = torch.empty_like(w)
-    u = torch.empty(nchb, H, BT, V, dtype=cfg["u_dtype"], device=dev)
-    aqk = torch.empty(nchb, H, BT, BT, dtype=cfg["aqk_dtype"], device=dev)
+    u = torch.empty(nchb, H, bt, V, dtype=cfg["u_dtype"], device=dev)
+    aqk = torch.empty(nchb, H, bt, bt, dtype=cfg["aqk_dtype"], device=dev)
     gl = torch.empty(nchb, H, K, dtype=torch.float32, device=dev)
-    ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
-    rn = torch.empty(nchb, H, 2, BT, dtype=torch.float32, device=dev)         # 1/|q|, 1/|k| per token
-    dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
+    rn = torch.empty(nchb, H, 2, bt, dtype=torch.float32, device=dev)         # 1/|q|, 1/|k| per token
     slots = state_indices.to(torch.int32)
     a_log = A_log.reshape(-1).to(torch.float32)
     dtb = dt_bias.reshape(-1).to(torch.float32)
-
-    _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
-        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, PRODUCT=_diag_product(cfg["diag_form"]), num_warps=cfg["diag_warps"])
-    _chunk_intra_kernel[(nchb, H)](
-        q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
-        w, u, qg, kg, aqk, gl, ek, rn, dd,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1),
-        N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
-        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"])
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
+    if bt == BC:
+        _chunk16_kernel[(nchb, H)](
+            q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
+            *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
+            PRODUCT=_diag_product(cfg["diag_form"]), PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+            num_warps=cfg["diag_warps"])
+    else:
+        _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
+                        strides, N, scale, nchb, cfg, bk, bvi)
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
     # The sequential step's layout ("inter_form": "rows" value rows first, the fast-path default; "cols" token rows
@@ -524,7 +602,27 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
-        H=H, K=K, V=V, BT=BT, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
+        H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
         PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
         num_warps=cfg["inter_warps"], num_stages=cfg["inter_stages"])
     return o
+
+
+def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
+                    strides, N, scale, nchb, cfg, bk, bvi):
+    """The parallel work of 64-token chunks: the diagonal kernel's 16x16 pair blocks, then the intra kernel."""
+    T, H, K = q.shape
+    V = v.shape[-1]
+    dev = q.device
+    ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
+    dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
+    _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
+        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+        H=H, K=K, BT=BT, BC=BC, PRODUCT=_diag_product(cfg["diag_form"]), num_warps=cfg["diag_warps"])
+    _chunk_intra_kernel[(nchb, H)](
+        q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
+        w, u, qg, kg, aqk, gl, ek, rn, dd, *strides,
+        N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
+        PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+        num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"])

@@ -85,10 +85,11 @@ PREFILL_CASES = [
 ]
 
 
-# Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default) and
-# both forms of the diagonal kernel ("walk", the default, and "product") run on every case.
+# Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default),
+# both forms of the diagonal kernel ("walk", the default, and "product") and both chunk lengths (64, the default,
+# and 16) run on every case.
 DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_form="product"),
-           dict(inter_form="cols_kmajor"), dict(inter_form="rows", diag_form="product")]
+           dict(inter_form="cols_kmajor", chunk=16), dict(inter_form="rows", diag_form="product", chunk=16)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) for d in DESIGNS]
 
 
