@@ -218,7 +218,7 @@ PREFILL_CONFIGS = {
     "diag_w8": dict(diag_warps=8),
     "diag_product": dict(diag_form="product"),
     "chunk16": dict(chunk=16),
-    "chunk16_w8": dict(chunk=16, diag_warps=8),
+    "chunk16_w8": dict(chunk=16, chunk16_warps=8),
     "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
     "merge_tf32x3": dict(prec_m="tf32x3"),

@@ -33,7 +33,7 @@ CONFIGS = {
     # untimed (seventh session): 16-token chunks, FlashKDA's split with our exact pair walk: one parallel kernel
     # (pairs, gates, norms, 16x16 inverse, W, U, QG, KG) and the sequential kernel in 16-token steps
     "16-token chunks": dict(chunk=16),
-    "16-token chunks, parallel kernel at 8 warps": dict(chunk=16, diag_warps=8),
+    "16-token chunks, parallel kernel at 8 warps": dict(chunk=16, chunk16_warps=8),
     "16-token chunks, sequential kernel at 4 warps": dict(chunk=16, inter_warps=4),
 }
 

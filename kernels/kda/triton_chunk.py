@@ -1,6 +1,7 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
-Three launches (plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe):
+Three launches for 64-token chunks, the default (plus a few tiny device-side index ops; no device-to-host sync,
+CUDA-graph safe; two for 16-token chunks, below):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k, the
@@ -22,13 +23,14 @@ Three launches (plus a few tiny device-side index ops; no device-to-host sync, C
    initial state from and writes the final state into the sequence's slot (in place). Three layouts of
    these products (``_config["inter_form"]``): "rows" (the fast path's default: value rows first, the
    state and v_new^T on the left), "cols" (token rows first) and "cols_kmajor" (the state held key-major,
-   so every product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
-   Aqk v_new ("inter_av") are options.
+   so that with 64-token chunks every product has 64 or 128 rows); bf16 operands for the state products
+   ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
-16-token chunks (``_config["chunk"] = 16``, opt-in, not yet timed): ``_chunk16_kernel`` does the work of launches 1
-and 2 for chunks that are a single sub-block (the column walk for the pairs, then a 16x16 inverse; no pairs across
-sub-blocks), and the sequential kernel walks 16-token steps (the split of MoonshotAI's FlashKDA, which reaches
-~2x fla with it but needs a bounded gate; here the pairs stay exact for Kimi-Linear's unbounded one).
+16-token chunks (``_config["chunk"] = 16``, opt-in, not yet timed; ``chunk16_warps`` warps): ``_chunk16_kernel``
+does the work of launches 1 and 2 for chunks that are a single sub-block (the column walk for the pairs, then a
+16x16 inverse; no pairs across sub-blocks), and the sequential kernel walks 16-token steps. This is the split of
+MoonshotAI's FlashKDA (CUTLASS, 16-token chunks, a gate bounded below; it reports 1.7-2.2x over fla on an H20);
+here the pairs stay exact for Kimi-Linear's unbounded gate.
 
 Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
 sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
@@ -168,6 +170,7 @@ def _chunk_diag_kernel(
     if slot > 0:
         eos = tl.load(cu_ptr + n + 1)
         t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT + j * BC
+        t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
         cols = tl.arange(0, K)
         neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
         dtb = tl.load(dtb_ptr + h * K + cols)
@@ -210,6 +213,7 @@ def _chunk_intra_kernel(
         return
     eos = tl.load(cu_ptr + n + 1)
     t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT
+    t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
     rows = tl.arange(0, BT)
     tok = t0 + rows
     rmask = tok < eos
@@ -348,6 +352,7 @@ def _chunk16_kernel(
         return
     eos = tl.load(cu_ptr + n + 1)
     t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BC
+    t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
     ri = tl.arange(0, BC)
     cols = tl.arange(0, K)
     tok = t0 + ri
@@ -485,7 +490,8 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(chunk=BT, BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None, ek_dtype=torch.float16,
+_FAST = dict(chunk=BT, chunk16_warps=4, BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None,
+             ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
@@ -538,8 +544,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
     bf16/fp16 inputs run the fast path (bf16 intermediates, tf32 products); fp32 inputs run every
     product in full fp32 (slower; for tests and checks). No device-to-host synchronisation.
-    Workspace: ~131 KB per (64-token chunk, head) for K = V = 128 on the fast path, i.e. ~67 KB per token
-    at H = 32 (1.1 GB for a 16384-token batch), allocated per call from torch's caching allocator.
+    Workspace for K = V = 128 on the fast path: ~124 KB per (64-token chunk, head), i.e. ~62 KB per token at
+    H = 32 (1 GB for a 16384-token batch); ~22 KB per (16-token chunk, head) with 16-token chunks (~43 KB per
+    token); allocated per call from torch's caching allocator.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -587,7 +594,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
             PRODUCT=_diag_product(cfg["diag_form"]), PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-            num_warps=cfg["diag_warps"])
+            num_warps=cfg["chunk16_warps"])
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                         strides, N, scale, nchb, cfg, bk, bvi)

@@ -165,7 +165,8 @@ def test_chunk_prefill_value_width_differs_from_key_width(K, V, design):
     assert untouched
 
 
-def test_chunk_prefill_bf16_state_and_strided_inputs():
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_chunk_prefill_bf16_state_and_strided_inputs(chunk):
     """bf16 state slots (read and written in bf16) and q/k/v as column views of one fused projection."""
     gen = torch.Generator().manual_seed(7)
     K = V = 32
@@ -181,7 +182,7 @@ def test_chunk_prefill_bf16_state_and_strided_inputs():
     st = state0.clone().to(DEV)
     o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
                           torch.tensor([2, 3], dtype=torch.int32, device=DEV),
-                          torch.tensor([True, True], device=DEV), cu.to(DEV)).cpu()
+                          torch.tensor([True, True], device=DEV), cu.to(DEV), _config=dict(chunk=chunk)).cpu()
     st = st.cpu()
     for i, (s, e, slot) in enumerate([(0, 70, 2), (70, 75, 3)]):
         o_ref, S_ref = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5,
@@ -191,7 +192,8 @@ def test_chunk_prefill_bf16_state_and_strided_inputs():
     assert torch.equal(st[0], state0[0]) and torch.equal(st[1], state0[1])
 
 
-def test_prefill_then_decode_equals_one_prefill():
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_prefill_then_decode_equals_one_prefill(chunk):
     """Prefill 66 tokens, decode 3 more one by one: same outputs and state as prefilling all 69."""
     gen = torch.Generator().manual_seed(11)
     K = V = 32
@@ -204,10 +206,10 @@ def test_prefill_then_decode_equals_one_prefill():
     init = torch.tensor([False], device=DEV)
     qd, kd, vd, gd, bd, Ad, dd = dev(q, k, v, g, beta, A_log, dt_bias)
     o_all = chunk_kda_prefill(qd, kd, vd, gd, bd, Ad, dd, scale, pool.clone(), slot, init,
-                              torch.tensor([0, T], dtype=torch.int32, device=DEV)).cpu()
+                              torch.tensor([0, T], dtype=torch.int32, device=DEV), _config=dict(chunk=chunk)).cpu()
     st = pool.clone()
     o1 = chunk_kda_prefill(qd[:66], kd[:66], vd[:66], gd[:66], bd[:66], Ad, dd, scale, st, slot, init,
-                           torch.tensor([0, 66], dtype=torch.int32, device=DEV)).cpu()
+                           torch.tensor([0, 66], dtype=torch.int32, device=DEV), _config=dict(chunk=chunk)).cpu()
     outs = [o1]
     for t in range(66, T):
         outs.append(recurrent_kda_decode(qd[t:t + 1], kd[t:t + 1], vd[t:t + 1], gd[t:t + 1], bd[t:t + 1],
@@ -305,13 +307,15 @@ def test_verify_keeps_every_state():
         assert torch.equal(st[j], state0[j])
 
 
-def test_chunk_prefill_fast_path_storage():
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_chunk_prefill_fast_path_storage(chunk):
     """The bf16-input settings (bf16 W/QG/KG, fp16 2^G k, tf32 products) on fp32 inputs: same data flow as on
     the GPU's fast path, so only bf16 rounding of the stored intermediates separates it from the truth. The
     sequential step's products with the state stay fp32 here (the interpreter gets bf16 products wrong); the GPU
     benchmark measures them in bf16."""
     from kernels.kda.triton_chunk import _FAST
-    errs, _ = two_sequence_errors(32, 32, [65, 30], [1, 2], 13, dict(_FAST, ws_dtype=torch.bfloat16, inter_dot="fp32"))
+    errs, _ = two_sequence_errors(32, 32, [65, 30], [1, 2], 13, dict(_FAST, ws_dtype=torch.bfloat16, inter_dot="fp32",
+                                                                        chunk=chunk))
     for e_o, e_s in errs:
         assert e_o < 1e-2, e_o                                            # bf16 intermediates: ~3e-3 expected
         assert e_s < 1e-2
