@@ -105,19 +105,15 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
 
 
 @triton.jit
-def _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
                   BC: tl.constexpr, PRODUCT: tl.constexpr):
     """The pair blocks of the sub-block starting at token t0, one column at a time, last column to first. Row r
     at column c needs 2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32
     product E (E <- E * 2^g_c when the walk moves to column c - 1: one exp2 per key column and step instead of
     one per element, every factor <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to
     0 as they should); otherwise as a running fp32 sum D of the log2 decays with one exp2 per element. Either
-    way every exponent is <= 0 and nothing cancels (no fp64, no hi/lo split). Returns [BC, BC] pair blocks."""
-    live = (t0 + ri < eos)[:, None]
-    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
-    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-    qs = qs.to(tl.float32)
-    ks = ks.to(tl.float32)
+    way every exponent is <= 0 and nothing cancels (no fp64, no hi/lo split). qs, ks: the sub-block's rows of q
+    and k in fp32 (zero past the sequence). Returns [BC, BC] pair blocks."""
     ci = tl.arange(0, BC)
     d_kk = tl.zeros([BC, BC], dtype=tl.float32)
     d_qk = tl.zeros([BC, BC], dtype=tl.float32)
@@ -176,8 +172,11 @@ def _chunk_diag_kernel(
         dtb = tl.load(dtb_ptr + h * K + cols)
         ri = tl.arange(0, BC)
         base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
-        d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
-                                   s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
+        live = (t0 + ri < eos)[:, None]
+        qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
+        ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
+        d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
+                                   neg_a, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
         full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
         tl.store(full, d_kk)
         tl.store(full + BT * BC, d_qk)
@@ -359,11 +358,11 @@ def _chunk16_kernel(
     live = tok < eos
     neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
     dtb = tl.load(dtb_ptr + h * K + cols)
-    d_kk, d_qk = _reverse_walk(q_ptr, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
-                               s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
     m2 = live[:, None]
     qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
+                               BC, PRODUCT)
     x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=m2, other=0.0)
     g2 = tl.where(m2, neg_a * _softplus(x.to(tl.float32) + dtb[None, :]), 0.0)
     nxt = ((tok + 1 < eos) & (ri != BC - 1))[:, None]
