@@ -7,7 +7,7 @@ the number of Triton kernel variants each side's processes built or loaded durin
 ``compile_log/sitecustomize.py``; any such variant is a mid-serving stall, and their names follow the table).
 
     python benchmarks/bench_e2e.py [--layers 8] [--sides plugin,intree] [--quick] [--kv-cache-dtype fp8] [--profile]
-                                   [--full-warmup] [--cprofile]
+                                   [--full-warmup] [--cprofile] [--kda-chunk 16]
 """
 
 import argparse
@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true",
                     help="run each timed workload under cProfile (engine in-process; times include its overhead) "
                          "and print the functions with the most cumulative host time")
+    ap.add_argument("--kda-chunk", choices=["16", "64"],
+                    help="the plugin's KDA prefill chunk (VLLM_KIMILINEAR_KDA_CHUNK; default: the kernels' 64)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -178,6 +180,8 @@ def main() -> None:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"        # the profilers see the engine's work
         if side == "intree":
             env["VLLM_PLUGINS"] = ""
+        elif args.kda_chunk:
+            env["VLLM_KIMILINEAR_KDA_CHUNK"] = args.kda_chunk
         cmd = [sys.executable, __file__, "--worker", "--layers", str(args.layers),
                "--kv-cache-dtype", args.kv_cache_dtype] + (["--quick"] if args.quick else []) + \
             (["--profile"] if args.profile else []) + (["--full-warmup"] if args.full_warmup else []) + \

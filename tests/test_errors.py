@@ -23,8 +23,8 @@ print("LOADED")
 """
 
 
-def load_in_subprocess(model_dir: str) -> str:
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", TORCH_COMPILE_DISABLE="1")
+def load_in_subprocess(model_dir: str, **extra_env: str) -> str:
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", TORCH_COMPILE_DISABLE="1", **extra_env)
     r = subprocess.run([sys.executable, "-c", LOAD, model_dir], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 3, f"expected a load error, got rc={r.returncode}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
@@ -82,9 +82,22 @@ def test_unsupported_head_size_and_semantics_unit():
         read_layout(Cfg(cfg))
 
 
+def test_kda_chunk_setting_unit(monkeypatch):
+    from vllm_kimilinear.kda.dispatch import CHUNK_ENV, prefill_chunk
+    monkeypatch.delenv(CHUNK_ENV, raising=False)
+    assert prefill_chunk() is None
+    monkeypatch.setenv(CHUNK_ENV, "16")
+    assert prefill_chunk() == 16
+    monkeypatch.setenv(CHUNK_ENV, "32")
+    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_KDA_CHUNK='32': allowed values are 64 \(the default\) "
+                                         r"and 16"):
+        prefill_chunk()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["no_linear_attn_config", "both_kinds", "head_size", "missing_tensor"])
+@pytest.mark.parametrize("case", ["no_linear_attn_config", "both_kinds", "head_size", "missing_tensor", "kda_chunk"])
 def test_bad_input_fails_at_load_with_clear_message(case, tmp_path):
+    env = {}
     if case == "no_linear_attn_config":
         d, msg = edited_model(tmp_path, lambda c: c.pop("linear_attn_config")), "has no `linear_attn_config`"
     elif case == "both_kinds":
@@ -93,9 +106,12 @@ def test_bad_input_fails_at_load_with_clear_message(case, tmp_path):
     elif case == "head_size":
         d = edited_model(tmp_path, lambda c: c["linear_attn_config"].update(head_dim=96))
         msg = "KDA head size 96"
+    elif case == "kda_chunk":
+        d, msg = edited_model(tmp_path, lambda c: None), "VLLM_KIMILINEAR_KDA_CHUNK='32': allowed values"
+        env = {"VLLM_KIMILINEAR_KDA_CHUNK": "32"}
     else:
         d = edited_model(tmp_path, lambda c: None, drop=("model.layers.1.self_attn.A_log",))
         msg = "model.layers.1.self_attn.A_log"
-    out = load_in_subprocess(d)
+    out = load_in_subprocess(d, **env)
     assert msg in out, out[-4000:]
     assert "LOAD-ERROR:" in out

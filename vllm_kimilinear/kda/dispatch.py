@@ -2,7 +2,8 @@
 
 Both take the same inputs: q, k raw (normalised inside), g_raw the gate pre-activation (the gate
 -exp(A_log) * softplus(g_raw + dt_bias) is applied inside), beta after its sigmoid, states in paged slots.
-Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks).
+Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks), and VLLM_KIMILINEAR_KDA_CHUNK=16 to
+run the Triton prefill in 16-token chunks instead of 64 (opt-in while it is being measured).
 """
 
 import functools
@@ -27,6 +28,18 @@ def triton_kda_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+CHUNK_ENV = "VLLM_KIMILINEAR_KDA_CHUNK"
+
+
+def prefill_chunk() -> int | None:
+    """Tokens per chunk of the Triton prefill asked for through VLLM_KIMILINEAR_KDA_CHUNK (None: the kernels'
+    default, 64). The KDA layer reads it at load, so that a bad value fails there."""
+    value = os.environ.get(CHUNK_ENV, "")
+    if value not in ("", "16", "64"):
+        raise ValueError(f"{CHUNK_ENV}={value!r}: allowed values are 64 (the default) and 16")
+    return int(value) if value else None
 
 
 def short_conv_prefill(x, weight, conv_state, slots, has_init, cu_seqlens):
@@ -68,7 +81,8 @@ def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, h
     if q.is_cuda and triton_kda_available():
         from kernels.kda.triton_chunk import chunk_kda_prefill
 
+        chunk = prefill_chunk()
         return chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init,
-                                 cu_seqlens.to(torch.int32))
+                                 cu_seqlens.to(torch.int32), _config=None if chunk is None else {"chunk": chunk})
     g = kda_gate(g_raw, A_log, dt_bias)
     return paged.kda_prefill(q, k, v, g, beta, scale, rec_state, slots, has_init, cu_seqlens)

@@ -60,6 +60,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         if vllm_config.speculative_config is not None:
             raise ValueError("vllm-kimilinear's KDA layers do not support speculative decoding yet; "
                              "run without --speculative-config.")
+        dispatch.prefill_chunk()               # a bad VLLM_KIMILINEAR_KDA_CHUNK fails here, not in a prefill
         self._state_shapes = kda_state_shapes(vllm_config)
         self._state_dtypes = kda_state_dtypes(vllm_config)
         self._max_seqs = vllm_config.scheduler_config.max_num_seqs
