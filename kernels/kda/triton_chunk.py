@@ -67,6 +67,39 @@ def _pick(T, seg, j):
 
 
 @triton.jit
+def _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BT: tl.constexpr):
+    """Where chunk c of BT tokens lies: its sequence's state slot (0 for a chunk past the last sequence, which the
+    caller skips like a null slot), the end of that sequence and the chunk's first token (64-bit: token offsets
+    times strides may pass 2^31)."""
+    n = tl.load(chunk_seq_ptr + c)
+    real = n < N
+    slot = tl.load(slot_ptr + n, mask=real, other=0)
+    eos = tl.load(cu_ptr + n + 1, mask=real, other=0)
+    t0 = tl.load(cu_ptr + n, mask=real, other=0) + (c - tl.load(chunk_off_ptr + n, mask=real, other=0)) * BT
+    return slot, eos, t0.to(tl.int64)
+
+
+@triton.jit
+def _neg_a(alog_ptr, h):
+    """-exp(A_log[h]) in log2 units: the gate's scale."""
+    return -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+
+
+@triton.jit
+def _gates_and_successors(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr,
+                          BC: tl.constexpr):
+    """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos), and each row's successor's gate (0 on
+    the last row of every BC-row segment and past eos): the two tiles the prefix / suffix sums are scanned from."""
+    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
+    dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
+    g2 = tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
+    nmask = (tok + 1 < eos) & ((rows % BC) != BC - 1)
+    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nmask[:, None], other=0.0)
+    gn = tl.where(nmask[:, None], neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
+    return g2, gn
+
+
+@triton.jit
 def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr, BT: tl.constexpr,
                    BC: tl.constexpr, BK: tl.constexpr):
     """The log2 gate sums a chunk slice of BT = 4 x BC rows needs, all in fp32 and each a sum of non-positive decays
@@ -76,12 +109,7 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
     LH = the exponents of the half level (G_r - G_p on the upper half, G_p - G_c on the lower, p its last row),
     LQ = the same one level down, inside each half."""
     tl.static_assert(BT == 4 * BC)
-    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
-    dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
-    g2 = tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
-    nmask = (tok + 1 < eos) & ((rows % BC) != BC - 1)
-    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nmask[:, None], other=0.0)
-    gn = tl.where(nmask[:, None], neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
+    g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K, BC)
     g3 = tl.reshape(g2, (4, BC, BK))
     P = tl.cumsum(g3, axis=1)
     S = tl.cumsum(tl.reshape(gn, (4, BC, BK)), axis=1, reverse=True)
@@ -161,14 +189,11 @@ def _chunk_diag_kernel(
     h = item % H
     c = item // H // NC
     j = (item // H) % NC
-    n = tl.load(chunk_seq_ptr + c)
-    slot = tl.load(slot_ptr + n, mask=n < N, other=0)
+    slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BT)
     if slot > 0:
-        eos = tl.load(cu_ptr + n + 1)
-        t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT + j * BC
-        t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
+        t0 += j * BC
         cols = tl.arange(0, K)
-        neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+        neg_a = _neg_a(alog_ptr, h)
         dtb = tl.load(dtb_ptr + h * K + cols)
         ri = tl.arange(0, BC)
         base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
@@ -204,19 +229,13 @@ def _chunk_intra_kernel(
 ):
     c = tl.program_id(0)
     h = tl.program_id(1)
-    n = tl.load(chunk_seq_ptr + c)
-    if n >= N:
-        return
-    slot = tl.load(slot_ptr + n)
+    slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BT)
     if slot <= 0:
         return
-    eos = tl.load(cu_ptr + n + 1)
-    t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BT
-    t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
     rows = tl.arange(0, BT)
     tok = t0 + rows
     rmask = tok < eos
-    neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+    neg_a = _neg_a(alog_ptr, h)
     beta = tl.load(beta_ptr + tok * s_bt + h * s_bh, mask=rmask, other=0.0).to(tl.float32)
     NC: tl.constexpr = BT // BC
     rr = rows[:, None]
@@ -343,31 +362,21 @@ def _chunk16_kernel(
     sequential kernel takes four times as many (smaller) steps."""
     c = tl.program_id(0)
     h = tl.program_id(1)
-    n = tl.load(chunk_seq_ptr + c)
-    if n >= N:
-        return
-    slot = tl.load(slot_ptr + n)
+    slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
     if slot <= 0:
         return
-    eos = tl.load(cu_ptr + n + 1)
-    t0 = tl.load(cu_ptr + n) + (c - tl.load(chunk_off_ptr + n)) * BC
-    t0 = t0.to(tl.int64)                    # token offsets: T x stride may pass 2^31
     ri = tl.arange(0, BC)
     cols = tl.arange(0, K)
     tok = t0 + ri
     live = tok < eos
-    neg_a = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * 1.4426950408889634
+    neg_a = _neg_a(alog_ptr, h)
     dtb = tl.load(dtb_ptr + h * K + cols)
     m2 = live[:, None]
     qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
                                BC, PRODUCT)
-    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=m2, other=0.0)
-    g2 = tl.where(m2, neg_a * _softplus(x.to(tl.float32) + dtb[None, :]), 0.0)
-    nxt = ((tok + 1 < eos) & (ri != BC - 1))[:, None]
-    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nxt, other=0.0)
-    gn = tl.where(nxt, neg_a * _softplus(xn.to(tl.float32) + dtb[None, :]), 0.0)
+    g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC)
     G = tl.cumsum(g2, axis=0)                      # decays of rows 0..r (log2, <= 0)
     X = tl.cumsum(gn, axis=0, reverse=True)        # decays of rows r+1..15: G_last - G, summed without cancelling
     rq = tl.rsqrt(tl.sum(qs * qs, axis=1) + 1e-6)
@@ -617,7 +626,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                     strides, N, scale, nchb, cfg, bk, bvi):
     """The parallel work of 64-token chunks: the diagonal kernel's 16x16 pair blocks, then the intra kernel."""
-    T, H, K = q.shape
+    H, K = q.shape[1:]
     V = v.shape[-1]
     dev = q.device
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
