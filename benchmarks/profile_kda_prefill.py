@@ -35,6 +35,9 @@ CONFIGS = {
     "16-token chunks": dict(chunk=16),
     "16-token chunks, parallel kernel at 8 warps": dict(chunk=16, chunk16_warps=8),
     "16-token chunks, sequential kernel at 4 warps": dict(chunk=16, inter_warps=4),
+    "16-token chunks, sequential kernel 16 value rows": dict(chunk=16, BV=16),
+    "16-token chunks, sequential kernel 3 stages": dict(chunk=16, inter_stages=3),
+    "16-token chunks, sequential kernel token rows, key-major": dict(chunk=16, inter_form="cols_kmajor"),
 }
 
 
@@ -72,7 +75,13 @@ def main():
     ap.add_argument("--splits", default="1x32768,64x512")
     ap.add_argument("--configs", action="store_true")
     ap.add_argument("--kernel-tables", action="store_true", help="with --configs: each setting's per-kernel times")
+    ap.add_argument("--only", default="", help="with --configs: comma list; keep the settings whose label "
+                    "contains one of these (\"default\" always runs)")
     args = ap.parse_args()
+    if args.only:
+        keep = args.only.split(",")
+        for label in [lb for lb in CONFIGS if lb != "default" and not any(w in lb for w in keep)]:
+            del CONFIGS[label]
     vl = load_vllm()
     print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
     splits = args.splits.split(",")
@@ -108,6 +117,7 @@ def main():
             for label, cfg in CONFIGS.items():
                 try:
                     times[(split, label)] = do_bench(ours(cfg), warmup=20, rep=100, return_mode="median")
+                    print(f"\n## {split} {label}: {times[(split, label)]:.3f} ms", flush=True)
                     if args.kernel_tables:
                         print(f"\n## {split} {label}: " + ", ".join(
                             f"{name[:40]} {ms:.3f}" for ms, name in kernel_table(ours(cfg))), flush=True)
