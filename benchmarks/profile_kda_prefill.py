@@ -38,6 +38,16 @@ CONFIGS = {
     "16-token chunks, sequential kernel 16 value rows": dict(chunk=16, BV=16),
     "16-token chunks, sequential kernel 3 stages": dict(chunk=16, inter_stages=3),
     "16-token chunks, sequential kernel token rows, key-major": dict(chunk=16, inter_form="cols_kmajor"),
+    # untimed (eighth session): the pairs of a sub-block from its middle row on tensor cores, the walk where the
+    # block's decays leave the range
+    "pairs from a reference row": dict(diag_form="reference"),
+    "pairs from a reference row, 8 warps": dict(diag_form="reference", diag_warps=8),
+    "pairs from a reference row, walk inline": dict(diag_form="reference_inline"),
+    "pairs from a reference row, tf32x3": dict(diag_form="reference", prec_d="tf32x3"),
+    "pairs from a reference row, 16-token chunks, sequential 3 stages": dict(chunk=16, diag_form="reference",
+                                                                             inter_stages=3),
+    "pairs from a reference row, 16-token chunks, sequential 4 warps 3 stages": dict(
+        chunk=16, diag_form="reference", inter_stages=3, inter_warps=4),
 }
 
 
@@ -75,6 +85,8 @@ def main():
     ap.add_argument("--splits", default="1x32768,64x512")
     ap.add_argument("--configs", action="store_true")
     ap.add_argument("--kernel-tables", action="store_true", help="with --configs: each setting's per-kernel times")
+    ap.add_argument("--gates", default="normal", choices=["normal", "init"],
+                    help="timing inputs (bench_kda_kernels.make's regime): normal, or dt_bias at fla's init")
     ap.add_argument("--only", default="", help="with --configs: comma list; keep the settings whose label "
                     "contains one of these (\"default\" always runs)")
     args = ap.parse_args()
@@ -89,7 +101,7 @@ def main():
     for split in splits:
         n, length = map(int, split.split("x"))
         T = n * length
-        q, k, v, g, beta, A_log, dt_bias, pool = make(T, n + 1)
+        q, k, v, g, beta, A_log, dt_bias, pool = make(T, n + 1, regime=args.gates)
         cu = torch.arange(0, T + 1, length, device=DEV, dtype=torch.int32)
         slots = torch.arange(1, n + 1, device=DEV, dtype=torch.int32)
         init = torch.ones(n, dtype=torch.bool, device=DEV)

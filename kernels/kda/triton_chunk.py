@@ -174,23 +174,73 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
     return d_kk, d_qk
 
 
+@triton.jit
+def _mid_exponents(g2, gn, ri, BC: tl.constexpr, K: tl.constexpr):
+    """E_r = G_r - G_p for the sub-block's reference row p = BC/2 - 1, per key channel, from the gate tile g2 and
+    the successor tile gn (zero on rows p and BC - 1): on rows after p the prefix sum of their half (<= 0), on
+    rows up to p minus the exclusive suffix sum of theirs (>= 0). Sums of same-signed decays: nothing cancels."""
+    HB: tl.constexpr = BC // 2
+    P = tl.reshape(tl.cumsum(tl.reshape(g2, (2, HB, K)), axis=1), (BC, K))
+    S = tl.reshape(tl.cumsum(tl.reshape(gn, (2, HB, K)), axis=1, reverse=True), (BC, K))
+    return tl.where(ri[:, None] >= HB, P, -S)
+
+
+@triton.jit
+def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
+    """The pair blocks from one reference row on tensor cores: 2^(G_r - G_c) = 2^(G_r - G_p) 2^(G_p - G_c), so
+    [k_r 2^E_r] [k_c 2^-E_c]^T (and the same with q_r), kept for c <= r. Exact in fp32 as long as no factor
+    leaves fp32's range, which the caller checks (|E| <= RANGE); the pairs past the diagonal may overflow and are
+    dropped."""
+    up = tl.exp2(E)
+    kc = ks * tl.exp2(-E)
+    lower = ri[:, None] >= ri[None, :]
+    d_kk = tl.where(lower, tl.dot(ks * up, tl.trans(kc), input_precision=PREC), 0.0)
+    d_qk = tl.where(lower, tl.dot(qs * up, tl.trans(kc), input_precision=PREC), 0.0)
+    return d_kk, d_qk
+
+
+@triton.jit
+def _pair_blocks(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
+                 BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr):
+    """A sub-block's pair blocks in the configured form (``_config["diag_form"]``): 0 the column walk with a
+    running log2 sum, 1 with a running product (``_reverse_walk``), 2 from the middle reference row on tensor cores
+    (``_reference_pairs``) when every |G_r - G_p| of the block is <= RANGE, else the exact walk. g2, gn: the gate
+    and successor-gate tiles (successor zero on the last row of each half-block), used by form 2 only."""
+    if FORM == 2:
+        E = _mid_exponents(g2, gn, ri, BC, K)
+        if tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE:
+            d_kk, d_qk = _reference_pairs(qs, ks, E, ri, PREC)
+        else:
+            d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
+                                       s_gh, BC, False)
+    else:
+        d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
+                                   BC, FORM == 1)
+    return d_kk, d_qk
+
+
 @triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
-    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr,
+    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PRODUCT: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
+    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r, one column at a time over the whole key width (the row sums reduce along the key axis only), walked
-    last column to first (``_reverse_walk``; PRODUCT: the decays carried as a running product)."""
+    c <= r, in the form FORM of ``_pair_blocks``. FORM 3 is the reference-row form split over two launches: this
+    one does the blocks within RANGE and marks them in ``done``, then a walk launch (FORM 0, SKIP_DONE) does the
+    rest, so that neither carries the other's code (registers)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
     c = item // H // NC
     j = (item // H) % NC
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BT)
-    if slot > 0:
+    go = slot > 0
+    if SKIP_DONE:
+        go = go & (tl.load(done_ptr + item) == 0)
+    if go:
         t0 += j * BC
         cols = tl.arange(0, K)
         neg_a = _neg_a(alog_ptr, h)
@@ -200,11 +250,26 @@ def _chunk_diag_kernel(
         live = (t0 + ri < eos)[:, None]
         qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
         ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-        d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
-                                   neg_a, s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
         full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
-        tl.store(full, d_kk)
-        tl.store(full + BT * BC, d_qk)
+        if FORM == 3:
+            g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC // 2)
+            E = _mid_exponents(g2, gn, ri, BC, K)
+            ok = tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE
+            if ok:
+                d_kk, d_qk = _reference_pairs(qs.to(tl.float32), ks.to(tl.float32), E, ri, PREC)
+                tl.store(full, d_kk)
+                tl.store(full + BT * BC, d_qk)
+            tl.store(done_ptr + item, ok.to(tl.int8))
+        else:
+            g2 = qs
+            gn = qs
+            if FORM == 2:
+                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K,
+                                               BC // 2)
+            d_kk, d_qk = _pair_blocks(qs.to(tl.float32), ks.to(tl.float32), g2, gn, k_ptr, g_ptr, t0, eos, h, ri,
+                                      cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh, BC, K, FORM, RANGE, PREC)
+            tl.store(full, d_kk)
+            tl.store(full + BT * BC, d_qk)
 
 
 @triton.jit
@@ -353,7 +418,7 @@ def _chunk16_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
-    PRODUCT: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+    FORM: tl.constexpr, RANGE: tl.constexpr, PREC_D: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
     its chunk, which is a single sub-block: the pairs by the exact column walk (``_reverse_walk``), the gate's prefix
@@ -374,9 +439,10 @@ def _chunk16_kernel(
     m2 = live[:, None]
     qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                               BC, PRODUCT)
     g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC)
+    gh = tl.where((ri % (BC // 2) == BC // 2 - 1)[:, None], 0.0, gn)          # successors inside each half-block
+    d_kk, d_qk = _pair_blocks(qs, ks, g2, gh, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
+                              s_gh, BC, K, FORM, RANGE, PREC_D)
     G = tl.cumsum(g2, axis=0)                      # decays of rows 0..r (log2, <= 0)
     X = tl.cumsum(gn, axis=0, reverse=True)        # decays of rows r+1..15: G_last - G, summed without cancelling
     rq = tl.rsqrt(tl.sum(qs * qs, axis=1) + 1e-6)
@@ -498,18 +564,20 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(chunk=BT, chunk16_warps=4, BK=16, diag_warps=4, diag_form="walk", BVI=32, BV=None, ws_dtype=None,
+_FAST = dict(chunk=BT, chunk16_warps=4, BK=16, diag_warps=4, diag_form="walk", diag_range=96.0, prec_d="tf32",
+             BVI=32, BV=None, ws_dtype=None,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
-_EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_m="ieee", prec_o="ieee",
+_EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
+              prec_o="ieee",
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
 
 
-def _diag_product(form: str) -> bool:
-    """``_config["diag_form"]`` as the diagonal kernel's PRODUCT flag."""
-    forms = {"walk": False, "product": True}
+def _diag_form(form: str) -> int:
+    """``_config["diag_form"]`` as the pair kernels' FORM flag (``_pair_blocks``, ``_chunk_diag_kernel``)."""
+    forms = {"walk": 0, "product": 1, "reference_inline": 2, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -601,7 +669,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            PRODUCT=_diag_product(cfg["diag_form"]), PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
+            PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
             num_warps=cfg["chunk16_warps"])
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -631,10 +700,15 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
     dev = q.device
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
     dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
-    _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
-        q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-        H=H, K=K, BT=BT, BC=BC, PRODUCT=_diag_product(cfg["diag_form"]), num_warps=cfg["diag_warps"])
+    form = _diag_form(cfg["diag_form"])
+    done = torch.empty(nchb * (BT // BC) * H if form == 3 else 1, dtype=torch.int8, device=dev)
+    passes = [(form, False)] + ([(0, True)] if form == 3 else [])            # reference row, then the walk
+    for f, skip_done in passes:
+        _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
+            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+            H=H, K=K, BT=BT, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
+            num_warps=cfg["diag_warps"])
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd, *strides,

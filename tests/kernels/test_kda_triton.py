@@ -86,10 +86,13 @@ PREFILL_CASES = [
 
 
 # Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default),
-# both forms of the diagonal kernel ("walk", the default, and "product") and both chunk lengths (64, the default,
-# and 16) run on every case.
+# every form of the sub-block pairs ("walk", the default, "product", and "reference", which falls back to the walk
+# in blocks whose decays leave its range: both branches run in these cases) and both chunk lengths (64, the
+# default, and 16) run on every case.
 DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_form="product"),
-           dict(inter_form="cols_kmajor", chunk=16), dict(inter_form="rows", diag_form="product", chunk=16)]
+           dict(inter_form="cols_kmajor", diag_form="reference"), dict(inter_form="rows", diag_form="reference_inline"),
+           dict(inter_form="cols_kmajor", chunk=16), dict(inter_form="rows", diag_form="product", chunk=16),
+           dict(inter_form="rows", diag_form="reference", chunk=16)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) for d in DESIGNS]
 
 
@@ -163,6 +166,34 @@ def test_chunk_prefill_value_width_differs_from_key_width(K, V, design):
         assert e_o < TOL, (i, e_o)
         assert e_s < TOL
     assert untouched
+
+
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_reference_pairs_without_fallback(chunk):
+    """The "reference" pair form with its range check switched off (every block takes the tensor-core branch): exact
+    for decays within fp32's range, and NaN for +-1e4 gates, which is why the branch checks the block's range
+    and falls back to the walk (the DESIGNS above run both branches with the check on)."""
+    gen = torch.Generator().manual_seed(23)
+    K = V = 32
+    lengths = [37, 70]
+    cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk)
+    for regime, exact in (("mild", True), ("huge", False)):
+        q, k, v, g, beta = make_tokens(sum(lengths), K, V, regime, gen)
+        A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(0.1, 1, generator=gen))
+        dt_bias = torch.randn(H * K, generator=gen) * 0.5
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        st = torch.zeros(3, H, V, K, device=DEV)
+        o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
+                              torch.tensor([1, 2], dtype=torch.int32, device=DEV),
+                              torch.tensor([False, False], device=DEV), cu.to(DEV), _config=cfg).cpu()
+        errs = []
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            o_ref, _ = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, None)
+            errs.append(rel(o[s:e], o_ref))
+        if exact:
+            assert max(errs) < TOL, errs
+        else:
+            assert not max(errs) < TOL, errs
 
 
 @pytest.mark.parametrize("chunk", [64, 16])
