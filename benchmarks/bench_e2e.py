@@ -162,8 +162,9 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true",
                     help="run each timed workload under cProfile (engine in-process; times include its overhead) "
                          "and print the functions with the most cumulative host time")
-    ap.add_argument("--kda-chunk", choices=["16", "64"],
-                    help="the plugin's KDA prefill chunk (VLLM_KIMILINEAR_KDA_CHUNK; default: the kernels' 64)")
+    ap.add_argument("--kda-chunk", choices=["auto", "16", "64"],
+                    help="the plugin's KDA prefill chunk (VLLM_KIMILINEAR_KDA_CHUNK; default: auto, the kernels pick "
+                    "by batch shape)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -86,11 +86,15 @@ def test_kda_chunk_setting_unit(monkeypatch):
     from vllm_kimilinear.kda.dispatch import CHUNK_ENV, prefill_chunk
     monkeypatch.delenv(CHUNK_ENV, raising=False)
     assert prefill_chunk() is None
+    monkeypatch.setenv(CHUNK_ENV, "auto")
+    assert prefill_chunk() is None
     monkeypatch.setenv(CHUNK_ENV, "16")
     assert prefill_chunk() == 16
+    monkeypatch.setenv(CHUNK_ENV, "64")
+    assert prefill_chunk() == 64
     monkeypatch.setenv(CHUNK_ENV, "32")
-    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_KDA_CHUNK='32': allowed values are 64 \(the default\) "
-                                         r"and 16"):
+    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_KDA_CHUNK='32': allowed values are auto \(the default"
+                                         r".*\), 16 and 64"):
         prefill_chunk()
 
 

@@ -1,14 +1,15 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
-Three launches for 64-token chunks, the default (plus a few tiny device-side index ops; no device-to-host sync,
-CUDA-graph safe; two for 16-token chunks, below):
+Three launches for 64-token chunks (four with the walk for out-of-range blocks; plus a few tiny device-side index
+ops; no device-to-host sync, CUDA-graph safe; two for 16-token chunks, below):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
-   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r), one column at a time on raw q, k, the
-   columns walked last to first with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per
-   element (``_config["diag_form"]`` "walk", the default; "product" carries the decays as a running product, one
-   exp2 per key column and step: faster while the key column was a broadcast vector, 2.25 against 2.52 ms on an
-   H200 at 1x32768; slower since it is loaded as a tile, 2.22 against 2.08 ms).
+   ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
+   "reference"): from the sub-block's middle row p on tensor cores, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T,
+   where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
+   launch the column walk for the other blocks. The walk ("walk"; "product" carries the decays as a running
+   product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
+   log2 decays <= 0, one exp2 per element.
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
    needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
@@ -26,14 +27,16 @@ CUDA-graph safe; two for 16-token chunks, below):
    so that with 64-token chunks every product has 64 or 128 rows); bf16 operands for the state products
    ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
-16-token chunks (``_config["chunk"] = 16``, opt-in, not yet timed; ``chunk16_warps`` warps): ``_chunk16_kernel``
-does the work of launches 1 and 2 for chunks that are a single sub-block (the column walk for the pairs, then a
-16x16 inverse; no pairs across sub-blocks), and the sequential kernel walks 16-token steps. This is the split of
-MoonshotAI's FlashKDA (CUTLASS, 16-token chunks, a gate bounded below; it reports 1.7-2.2x over fla on an H20);
-here the pairs stay exact for Kimi-Linear's unbounded gate.
+16-token chunks (``_config["chunk"] = 16``; the default once the batch has a (sequence, head) walk for every SM,
+``chunk_tokens``): ``_chunk16_kernel`` does the work of launches 1 and 2 for chunks that are a single sub-block
+(the pairs as in launch 1, with the walk inline where the range check fails, then a 16x16 inverse; no pairs across
+sub-blocks), and the sequential kernel walks 16-token steps. This is the split of MoonshotAI's FlashKDA (CUTLASS,
+16-token chunks, a gate bounded below; it reports 1.7-2.2x over fla on an H20); here the pairs stay exact for
+Kimi-Linear's unbounded gate.
 
-Exactness with unbounded gates: every exponent evaluated is <= 0. Pairs inside a 16-token
-sub-block use 2^(G_r - G_c) elementwise; pairs in different sub-blocks are split at a reference
+Exactness with unbounded gates: every exponent evaluated is <= 0, or bounded by ``diag_range`` (the reference-row
+pairs, whose factors on the reference's side are >= 1; blocks past the bound take the walk, which evaluates
+2^(G_r - G_c) elementwise). Pairs in different sub-blocks are split at a reference
 row p with c <= p < r, 2^(G_r - G_p) * 2^(G_p - G_c), both factors <= 1 (a binary hierarchy at
 32- and 16-token granularity, one factor per row per level, products on tensor cores). The 64x64
 unit lower-triangular inverse is block forward substitution by doubling: the inverses of the 2x2
@@ -228,9 +231,10 @@ def _chunk_diag_kernel(
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r, in the form FORM of ``_pair_blocks``. FORM 3 is the reference-row form split over two launches: this
-    one does the blocks within RANGE and marks them in ``done``, then a walk launch (FORM 0, SKIP_DONE) does the
-    rest, so that neither carries the other's code (registers)."""
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
+    reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
+    marks them in ``done``, then a walk launch (FORM 0, SKIP_DONE) does the rest (measured on an H200: 2.21 ms
+    against 2.26 with the walk inline in one launch, 1x32768, anchors' gates)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -261,13 +265,8 @@ def _chunk_diag_kernel(
                 tl.store(full + BT * BC, d_qk)
             tl.store(done_ptr + item, ok.to(tl.int8))
         else:
-            g2 = qs
-            gn = qs
-            if FORM == 2:
-                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K,
-                                               BC // 2)
-            d_kk, d_qk = _pair_blocks(qs.to(tl.float32), ks.to(tl.float32), g2, gn, k_ptr, g_ptr, t0, eos, h, ri,
-                                      cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh, BC, K, FORM, RANGE, PREC)
+            d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
+                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
             tl.store(full, d_kk)
             tl.store(full + BT * BC, d_qk)
 
@@ -564,8 +563,8 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(chunk=BT, chunk16_warps=4, BK=16, diag_warps=4, diag_form="walk", diag_range=96.0, prec_d="tf32",
-             BVI=32, BV=None, ws_dtype=None,
+_FAST = dict(chunk=None, chunk16_warps=4, BK=16, diag_warps=4, diag_form="reference", diag_range=96.0,
+             prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4, inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
@@ -577,7 +576,7 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the pair kernels' FORM flag (``_pair_blocks``, ``_chunk_diag_kernel``)."""
-    forms = {"walk": 0, "product": 1, "reference_inline": 2, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -593,15 +592,26 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     return bv
 
 
+def chunk_tokens(n_walks: int, sms: int) -> int:
+    """Tokens per chunk when none is configured: 16 once the batch has a (sequence, head) walk for every SM, else 64.
+    Short chunks make the parallel work light (no cross-sub-block pairs, a 16x16 inverse) and the sequential walk
+    four times longer, which pays only while the walks fill the GPU (H200, 2026-11-30, profile_kda_prefill.py and
+    bench_kda_kernels.py: 16-token chunks 4.13-4.54 ms against 5.77-6.22 for 64 at 8x4096 .. 256x128, but
+    5.64-5.79 against 5.92 at 1x32768, where the 32 walks take 2048 steps each)."""
+    return BC if n_walks >= sms else BT
+
+
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
-    """The smallest number of sequences for each value block the sequential kernel may take (``inter_block_v``):
-    a warm-up that runs a prefill with each of these counts compiles every variant the fast path can launch."""
+    """The smallest number of sequences for each (chunk length, value block of the sequential kernel) the fast path
+    may pick (``chunk_tokens``, ``inter_block_v``): a warm-up that runs a prefill with each of these counts
+    compiles every variant the fast path can launch."""
     sms = num_sms(device)
-    first: dict[int, int] = {}
+    first: dict[tuple[int, int], int] = {}
     n = 1
     while True:
-        first.setdefault(min(inter_block_v(n * H, V, sms), V), n)
-        if min(inter_block_v(n * H, V, sms), V) == min(64, V):
+        key = (chunk_tokens(n * H, sms), min(inter_block_v(n * H, V, sms), V))
+        first.setdefault(key, n)
+        if key == (BC, min(64, V)):
             return sorted(first.values())
         n += 1
 
@@ -643,7 +653,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
     bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
 
-    bt = cfg["chunk"]
+    bt = cfg["chunk"] or chunk_tokens(N * H, num_sms(dev))
     if bt not in (BC, BT):
         raise ValueError(f"chunk={bt!r}: expected {BT} or {BC} tokens")
     cu = cu_seqlens.to(torch.int32)
@@ -669,7 +679,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
+            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],   # inline
             PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
             num_warps=cfg["chunk16_warps"])
     else:
@@ -688,7 +698,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
         PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
-        num_warps=cfg["inter_warps"], num_stages=cfg["inter_stages"])
+        num_warps=cfg["inter16_warps" if bt == BC else "inter_warps"],
+        num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
     return o
 
 

@@ -85,15 +85,17 @@ PREFILL_CASES = [
 ]
 
 
-# Prefill designs (``_config``): every sequential-step layout ("inter_form"; "rows" is the fast path's default),
-# every form of the sub-block pairs ("walk", the default, "product", and "reference", which falls back to the walk
-# in blocks whose decays leave its range: both branches run in these cases) and both chunk lengths (64, the
-# default, and 16) run on every case.
-DESIGNS = [dict(inter_form="rows"), dict(inter_form="cols", diag_form="product"),
-           dict(inter_form="cols_kmajor", diag_form="reference"), dict(inter_form="rows", diag_form="reference_inline"),
-           dict(inter_form="cols_kmajor", chunk=16), dict(inter_form="rows", diag_form="product", chunk=16),
-           dict(inter_form="rows", diag_form="reference", chunk=16)]
-DESIGN_IDS = ["-".join(str(v) for v in d.values()) for d in DESIGNS]
+# Prefill designs (``_config``): the default ({}: chunk length by batch shape, pairs from a reference row), and
+# with a fixed chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's) and
+# every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
+# whose decays leave its range: both branches run in these cases) run on every case.
+DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
+           dict(chunk=64, inter_form="cols", diag_form="product"),
+           dict(chunk=64, inter_form="cols_kmajor", diag_form="reference"),
+           dict(chunk=16, inter_form="cols_kmajor", diag_form="walk"),
+           dict(chunk=16, inter_form="rows", diag_form="product"),
+           dict(chunk=16, inter_form="rows", diag_form="reference")]
+DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
 @pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
@@ -350,3 +352,22 @@ def test_chunk_prefill_fast_path_storage(chunk):
     for e_o, e_s in errs:
         assert e_o < 1e-2, e_o                                            # bf16 intermediates: ~3e-3 expected
         assert e_s < 1e-2
+
+
+def test_prefill_launch_choices_and_their_warm_up_counts():
+    """The fast path's chunk length and value block follow the batch shape, and the warm-up counts reach every
+    (chunk, value block) pair it can pick: 64-token chunks while there are fewer (sequence, head) walks than SMs."""
+    from kernels.kda.triton_chunk import chunk_tokens, inter_block_v, prefill_variant_batches
+
+    sms = 132
+    assert chunk_tokens(32, sms) == 64 and chunk_tokens(131, sms) == 64
+    assert chunk_tokens(132, sms) == 16 and chunk_tokens(8 * 32, sms) == 16
+    assert inter_block_v(32, 128, sms) == 32 and inter_block_v(256, 128, sms) == 64
+
+    class Dev:          # num_sms reads a CUDA device's count; elsewhere it is the interpreter's 4
+        type = "cpu"
+
+    counts = prefill_variant_batches(H, 64, Dev())
+    picked = {(chunk_tokens(n * H, 4), min(inter_block_v(n * H, 64, 4), 64)) for n in range(1, 64)}
+    assert {(chunk_tokens(n * H, 4), min(inter_block_v(n * H, 64, 4), 64)) for n in counts} == picked
+    assert len(counts) == len(picked)

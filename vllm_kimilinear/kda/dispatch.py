@@ -2,8 +2,8 @@
 
 Both take the same inputs: q, k raw (normalised inside), g_raw the gate pre-activation (the gate
 -exp(A_log) * softplus(g_raw + dt_bias) is applied inside), beta after its sigmoid, states in paged slots.
-Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks), and VLLM_KIMILINEAR_KDA_CHUNK=16 to
-run the Triton prefill in 16-token chunks instead of 64 (opt-in while it is being measured).
+Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks), and VLLM_KIMILINEAR_KDA_CHUNK=16 or 64
+to fix the Triton prefill's chunk length (default "auto": the kernels pick it from the batch shape).
 """
 
 import functools
@@ -34,12 +34,14 @@ CHUNK_ENV = "VLLM_KIMILINEAR_KDA_CHUNK"
 
 
 def prefill_chunk() -> int | None:
-    """Tokens per chunk of the Triton prefill asked for through VLLM_KIMILINEAR_KDA_CHUNK (None: the kernels'
-    default, 64). The KDA layer reads it at load, so that a bad value fails there."""
-    value = os.environ.get(CHUNK_ENV, "")
-    if value not in ("", "16", "64"):
-        raise ValueError(f"{CHUNK_ENV}={value!r}: allowed values are 64 (the default) and 16")
-    return int(value) if value else None
+    """Tokens per chunk of the Triton prefill asked for through VLLM_KIMILINEAR_KDA_CHUNK (None: "auto", the
+    kernels' choice by batch shape, ``kernels.kda.triton_chunk.chunk_tokens``). The KDA layer reads it at load, so
+    that a bad value fails there."""
+    value = os.environ.get(CHUNK_ENV, "").strip().lower()
+    if value not in ("", "auto", "16", "64"):
+        raise ValueError(f"{CHUNK_ENV}={value!r}: allowed values are auto (the default: 16-token chunks when the "
+                         "batch has a (sequence, head) pair for every SM, else 64), 16 and 64")
+    return None if value in ("", "auto") else int(value)
 
 
 def short_conv_prefill(x, weight, conv_state, slots, has_init, cu_seqlens):
