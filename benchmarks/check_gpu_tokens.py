@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # The fp64 reference runs first on CPU threads; a forked engine core then hangs in its first parallel fill
 # (seen on the H100: stuck in a pinned torch.zeros). Spawned engine processes start clean.
 os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+# greedy tokens need no FlashInfer sampler, whose JIT build took over 4 minutes on a fresh H200 (2026-11-30)
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
 def main() -> int:
