@@ -220,19 +220,16 @@ def prefill_bytes(T, N, state_bytes=4):
 
 PREFILL_CONFIGS = {
     "default": {},
+    "c64": dict(chunk=64),
+    "c16": dict(chunk=16),
+    "c16_w8": dict(chunk=16, inter16_warps=8),
+    "walk": dict(diag_form="walk"),
+    "walk_c64": dict(diag_form="walk", chunk=64),            # the seventh session's default
+    "diag_product_c64": dict(diag_form="product", chunk=64),
     "intra_s2": dict(intra_stages=2),
-    "diag_w2": dict(diag_warps=2),
-    "diag_w8": dict(diag_warps=8),
-    "diag_product": dict(diag_form="product"),
-    "chunk16": dict(chunk=16),
-    "chunk16_w8": dict(chunk=16, chunk16_warps=8),
-    "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4),
+    "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4, chunk=64),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
-    "merge_tf32x3": dict(prec_m="tf32x3"),
-    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8),
-    "ref": dict(diag_form="reference"),
-    "ref_c16": dict(chunk=16, diag_form="reference", inter_stages=3, inter_warps=4),
-    "ref_c16_s3": dict(chunk=16, diag_form="reference", inter_stages=3),
+    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8, chunk=64),
 }
 
 

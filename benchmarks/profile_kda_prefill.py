@@ -5,7 +5,8 @@ prefill call (torch.profiler) for vLLM and for our default; with --configs, for 
 launch settings: relative error of o and of the final state against float64 on a 1x2048 case (gate N(0,1)),
 and the do_bench median at each split.
 
-    python benchmarks/profile_kda_prefill.py [--splits 1x32768,64x512] [--configs [--kernel-tables]]
+    python benchmarks/profile_kda_prefill.py [--splits 1x32768,64x512] [--gates normal|init]
+        [--configs [--kernel-tables] [--only label,label]]
 """
 
 import argparse
@@ -22,32 +23,22 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates for the next GPU run. Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W and U steps
-# unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (3 blocks per SM but
-# spills 684/628 bytes: 4.52 ms); diagonal kernel with 2 or 8 warps (slower, sixth session). U in bf16 saves
-# 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
+# Candidates for the next GPU run, relative to the defaults (pairs from a reference row; chunk length by batch
+# shape). Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W and U steps unrolled (3.44 against
+# 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the diagonal kernel with 2 or 8 warps
+# (slower in both forms); the walk inline with the reference row (2.26 against 2.21 ms, anchors' gates); for
+# 16-token chunks the parallel kernel at 8 warps, the sequential kernel with 16 value rows or key-major token rows.
+# U in bf16 saves 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
 CONFIGS = {
     "default": {},
-    "diagonal kernel, running product of decays": dict(diag_form="product"),
-    "U in bf16": dict(u_dtype=torch.bfloat16),
-    # untimed (seventh session): 16-token chunks, FlashKDA's split with our exact pair walk: one parallel kernel
-    # (pairs, gates, norms, 16x16 inverse, W, U, QG, KG) and the sequential kernel in 16-token steps
+    "64-token chunks": dict(chunk=64),
     "16-token chunks": dict(chunk=16),
-    "16-token chunks, parallel kernel at 8 warps": dict(chunk=16, chunk16_warps=8),
-    "16-token chunks, sequential kernel at 4 warps": dict(chunk=16, inter_warps=4),
-    "16-token chunks, sequential kernel 16 value rows": dict(chunk=16, BV=16),
-    "16-token chunks, sequential kernel 3 stages": dict(chunk=16, inter_stages=3),
-    "16-token chunks, sequential kernel token rows, key-major": dict(chunk=16, inter_form="cols_kmajor"),
-    # untimed (eighth session): the pairs of a sub-block from its middle row on tensor cores, the walk where the
-    # block's decays leave the range
-    "pairs from a reference row": dict(diag_form="reference"),
-    "pairs from a reference row, 8 warps": dict(diag_form="reference", diag_warps=8),
-    "pairs from a reference row, walk inline": dict(diag_form="reference_inline"),
-    "pairs from a reference row, tf32x3": dict(diag_form="reference", prec_d="tf32x3"),
-    "pairs from a reference row, 16-token chunks, sequential 3 stages": dict(chunk=16, diag_form="reference",
-                                                                             inter_stages=3),
-    "pairs from a reference row, 16-token chunks, sequential 4 warps 3 stages": dict(
-        chunk=16, diag_form="reference", inter_stages=3, inter_warps=4),
+    "pairs by the column walk": dict(diag_form="walk"),
+    "pairs by the column walk, 64-token chunks (the seventh session's default)": dict(diag_form="walk", chunk=64),
+    "pairs by the running product, 64-token chunks": dict(diag_form="product", chunk=64),
+    "pairs from a reference row in tf32x3": dict(prec_d="tf32x3"),
+    "16-token chunks, sequential kernel at 8 warps": dict(chunk=16, inter16_warps=8),
+    "U in bf16": dict(u_dtype=torch.bfloat16),
 }
 
 
