@@ -230,6 +230,9 @@ PREFILL_CONFIGS = {
     "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4, chunk=64),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
     "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8, chunk=64),
+    "ref_bk32": dict(diag_bk=32),                                      # untimed (eighth session)
+    "c16_dd_bk32": dict(chunk=16, chunk16_pairs="diag", diag_bk=32),   # untimed (eighth session)
+    "dd_bk32": dict(chunk16_pairs="diag", diag_bk=32),                 # untimed: both, chunk length by shape
 }
 
 

@@ -39,6 +39,17 @@ CONFIGS = {
     "pairs from a reference row in tf32x3": dict(prec_d="tf32x3"),
     "16-token chunks, sequential kernel at 8 warps": dict(chunk=16, inter16_warps=8),
     "U in bf16": dict(u_dtype=torch.bfloat16),
+    # untimed (eighth session, static view on sm_90a in RESULTS): the reference-row pairs in key slices (96
+    # registers at 32 columns against 168), and 16-token chunks taking their pairs from the diagonal kernel (the
+    # chunk kernel drops from 255 registers with spills to 128)
+    "reference-row pairs in 64-column slices": dict(diag_bk=64),
+    "reference-row pairs in 32-column slices": dict(diag_bk=32),
+    "reference-row pairs in 16-column slices, 2 warps": dict(diag_bk=16, diag_warps=2),
+    "16-token chunks, pairs from the diagonal kernel": dict(chunk=16, chunk16_pairs="diag"),
+    "16-token chunks, pairs from the diagonal kernel in 32-column slices": dict(chunk=16, chunk16_pairs="diag",
+                                                                                diag_bk=32),
+    "16-token chunks, pairs from the diagonal kernel in 32-column slices, chunk kernel 8 warps": dict(
+        chunk=16, chunk16_pairs="diag", diag_bk=32, chunk16_warps=8),
 }
 
 

@@ -227,14 +227,19 @@ def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
-    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr,
+    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
     c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
     marks them in ``done``, then a walk launch (FORM 0, SKIP_DONE) does the rest (measured on an H200: 2.21 ms
-    against 2.26 with the walk inline in one launch, 1x32768, anchors' gates)."""
+    against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With BKD < K
+    (``_config["diag_bk"]``, opt-in until timed: 96 registers at 32 columns against 168 for the whole width on
+    sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
+    largest |E|, and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN in
+    the accumulators; they are not stored). BT is the chunk length (64, or 16 for the 16-token path, whose chunks
+    are one sub-block)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -246,16 +251,16 @@ def _chunk_diag_kernel(
         go = go & (tl.load(done_ptr + item) == 0)
     if go:
         t0 += j * BC
-        cols = tl.arange(0, K)
         neg_a = _neg_a(alog_ptr, h)
-        dtb = tl.load(dtb_ptr + h * K + cols)
         ri = tl.arange(0, BC)
         base = (c * H + h).to(tl.int64) * 2 * BT * BC + j * BC * BC
         live = (t0 + ri < eos)[:, None]
-        qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
-        ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
         full = dd_ptr + base + ri[:, None] * BC + ri[None, :]
-        if FORM == 3:
+        if FORM == 3 and BKD == K:
+            # the whole key width at once: the range is checked before the products (measured form, 168 registers)
+            cols = tl.arange(0, K)
+            qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
+            ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC // 2)
             E = _mid_exponents(g2, gn, ri, BC, K)
             ok = tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE
@@ -264,7 +269,33 @@ def _chunk_diag_kernel(
                 tl.store(full, d_kk)
                 tl.store(full + BT * BC, d_qk)
             tl.store(done_ptr + item, ok.to(tl.int8))
+        elif FORM == 3:
+            a_kk = tl.zeros([BC, BC], dtype=tl.float32)
+            a_qk = tl.zeros([BC, BC], dtype=tl.float32)
+            big = tl.zeros([BC, BKD], dtype=tl.float32)
+            for k0 in range(0, K, BKD):
+                kc = k0 + tl.arange(0, BKD)
+                qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
+                ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
+                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
+                                               BC // 2)
+                E = _mid_exponents(g2, gn, ri, BC, BKD)
+                big = tl.maximum(big, tl.abs(E))
+                up = tl.exp2(E)
+                kd = ks.to(tl.float32) * tl.exp2(-E)
+                a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
+                a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
+            ok = tl.max(tl.max(big, axis=1), axis=0) <= RANGE
+            if ok:
+                lower = ri[:, None] >= ri[None, :]
+                tl.store(full, tl.where(lower, a_kk, 0.0))
+                tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
+            tl.store(done_ptr + item, ok.to(tl.int8))
         else:
+            cols = tl.arange(0, K)
+            dtb = tl.load(dtb_ptr + h * K + cols)
+            qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
+            ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
                                        neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
             tl.store(full, d_kk)
@@ -413,11 +444,12 @@ def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.co
 def _chunk16_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
     cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
+    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
     FORM: tl.constexpr, RANGE: tl.constexpr, PREC_D: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+    PAIRS_INLINE: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
     its chunk, which is a single sub-block: the pairs by the exact column walk (``_reverse_walk``), the gate's prefix
@@ -439,9 +471,14 @@ def _chunk16_kernel(
     qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC)
-    gh = tl.where((ri % (BC // 2) == BC // 2 - 1)[:, None], 0.0, gn)          # successors inside each half-block
-    d_kk, d_qk = _pair_blocks(qs, ks, g2, gh, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                              s_gh, BC, K, FORM, RANGE, PREC_D)
+    if PAIRS_INLINE:
+        gh = tl.where((ri % (BC // 2) == BC // 2 - 1)[:, None], 0.0, gn)      # successors inside each half-block
+        d_kk, d_qk = _pair_blocks(qs, ks, g2, gh, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
+                                  s_gh, BC, K, FORM, RANGE, PREC_D)
+    else:                             # from the diagonal kernel's launches (BT = BC: one sub-block per chunk)
+        dd = dd_ptr + (c * H + h).to(tl.int64) * 2 * BC * BC + ri[:, None] * BC + ri[None, :]
+        d_kk = tl.load(dd)
+        d_qk = tl.load(dd + BC * BC)
     G = tl.cumsum(g2, axis=0)                      # decays of rows 0..r (log2, <= 0)
     X = tl.cumsum(gn, axis=0, reverse=True)        # decays of rows r+1..15: G_last - G, summed without cancelling
     rq = tl.rsqrt(tl.sum(qs * qs, axis=1) + 1e-6)
@@ -563,8 +600,9 @@ def as_heads(x, H, D):
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
 # kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
-_FAST = dict(chunk=None, chunk16_warps=4, BK=16, diag_warps=4, diag_form="reference", diag_range=96.0,
-             prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4, inter16_stages=3,
+_FAST = dict(chunk=None, chunk16_warps=4, chunk16_pairs="inline", BK=16, diag_warps=4, diag_form="reference",
+             diag_range=96.0, diag_bk=128, prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
+             inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
@@ -676,11 +714,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
     if bt == BC:
+        inline = cfg["chunk16_pairs"] == "inline"
+        if cfg["chunk16_pairs"] not in ("inline", "diag"):
+            raise ValueError(f"chunk16_pairs={cfg['chunk16_pairs']!r}: expected 'inline' or 'diag'")
+        dd = w if inline else _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
         _chunk16_kernel[(nchb, H)](
-            q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
+            q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],   # inline
-            PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
+            PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], PAIRS_INLINE=inline,
             num_warps=cfg["chunk16_warps"])
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -710,19 +752,29 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
     V = v.shape[-1]
     dev = q.device
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
-    dd = torch.empty(nchb, H, 2, BT, BC, dtype=torch.float32, device=dev)     # diagonal 16x16 blocks
-    form = _diag_form(cfg["diag_form"])
-    done = torch.empty(nchb * (BT // BC) * H if form == 3 else 1, dtype=torch.int8, device=dev)
-    passes = [(form, False)] + ([(0, True)] if form == 3 else [])            # reference row, then the walk
-    for f, skip_done in passes:
-        _chunk_diag_kernel[(nchb * (BT // BC) * H,)](
-            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
-            H=H, K=K, BT=BT, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            num_warps=cfg["diag_warps"])
+    dd = _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BT, cfg)
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd, *strides,
         N, float(scale), H=H, K=K, V=V, BT=BT, BC=BC, BK=bk, BVI=bvi,
         PREC_A=cfg["prec_a"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
         num_warps=cfg["intra_warps"], num_stages=cfg["intra_stages"])
+
+
+def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg):
+    """The pairs inside every 16-token sub-block of chunks of ``bt`` tokens, [nchb, H, 2, bt, BC] (kk, qk):
+    ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
+    then the walk for the rest)."""
+    H, K = q.shape[1:]
+    dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=q.device)
+    form = _diag_form(cfg["diag_form"])
+    items = nchb * (bt // BC) * H
+    done = torch.empty(items if form == 3 else 1, dtype=torch.int8, device=q.device)
+    bkd = min(cfg["diag_bk"], K)
+    for f, skip_done in [(form, False)] + ([(0, True)] if form == 3 else []):
+        _chunk_diag_kernel[(items,)](
+            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
+            H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
+            BKD=bkd, num_warps=cfg["diag_warps"])
+    return dd

@@ -88,13 +88,16 @@ PREFILL_CASES = [
 # Prefill designs (``_config``): the default ({}: chunk length by batch shape, pairs from a reference row), and
 # with a fixed chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's) and
 # every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
-# whose decays leave its range: both branches run in these cases) run on every case.
+# whose decays leave its range: both branches run in these cases; its key width whole or in 16-column slices,
+# "diag_bk"; for 16-token chunks inside the chunk kernel or from the diagonal kernel, "chunk16_pairs") run on
+# every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
-           dict(chunk=64, inter_form="cols_kmajor", diag_form="reference"),
-           dict(chunk=16, inter_form="cols_kmajor", diag_form="walk"),
+           dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
+           dict(chunk=16, inter_form="cols_kmajor", diag_form="walk", chunk16_pairs="diag"),
            dict(chunk=16, inter_form="rows", diag_form="product"),
-           dict(chunk=16, inter_form="rows", diag_form="reference")]
+           dict(chunk=16, inter_form="rows", diag_form="reference"),
+           dict(chunk=16, inter_form="rows", diag_form="reference", chunk16_pairs="diag", diag_bk=16)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -170,15 +173,15 @@ def test_chunk_prefill_value_width_differs_from_key_width(K, V, design):
     assert untouched
 
 
-@pytest.mark.parametrize("chunk", [64, 16])
-def test_reference_pairs_without_fallback(chunk):
+@pytest.mark.parametrize("chunk,pairs", [(64, "inline"), (16, "inline"), (16, "diag")])
+def test_reference_pairs_without_fallback(chunk, pairs):
     """The "reference" pair form with its range check switched off (every block takes the tensor-core branch): exact
     for decays within fp32's range, and NaN for +-1e4 gates, which is why the branch checks the block's range
     and falls back to the walk (the DESIGNS above run both branches with the check on)."""
     gen = torch.Generator().manual_seed(23)
     K = V = 32
     lengths = [37, 70]
-    cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk)
+    cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk, chunk16_pairs=pairs, diag_bk=16)
     for regime, exact in (("mild", True), ("huge", False)):
         q, k, v, g, beta = make_tokens(sum(lengths), K, V, regime, gen)
         A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(0.1, 1, generator=gen))
