@@ -205,10 +205,11 @@ def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
 @triton.jit
 def _pair_blocks(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
                  BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr):
-    """A sub-block's pair blocks in the configured form (``_config["diag_form"]``): 0 the column walk with a
-    running log2 sum, 1 with a running product (``_reverse_walk``), 2 from the middle reference row on tensor cores
-    (``_reference_pairs``) when every |G_r - G_p| of the block is <= RANGE, else the exact walk. g2, gn: the gate
-    and successor-gate tiles (successor zero on the last row of each half-block), used by form 2 only."""
+    """A sub-block's pair blocks inside the 16-token chunk kernel (``chunk16_pairs="inline"``), in the form of
+    ``_config["diag_form"]``: 0 the column walk with a running log2 sum, 1 with a running product
+    (``_reverse_walk``), 2 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when
+    every |G_r - G_p| of the block is <= RANGE, else the exact walk in the same program. g2, gn: the gate and
+    successor-gate tiles (successor zero on the last row of each half-block), used by form 2 only."""
     if FORM == 2:
         E = _mid_exponents(g2, gn, ri, BC, K)
         if tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE:
