@@ -453,10 +453,11 @@ def _chunk16_kernel(
     PAIRS_INLINE: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
-    its chunk, which is a single sub-block: the pairs by the exact column walk (``_reverse_walk``), the gate's prefix
-    and suffix sums inside the chunk, the row norms, the 16x16 inverse, and W, U, QG, KG, Aqk, 2^G_last in the
-    layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64 inverse; the
-    sequential kernel takes four times as many (smaller) steps."""
+    its chunk, which is a single sub-block: the pairs (``_pair_blocks`` in the form FORM when PAIRS_INLINE, else
+    read from the diagonal kernel's ``dd``), the gate's prefix and suffix sums inside the chunk, the row norms, the
+    16x16 inverse, and W, U, QG, KG, Aqk, 2^G_last in the layouts the sequential kernel reads (with BT = 16). No
+    cross-sub-block products and no 64x64 inverse; the sequential kernel takes four times as many (smaller)
+    steps."""
     c = tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -599,10 +600,12 @@ def as_heads(x, H, D):
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
-# value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the diagonal
-# kernel's running log2 sum ("walk") and the intra kernel's W/U loops from the H200 comparison of 2026-11-30.
+# value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
+# kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs over the
+# whole key width (diag_bk None), chunk length by batch shape and, for 16-token chunks, their pairs inside the chunk
+# kernel and the sequential kernel at 4 warps / 3 stages from the H200 runs of 2026-11-30 (eighth session).
 _FAST = dict(chunk=None, chunk16_warps=4, chunk16_pairs="inline", BK=16, diag_warps=4, diag_form="reference",
-             diag_range=96.0, diag_bk=128, prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
+             diag_range=96.0, diag_bk=None, prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
              inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
@@ -634,9 +637,10 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
 def chunk_tokens(n_walks: int, sms: int) -> int:
     """Tokens per chunk when none is configured: 16 once the batch has a (sequence, head) walk for every SM, else 64.
     Short chunks make the parallel work light (no cross-sub-block pairs, a 16x16 inverse) and the sequential walk
-    four times longer, which pays only while the walks fill the GPU (H200, 2026-11-30, profile_kda_prefill.py and
-    bench_kda_kernels.py: 16-token chunks 4.13-4.54 ms against 5.77-6.22 for 64 at 8x4096 .. 256x128, but
-    5.64-5.79 against 5.92 at 1x32768, where the 32 walks take 2048 steps each)."""
+    four times longer, which pays only while the walks fill the GPU (H200, 2026-11-30, bench_kda_kernels.py
+    --sweep --gates init: 16-token chunks 4.13-4.54 ms against 5.77-6.22 for 64 at 8x4096 .. 256x128 (256 to 8192
+    walks), 5.79 against 5.92 at 1x32768 (32 walks of 2048 steps; 7.33 against 6.93 with the anchors' gates).
+    The switch point between 32 and 256 walks was not timed."""
     return BC if n_walks >= sms else BT
 
 
@@ -671,7 +675,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     product in full fp32 (slower; for tests and checks). No device-to-host synchronisation.
     Workspace for K = V = 128 on the fast path: ~124 KB per (64-token chunk, head), i.e. ~62 KB per token at
     H = 32 (1 GB for a 16384-token batch); ~22 KB per (16-token chunk, head) with 16-token chunks (~43 KB per
-    token); allocated per call from torch's caching allocator.
+    token; 2 KB more per (chunk, head) with ``chunk16_pairs="diag"``); allocated per call from torch's caching
+    allocator.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -771,7 +776,9 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
     form = _diag_form(cfg["diag_form"])
     items = nchb * (bt // BC) * H
     done = torch.empty(items if form == 3 else 1, dtype=torch.int8, device=q.device)
-    bkd = min(cfg["diag_bk"], K)
+    bkd = cfg["diag_bk"] or K
+    if bkd < 16 or K % bkd or bkd & (bkd - 1):
+        raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
     for f, skip_done in [(form, False)] + ([(0, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,

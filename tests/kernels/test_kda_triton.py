@@ -173,32 +173,66 @@ def test_chunk_prefill_value_width_differs_from_key_width(K, V, design):
     assert untouched
 
 
+def small_decay_batch(K, lengths, gen):
+    """Mild gates with A in [0.1, 1]: every 16-token sub-block's half-block decay far inside the reference-row
+    range. Returns the inputs and the largest 8-row decay in log2 units (asserted below the range by the callers,
+    so that these tests keep exercising the tensor-core branch)."""
+    q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
+    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(0.1, 1, generator=gen))
+    dt_bias = torch.randn(H * K, generator=gen) * 0.5
+    g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    worst = max(g2[s + i:min(s + i + 8, e)].sum(0).max().item()
+                for s, e in zip([0] + list(torch.tensor(lengths).cumsum(0)[:-1].tolist()),
+                                torch.tensor(lengths).cumsum(0).tolist()) for i in range(0, e - s, 8))
+    return (q, k, v, g, beta, A_log, dt_bias), worst
+
+
+def prefill_errors(inputs, lengths, cfg):
+    """Relative errors of o per sequence (zero initial states) against fp64, and o itself."""
+    q, k, v, g, beta, A_log, dt_bias = inputs
+    K = q.shape[-1]
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    st = torch.zeros(len(lengths) + 1, H, K, K, device=DEV)
+    o = chunk_kda_prefill(*dev(*inputs), K ** -0.5, st,
+                          torch.arange(1, len(lengths) + 1, dtype=torch.int32, device=DEV),
+                          torch.zeros(len(lengths), dtype=torch.bool, device=DEV), cu.to(DEV), _config=cfg).cpu()
+    errs = []
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        o_ref, _ = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, None)
+        errs.append(rel(o[s:e], o_ref))
+    return errs, o
+
+
+@pytest.mark.parametrize("cfg", [dict(chunk=64), dict(chunk=64, diag_bk=16), dict(chunk=16),
+                                 dict(chunk=16, chunk16_pairs="diag"),
+                                 dict(chunk=16, chunk16_pairs="diag", diag_bk=32)],
+                         ids=["64", "64-slices16", "16-inline", "16-diag", "16-diag-slices32"])
+def test_reference_pairs_in_range(cfg):
+    """Every sub-block in range, so every pair block comes from the tensor-core branch of the reference-row form
+    (the default), over the whole key width or in slices, in both chunk lengths: exact against fp64."""
+    gen = torch.Generator().manual_seed(29)
+    lengths = [37, 70]
+    inputs, worst = small_decay_batch(64, lengths, gen)
+    assert worst < 96.0 / 4, worst
+    errs, _ = prefill_errors(inputs, lengths, dict(cfg, diag_form="reference"))
+    assert max(errs) < TOL, errs
+
+
 @pytest.mark.parametrize("chunk,pairs", [(64, "inline"), (16, "inline"), (16, "diag")])
 def test_reference_pairs_without_fallback(chunk, pairs):
     """The "reference" pair form with its range check switched off (every block takes the tensor-core branch): exact
     for decays within fp32's range, and NaN for +-1e4 gates, which is why the branch checks the block's range
     and falls back to the walk (the DESIGNS above run both branches with the check on)."""
     gen = torch.Generator().manual_seed(23)
-    K = V = 32
     lengths = [37, 70]
     cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk, chunk16_pairs=pairs, diag_bk=16)
-    for regime, exact in (("mild", True), ("huge", False)):
-        q, k, v, g, beta = make_tokens(sum(lengths), K, V, regime, gen)
-        A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(0.1, 1, generator=gen))
-        dt_bias = torch.randn(H * K, generator=gen) * 0.5
-        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-        st = torch.zeros(3, H, V, K, device=DEV)
-        o = chunk_kda_prefill(*dev(q, k, v, g, beta, A_log, dt_bias), K ** -0.5, st,
-                              torch.tensor([1, 2], dtype=torch.int32, device=DEV),
-                              torch.tensor([False, False], device=DEV), cu.to(DEV), _config=cfg).cpu()
-        errs = []
-        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
-            o_ref, _ = truth_sequence(q[s:e], k[s:e], v[s:e], g[s:e], beta[s:e], A_log, dt_bias, K ** -0.5, None)
-            errs.append(rel(o[s:e], o_ref))
-        if exact:
-            assert max(errs) < TOL, errs
-        else:
-            assert not max(errs) < TOL, errs
+    inputs, worst = small_decay_batch(32, lengths, gen)
+    assert worst < 96.0 / 4, worst
+    errs, _ = prefill_errors(inputs, lengths, cfg)
+    assert max(errs) < TOL, errs
+    q, k, v, g, beta = make_tokens(sum(lengths), 32, 32, "huge", gen)
+    errs, o = prefill_errors((q, k, v, g, beta) + inputs[5:], lengths, cfg)
+    assert torch.isnan(o).any() or any(not e < TOL for e in errs), errs
 
 
 @pytest.mark.parametrize("chunk", [64, 16])
@@ -357,20 +391,18 @@ def test_chunk_prefill_fast_path_storage(chunk):
         assert e_s < 1e-2
 
 
-def test_prefill_launch_choices_and_their_warm_up_counts():
+def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
     """The fast path's chunk length and value block follow the batch shape, and the warm-up counts reach every
-    (chunk, value block) pair it can pick: 64-token chunks while there are fewer (sequence, head) walks than SMs."""
-    from kernels.kda.triton_chunk import chunk_tokens, inter_block_v, prefill_variant_batches
+    (chunk, value block) pair it can pick on a 132-SM GPU: 64-token chunks while there are fewer (sequence, head)
+    walks than SMs, 16 from then on."""
+    import kernels.kda.triton_chunk as tc
 
     sms = 132
-    assert chunk_tokens(32, sms) == 64 and chunk_tokens(131, sms) == 64
-    assert chunk_tokens(132, sms) == 16 and chunk_tokens(8 * 32, sms) == 16
-    assert inter_block_v(32, 128, sms) == 32 and inter_block_v(256, 128, sms) == 64
-
-    class Dev:          # num_sms reads a CUDA device's count; elsewhere it is the interpreter's 4
-        type = "cpu"
-
-    counts = prefill_variant_batches(H, 64, Dev())
-    picked = {(chunk_tokens(n * H, 4), min(inter_block_v(n * H, 64, 4), 64)) for n in range(1, 64)}
-    assert {(chunk_tokens(n * H, 4), min(inter_block_v(n * H, 64, 4), 64)) for n in counts} == picked
-    assert len(counts) == len(picked)
+    assert tc.chunk_tokens(32, sms) == 64 and tc.chunk_tokens(131, sms) == 64
+    assert tc.chunk_tokens(132, sms) == 16 and tc.chunk_tokens(8 * 32, sms) == 16
+    assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64
+    monkeypatch.setattr(tc, "num_sms", lambda device: sms)
+    # H = 32: 1 sequence (64-token chunks, 32 value rows), 2 (64, 64), 5 (16, 64)
+    assert tc.prefill_variant_batches(32, 128, None) == [1, 2, 5]
+    # H = 2 (the tiny model): 64-token chunks with 16, 32 and 64 value rows, then 16-token chunks from 66 sequences
+    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17, 66]
