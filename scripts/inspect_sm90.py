@@ -123,7 +123,7 @@ def kda_prefill():
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw, form, inline in ((4, 0, True), (8, 0, True), (4, 2, True), (4, 2, False), (8, 2, False)):
+    for nw, form, inline in ((4, 0, True), (8, 0, True), (4, 3, True), (4, 3, False), (8, 3, False)):
         const = dict(H=32, K=128, V=128, BC=BC, BVI=32, FORM=form, RANGE=96.0, PREC_D="tf32", PREC_M="tf32",
                      PREC_O="tf32", PAIRS_INLINE=inline)
         report(f"kda 16-token chunk kernel, {nw} warps, pairs {f'inline form {form}' if inline else 'read'}",

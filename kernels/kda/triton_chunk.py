@@ -207,10 +207,10 @@ def _pair_blocks(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
                  BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr):
     """A sub-block's pair blocks inside the 16-token chunk kernel (``chunk16_pairs="inline"``), in the form of
     ``_config["diag_form"]``: 0 the column walk with a running log2 sum, 1 with a running product
-    (``_reverse_walk``), 2 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when
+    (``_reverse_walk``), 3 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when
     every |G_r - G_p| of the block is <= RANGE, else the exact walk in the same program. g2, gn: the gate and
-    successor-gate tiles (successor zero on the last row of each half-block), used by form 2 only."""
-    if FORM == 2:
+    successor-gate tiles (successor zero on the last row of each half-block), used by form 3 only."""
+    if FORM == 3:
         E = _mid_exponents(g2, gn, ri, BC, K)
         if tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE:
             d_kk, d_qk = _reference_pairs(qs, ks, E, ri, PREC)
@@ -720,14 +720,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
     if bt == BC:
-        inline = cfg["chunk16_pairs"] == "inline"
         if cfg["chunk16_pairs"] not in ("inline", "diag"):
             raise ValueError(f"chunk16_pairs={cfg['chunk16_pairs']!r}: expected 'inline' or 'diag'")
+        inline = cfg["chunk16_pairs"] == "inline"
+        # with the pairs inline the kernel never reads dd: any tensor serves as its pointer
         dd = w if inline else _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            FORM=min(_diag_form(cfg["diag_form"]), 2), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
+            FORM=_diag_form(cfg["diag_form"]), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
             PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], PAIRS_INLINE=inline,
             num_warps=cfg["chunk16_warps"])
     else:

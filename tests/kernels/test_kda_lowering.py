@@ -37,7 +37,7 @@ for prec in ("tf32", "ieee"):
     const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A=prec, PREC_M=prec, PREC_O=prec)
     check(f"intra {prec}", compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",),
                                           num_warps=_FAST["intra_warps"], num_stages=_FAST["intra_stages"]))
-for form, inline in ((0, True), (2, True), (2, False)):    # walk / reference row inside, or pairs read
+for form, inline in ((0, True), (3, True), (3, False)):    # walk / reference row inside, or pairs read
     const = dict(H=32, K=128, V=128, BC=BC, BVI=32, FORM=form, RANGE=96.0, PREC_D="tf32", PREC_M="tf32",
                  PREC_O="tf32", PAIRS_INLINE=inline)
     check(f"chunk16 form={form} inline={inline}", compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",),
