@@ -81,11 +81,11 @@ def prefill_variant_batches(num_heads: int, head_dim: int, device) -> list[int]:
     return []
 
 
-def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens):
+def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens, chunk=None):
+    """chunk: the Triton prefill's tokens per chunk (``prefill_chunk()``, read by the layer at load; None: auto)."""
     if q.is_cuda and triton_kda_available():
         from kernels.kda.triton_chunk import chunk_kda_prefill
 
-        chunk = prefill_chunk()
         return chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init,
                                  cu_seqlens.to(torch.int32), _config=None if chunk is None else {"chunk": chunk})
     g = kda_gate(g_raw, A_log, dt_bias)

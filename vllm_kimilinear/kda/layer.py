@@ -60,7 +60,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         if vllm_config.speculative_config is not None:
             raise ValueError("vllm-kimilinear's KDA layers do not support speculative decoding yet; "
                              "run without --speculative-config.")
-        dispatch.prefill_chunk()               # a bad VLLM_KIMILINEAR_KDA_CHUNK fails here, not in a prefill
+        self._prefill_chunk = dispatch.prefill_chunk()   # read once: a bad value fails here, not in a prefill
         self._state_shapes = kda_state_shapes(vllm_config)
         self._state_dtypes = kda_state_dtypes(vllm_config)
         self._max_seqs = vllm_config.scheduler_config.max_num_seqs
@@ -175,7 +175,8 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         x = dispatch.short_conv_prefill(qkv, weight, conv_state, slots, has_init, cu)
         qq, kk, vv = self._split_heads(x)
         out[:] = dispatch.kda_prefill(qq, kk, vv, g_raw.view(-1, self.local_heads, self.head_dim), beta, self.A_log,
-                                      self.dt_bias, self.scale, rec_state, slots, has_init, cu).to(out.dtype)
+                                      self.dt_bias, self.scale, rec_state, slots, has_init, cu,
+                                      chunk=self._prefill_chunk).to(out.dtype)
 
     def _profile_prefill(self, q, k, v, g_raw, beta, out) -> None:
         """On CUDA, vLLM sizes the KV cache from the peak memory of its profile run (the first forward without
