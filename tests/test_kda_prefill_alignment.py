@@ -24,7 +24,7 @@ def test_mixed_batch_prefill_gets_aligned_slots(monkeypatch):
     monkeypatch.setattr(dispatch, "short_conv_prefill", fake_conv_prefill)
     monkeypatch.setattr(dispatch, "short_conv_decode", lambda x, *a: torch.zeros_like(x))
     monkeypatch.setattr(dispatch, "kda_decode", lambda q, *a: torch.zeros_like(q))
-    monkeypatch.setattr(dispatch, "kda_prefill", lambda q, *a: torch.zeros_like(q))
+    monkeypatch.setattr(dispatch, "kda_prefill", lambda q, *a, **kw: torch.zeros_like(q))
 
     slots = torch.arange(1, nd + len(lens) + 1, dtype=torch.int32)
     has_init = torch.tensor([True, True, True, False, True])
@@ -35,6 +35,7 @@ def test_mixed_batch_prefill_gets_aligned_slots(monkeypatch):
 
     lay = kda_layer.KimiDeltaAttention.__new__(kda_layer.KimiDeltaAttention)
     lay.prefix, lay.local_heads, lay.head_dim, lay.scale = "kda", H, D, D ** -0.5
+    lay._prefill_chunk = None                             # VLLM_KIMILINEAR_KDA_CHUNK unset: the kernels' choice
     lay.kv_cache = (torch.zeros(8, W - 1, 3 * H * D), torch.zeros(8, H, D, D))
     lay.A_log, lay.dt_bias = torch.zeros(H), torch.zeros(H * D)
     lay.conv_weight = lambda: torch.zeros(3 * H * D, W)
