@@ -159,7 +159,7 @@ def accuracy(vl):
         has = torch.ones(N, dtype=torch.bool, device=DEV)
         o_ref, st_ref = truth_prefill(q, k, v, g, beta, A_log, dt_bias, pool, slots, has, cu)
         st = pool.clone()
-        o = chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots, has, cu)
+        o = chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots, has, cu, _config=AS_DEFAULT)
         S_ours = torch.stack([st[s] for s in st_ref])
         S_ref = torch.stack(list(st_ref.values()))
         fin = torch.isfinite(o).all().item() and torch.isfinite(st).all().item()
@@ -233,13 +233,23 @@ PREFILL_CONFIGS = {
     "ref_bk32": dict(diag_bk=32),                                      # untimed (eighth session)
     "c16_dd_bk32": dict(chunk=16, chunk16_pairs="diag", diag_bk=32),   # untimed (eighth session)
     "dd_bk32": dict(chunk16_pairs="diag", diag_bk=32),                 # untimed: both, chunk length by shape
+    "lev_fb": dict(diag_fallback="levels"),                             # untimed (ninth session)
+    "lev_fb_dd": dict(diag_fallback="levels", chunk16_pairs="diag"),    # untimed (ninth session)
+    "lev_all_dd": dict(diag_form="levels", chunk16_pairs="diag"),       # untimed (ninth session)
+    "lev_all_dd_w2": dict(diag_form="levels", chunk16_pairs="diag", levels_walk=2),            # untimed
+    "lev_fb_dd_bk32": dict(diag_fallback="levels", chunk16_pairs="diag", diag_bk=32),          # untimed
 }
+
+AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)
+SWEEP_ONLY: set = set()        # --sweep-only
 
 
 def prefill_times(vl, copy_tbs, mm_tf, sweep, gates="normal"):
     say(f"## prefill, 32768 tokens, H=32, K=V=128, bf16, fp32 state slots, gates {gates} (median ms)")
     splits = [(1, 32768), (8, 4096), (64, 512), (256, 128)]
-    cfgs = PREFILL_CONFIGS if sweep else {"default": {}}
+    cfgs = dict(PREFILL_CONFIGS, default=AS_DEFAULT) if sweep else {"default": AS_DEFAULT}
+    if sweep and SWEEP_ONLY:
+        cfgs = {name: cfg for name, cfg in cfgs.items() if name == "default" or name in SWEEP_ONLY}
     rows = []
     for n, L in splits:
         T = n * L
@@ -255,10 +265,10 @@ def prefill_times(vl, copy_tbs, mm_tf, sweep, gates="normal"):
             res[name] = bench(fn)
         st = pool.clone()
         res["intra only"] = bench(lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, st, slots,
-                                                            has, cu, _config=dict(skip_inter=True)))
+                                                            has, cu, _config=dict(AS_DEFAULT, skip_inter=True)))
         bst = pool.to(torch.bfloat16)
         res["default, bf16 state"] = bench(lambda: chunk_kda_prefill(q, k, v, g, beta, A_log, dt_bias, SCALE, bst,
-                                                                     slots, has, cu))
+                                                                     slots, has, cu, _config=AS_DEFAULT))
         vms = None
         if vl is not None:
             s0 = pool[1:].clone()
@@ -332,11 +342,21 @@ def main():
     ap.add_argument("--gates", default="normal", choices=["normal", "init"],
                     help="prefill timing inputs: gate N(0,1) with dt_bias ~ N(0, 0.1) (normal, the anchors' regime) "
                     "or dt_bias at fla's initialisation (init)")
+    ap.add_argument("--sweep-only", default="", help="with --sweep: comma list of PREFILL_CONFIGS names to time")
+    ap.add_argument("--as-default", default="", choices=[""] + list(PREFILL_CONFIGS),
+                    help="run the accuracy and prefill sections with this PREFILL_CONFIGS entry in place of the "
+                    "default settings (a candidate default, measured as the default would be)")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
+    AS_DEFAULT.update(PREFILL_CONFIGS[args.as_default] if args.as_default else {})
+    SWEEP_ONLY.update(n for n in args.sweep_only.split(",") if n)
+    unknown = SWEEP_ONLY - set(PREFILL_CONFIGS)
+    if unknown:
+        ap.error(f"--sweep-only: unknown settings {sorted(unknown)}; known: {sorted(PREFILL_CONFIGS)}")
     torch.manual_seed(0)
     say(f"# bench_kda_kernels.py on {torch.cuda.get_device_name()}, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
-        f"torch {torch.__version__}, triton {triton.__version__}")
+        f"torch {torch.__version__}, triton {triton.__version__}" +
+        (f"; prefill 'default' = {args.as_default} {AS_DEFAULT}" if args.as_default else ""))
     vl = load_vllm()
     copy_tbs, mm_tf = ceilings()
     say(f"ceilings: device-to-device copy {copy_tbs:.2f} TB/s (read + write), bf16 matmul 8192^3 {mm_tf:.0f} TFLOP/s")

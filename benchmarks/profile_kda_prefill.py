@@ -50,6 +50,19 @@ CONFIGS = {
                                                                                 diag_bk=32),
     "16-token chunks, pairs from the diagonal kernel in 32-column slices, chunk kernel 8 warps": dict(
         chunk=16, chunk16_pairs="diag", diag_bk=32, chunk16_warps=8),
+    # untimed (ninth session): out-of-range blocks by "levels" (halves on tensor cores, both factors <= 1, down to
+    # groups of levels_walk rows walked; levels_bk key columns at a time) instead of the 16-step walk, or every
+    # block by levels with no range check
+    "levels for out-of-range blocks": dict(diag_fallback="levels"),
+    "levels for out-of-range blocks, walked groups of 2": dict(diag_fallback="levels", levels_walk=2),
+    "levels for out-of-range blocks, walked groups of 8": dict(diag_fallback="levels", levels_walk=8),
+    "levels for out-of-range blocks, whole key width": dict(diag_fallback="levels", levels_bk=None),
+    "levels for out-of-range blocks, 16-token pairs from the diagonal kernel": dict(diag_fallback="levels",
+                                                                                     chunk16_pairs="diag"),
+    "levels for out-of-range blocks, 16-token pairs from the diagonal kernel, 32-column slices": dict(
+        diag_fallback="levels", chunk16_pairs="diag", diag_bk=32),
+    "levels for every block": dict(diag_form="levels", chunk16_pairs="diag"),
+    "levels for every block, walked groups of 2": dict(diag_form="levels", chunk16_pairs="diag", levels_walk=2),
 }
 
 

@@ -1,15 +1,18 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
-Three launches for 64-token chunks (four with the walk for out-of-range blocks; plus a few tiny device-side index
+Three launches for 64-token chunks (four with the exact form for out-of-range blocks; plus a few tiny device-side index
 ops; no device-to-host sync, CUDA-graph safe; two for 16-token chunks, below):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
    "reference"): from the sub-block's middle row p on tensor cores, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T,
    where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
-   launch the column walk for the other blocks. The walk ("walk"; "product" carries the decays as a running
-   product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element.
+   launch an exact form for the other blocks (``diag_fallback``): the column walk ("walk"; "product" carries the
+   decays as a running product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a
+   running fp32 sum of log2 decays <= 0, one exp2 per element; "levels" takes the pairs across the two halves of
+   every group of 2L rows (L = 8, 4, .. down to ``levels_walk``) on tensor cores through the row ending the lower
+   half, where both factors are <= 1 whatever the gates, and walks only inside groups of ``levels_walk`` rows
+   (``diag_form="levels"``: that form for every block, in one launch).
 2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
    evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
    needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
@@ -137,37 +140,48 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
 
 @triton.jit
 def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                  BC: tl.constexpr, PRODUCT: tl.constexpr):
-    """The pair blocks of the sub-block starting at token t0, one column at a time, last column to first. Row r
-    at column c needs 2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32
-    product E (E <- E * 2^g_c when the walk moves to column c - 1: one exp2 per key column and step instead of
-    one per element, every factor <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to
-    0 as they should); otherwise as a running fp32 sum D of the log2 decays with one exp2 per element. Either
-    way every exponent is <= 0 and nothing cancels (no fp64, no hi/lo split). qs, ks: the sub-block's rows of q
-    and k in fp32 (zero past the sequence). Returns [BC, BC] pair blocks."""
+                  BC: tl.constexpr, PRODUCT: tl.constexpr, GS: tl.constexpr):
+    """The pairs (c <= r) inside every group of GS rows of the sub-block starting at token t0 (GS = BC: the whole
+    sub-block), one column at a time, last column to first, all groups at once. Row r at column c needs
+    2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32 product E (E <- E * 2^g_c
+    when the walk moves to column c - 1: one exp2 per key column and step instead of one per element, every factor
+    <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to 0 as they should); otherwise as a
+    running fp32 sum D of the log2 decays with one exp2 per element. Either way every exponent is <= 0 and nothing
+    cancels (no fp64, no hi/lo split). qs, ks: the sub-block's rows of q and k in fp32 (zero past the sequence).
+    Returns [BC, BC] pair blocks (zero outside the groups)."""
     ci = tl.arange(0, BC)
     d_kk = tl.zeros([BC, BC], dtype=tl.float32)
     d_qk = tl.zeros([BC, BC], dtype=tl.float32)
     D = tl.zeros([BC, cols.shape[0]], dtype=tl.float32)     # the running sum of decays, from 0
     if PRODUCT:
         D = D + 1.0                                          # or the running product 2^(G_r - G_c), from 1
-    for step in range(0, BC):
-        col = BC - 1 - step
-        tc = t0 + col
-        ok = tc < eos
-        # the column's key loaded as a [BC, K] tile (every row the same address, served from L1), which puts it,
-        # the running tile and the products in the row tiles' layout; a [K] vector broadcast here made Triton
-        # move the [BC, K] tile through shared memory every step
-        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols[None, :] + 0 * ri[:, None], mask=ok, other=0.0)
+    for step in range(0, GS):
+        if GS == BC:
+            col = BC - 1 - step
+            tc = t0 + col
+            ok = tc < eos
+            # the column's key loaded as a [BC, K] tile (every row the same address, served from L1), which puts
+            # it, the running tile and the products in the row tiles' layout; a [K] vector broadcast here made
+            # Triton move the [BC, K] tile through shared memory every step
+            kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols[None, :] + 0 * ri[:, None], mask=ok, other=0.0)
+            x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
+            gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
+            colr = col + 0 * ri
+        else:
+            # each group's own column: a [BC, K] tile of GS distinct rows (L1), its gate evaluated per element
+            colr = (ri // GS) * GS + (GS - 1 - step)
+            tcr = t0 + colr
+            okr = (tcr < eos)[:, None]
+            kc = tl.load(k_ptr + tcr[:, None] * s_kt + h * s_kh + cols[None, :], mask=okr, other=0.0)
+            x = tl.load(g_ptr + tcr[:, None] * s_gt + h * s_gh + cols[None, :], mask=okr, other=0.0)
+            gcol = tl.where(okr, neg_a * _softplus(x.to(tl.float32) + dtb[None, :]), 0.0)
         kc = kc.to(tl.float32)
-        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
-        gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
-        on = (ri >= col)[:, None]
+        on = (ri >= colr)[:, None]
         if PRODUCT:
             e = D * kc                               # rows r < col hold 1: dropped after the sums
         else:
             e = tl.exp2(D) * kc                      # rows r < col hold D = 0: dropped after the sums
-        keep = on & (ci[None, :] == col)
+        keep = on & (ci[None, :] == colr[:, None])
         d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
         d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
         if PRODUCT:
@@ -175,6 +189,42 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
         else:
             D = tl.where(on, D + gcol, 0.0)
     return d_kk, d_qk
+
+
+@triton.jit
+def _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
+                 BC: tl.constexpr, K: tl.constexpr, GS: tl.constexpr, PREC: tl.constexpr):
+    """The sub-block's pair blocks without any range condition ("levels"): the pairs across the halves of every
+    group of 2L rows, L = BC/2, BC/4, ..., GS, on tensor cores through the reference row p ending the lower half,
+    [x_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T with both exponents <= 0 (prefix sums inside the upper half, exclusive
+    suffix sums inside the lower half: sums of same-signed decays, nothing cancels, nothing overflows), and the
+    pairs inside groups of GS rows by the column walk (GS steps instead of BC). g2: the gate tile; gn: the
+    successor gates (zero past the sequence; zeroed here on the last row of every half)."""
+    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    for i in tl.static_range(4):
+        if (BC >> (i + 1)) >= GS:
+            p_kk, p_qk = _across_halves(qs, ks, g2, gn, ri, BC, K, BC >> (i + 1), PREC)
+            d_kk += p_kk
+            d_qk += p_qk
+    w_kk, w_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
+                               BC, False, GS)
+    return d_kk + w_kk, d_qk + w_qk
+
+
+@triton.jit
+def _across_halves(qs, ks, g2, gn, ri, BC: tl.constexpr, K: tl.constexpr, L: tl.constexpr, PREC: tl.constexpr):
+    """One level of ``_level_pairs``: the pairs with r in the upper and c in the lower half of a group of 2L rows."""
+    pre = tl.reshape(tl.cumsum(tl.reshape(g2, (BC // L, L, K)), axis=1), (BC, K))
+    gs = tl.where((ri % L == L - 1)[:, None], 0.0, gn)
+    suf = tl.reshape(tl.cumsum(tl.reshape(gs, (BC // L, L, K)), axis=1, reverse=True), (BC, K))
+    upper = ((ri % (2 * L)) >= L)[:, None]
+    f = tl.exp2(tl.where(upper, pre, suf))
+    down = tl.where(upper, 0.0, ks * f)
+    same = (ri[:, None] // (2 * L)) == (ri[None, :] // (2 * L))
+    p_kk = tl.where(same, tl.dot(tl.where(upper, ks * f, 0.0), tl.trans(down), input_precision=PREC), 0.0)
+    p_qk = tl.where(same, tl.dot(tl.where(upper, qs * f, 0.0), tl.trans(down), input_precision=PREC), 0.0)
+    return p_kk, p_qk
 
 
 @triton.jit
@@ -204,22 +254,30 @@ def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
 
 @triton.jit
 def _pair_blocks(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                 BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr):
+                 BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr,
+                 FALLBACK: tl.constexpr, GS: tl.constexpr):
     """A sub-block's pair blocks inside the 16-token chunk kernel (``chunk16_pairs="inline"``), in the form of
     ``_config["diag_form"]``: 0 the column walk with a running log2 sum, 1 with a running product
-    (``_reverse_walk``), 3 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when
-    every |G_r - G_p| of the block is <= RANGE, else the exact walk in the same program. g2, gn: the gate and
-    successor-gate tiles (successor zero on the last row of each half-block), used by form 3 only."""
+    (``_reverse_walk``), 4 ("levels") halves on tensor cores down to GS-row groups walked (``_level_pairs``),
+    3 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when every |G_r - G_p| of
+    the block is <= RANGE, else the exact form FALLBACK (0 or 4) in the same program. g2, gn: the gate and
+    successor-gate tiles (successor zero on the last row of each half-block), used by forms 3 and 4."""
     if FORM == 3:
         E = _mid_exponents(g2, gn, ri, BC, K)
         if tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE:
             d_kk, d_qk = _reference_pairs(qs, ks, E, ri, PREC)
+        elif FALLBACK == 4:
+            d_kk, d_qk = _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh,
+                                      s_gt, s_gh, BC, K, GS, PREC)
         else:
             d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                                       s_gh, BC, False)
+                                       s_gh, BC, False, BC)
+    elif FORM == 4:
+        d_kk, d_qk = _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
+                                  s_gh, BC, K, GS, PREC)
     else:
         d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                                   BC, FORM == 1)
+                                   BC, FORM == 1, BC)
     return d_kk, d_qk
 
 
@@ -228,14 +286,16 @@ def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
-    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
+    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr, GS: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 4: halves on
+    tensor cores down to groups of GS rows, walked (``_level_pairs``; no range condition); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0, SKIP_DONE) does the rest (measured on an H200: 2.21 ms
-    against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With BKD < K
+    marks them in ``done``, then a launch of an exact form (FORM 0 or 4, SKIP_DONE, ``_config["diag_fallback"]``)
+    does the rest (measured on an H200 with the walk: 2.21 ms against 2.26 with the walk inline in one launch,
+    1x32768, anchors' gates). With BKD < K
     (``_config["diag_bk"]``, opt-in until timed: 96 registers at 32 columns against 168 for the whole width on
     sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
     largest |E|, and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN in
@@ -292,13 +352,30 @@ def _chunk_diag_kernel(
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
+        elif FORM == 4:
+            # every pair is a sum over key channels: BKD columns at a time, accumulated
+            d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+            d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+            for k0 in range(0, K, BKD):
+                kc = k0 + tl.arange(0, BKD)
+                qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
+                ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
+                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
+                                               BC // 2)
+                p_kk, p_qk = _level_pairs(qs.to(tl.float32), ks.to(tl.float32), g2, gn, k_ptr, g_ptr, t0, eos, h, ri,
+                                          kc, tl.load(dtb_ptr + h * K + kc), neg_a, s_kt, s_kh, s_gt, s_gh, BC, BKD,
+                                          GS, PREC)
+                d_kk += p_kk
+                d_qk += p_qk
+            tl.store(full, d_kk)
+            tl.store(full + BT * BC, d_qk)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
             ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
-                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
+                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1, BC)
             tl.store(full, d_kk)
             tl.store(full + BT * BC, d_qk)
 
@@ -450,7 +527,7 @@ def _chunk16_kernel(
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
     FORM: tl.constexpr, RANGE: tl.constexpr, PREC_D: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
-    PAIRS_INLINE: tl.constexpr,
+    PAIRS_INLINE: tl.constexpr, FALLBACK: tl.constexpr, GS: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
     its chunk, which is a single sub-block: the pairs (``_pair_blocks`` in the form FORM when PAIRS_INLINE, else
@@ -476,7 +553,7 @@ def _chunk16_kernel(
     if PAIRS_INLINE:
         gh = tl.where((ri % (BC // 2) == BC // 2 - 1)[:, None], 0.0, gn)      # successors inside each half-block
         d_kk, d_qk = _pair_blocks(qs, ks, g2, gh, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                                  s_gh, BC, K, FORM, RANGE, PREC_D)
+                                  s_gh, BC, K, FORM, RANGE, PREC_D, FALLBACK, GS)
     else:                             # from the diagonal kernel's launches (BT = BC: one sub-block per chunk)
         dd = dd_ptr + (c * H + h).to(tl.int64) * 2 * BC * BC + ri[:, None] * BC + ri[None, :]
         d_kk = tl.load(dd)
@@ -605,7 +682,8 @@ def as_heads(x, H, D):
 # whole key width (diag_bk None), chunk length by batch shape and, for 16-token chunks, their pairs inside the chunk
 # kernel and the sequential kernel at 4 warps / 3 stages from the H200 runs of 2026-11-30 (eighth session).
 _FAST = dict(chunk=None, chunk16_warps=4, chunk16_pairs="inline", BK=16, diag_warps=4, diag_form="reference",
-             diag_range=96.0, diag_bk=None, prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
+             diag_range=96.0, diag_bk=None, diag_fallback="walk", levels_walk=4, levels_bk=32,
+             prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
              inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
@@ -618,10 +696,22 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the pair kernels' FORM flag (``_pair_blocks``, ``_chunk_diag_kernel``)."""
-    forms = {"walk": 0, "product": 1, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3, "levels": 4}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
+
+
+def _pair_settings(cfg) -> tuple[int, int, int]:
+    """The pair kernels' FORM, FALLBACK (the exact form of out-of-range blocks under "reference": 0 walk, 4 levels)
+    and GS (rows per walked group under "levels") from ``_config``, checked."""
+    fallback = cfg["diag_fallback"]
+    if fallback not in ("walk", "levels"):
+        raise ValueError(f"diag_fallback={fallback!r}: expected 'walk' or 'levels'")
+    gs = cfg["levels_walk"]
+    if gs not in (1, 2, 4, 8):
+        raise ValueError(f"levels_walk={gs!r}: expected 1, 2, 4 or 8 rows")
+    return _diag_form(cfg["diag_form"]), _diag_form(fallback), gs
 
 
 def inter_block_v(n_walks: int, V: int, sms: int) -> int:
@@ -723,13 +813,14 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         if cfg["chunk16_pairs"] not in ("inline", "diag"):
             raise ValueError(f"chunk16_pairs={cfg['chunk16_pairs']!r}: expected 'inline' or 'diag'")
         inline = cfg["chunk16_pairs"] == "inline"
+        form, fallback, gs = _pair_settings(cfg)
         # with the pairs inline the kernel never reads dd: any tensor serves as its pointer
         dd = w if inline else _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            FORM=_diag_form(cfg["diag_form"]), RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"],
-            PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"], PAIRS_INLINE=inline,
+            FORM=form, RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
+            PAIRS_INLINE=inline, FALLBACK=fallback, GS=gs,
             num_warps=cfg["chunk16_warps"])
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -771,19 +862,22 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
 def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg):
     """The pairs inside every 16-token sub-block of chunks of ``bt`` tokens, [nchb, H, 2, bt, BC] (kk, qk):
     ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
-    then the walk for the rest)."""
+    then an exact form, ``diag_fallback``, for the rest)."""
     H, K = q.shape[1:]
     dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=q.device)
-    form = _diag_form(cfg["diag_form"])
+    form, fallback, gs = _pair_settings(cfg)
     items = nchb * (bt // BC) * H
     done = torch.empty(items if form == 3 else 1, dtype=torch.int8, device=q.device)
     bkd = cfg["diag_bk"] or K
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    for f, skip_done in [(form, False)] + ([(0, True)] if form == 3 else []):
+    lbk = min(cfg["levels_bk"] or K, K)
+    if lbk < 16 or K % lbk or lbk & (lbk - 1):
+        raise ValueError(f"levels_bk={lbk!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
+    for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd, num_warps=cfg["diag_warps"])
+            BKD=lbk if f == 4 else bkd, GS=gs, num_warps=cfg["diag_warps"])
     return dd

@@ -89,15 +89,20 @@ PREFILL_CASES = [
 # with a fixed chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's) and
 # every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
 # whose decays leave its range: both branches run in these cases; its key width whole or in 16-column slices,
-# "diag_bk"; for 16-token chunks inside the chunk kernel or from the diagonal kernel, "chunk16_pairs") run on
-# every case.
+# "diag_bk"; for 16-token chunks inside the chunk kernel or from the diagonal kernel, "chunk16_pairs"; and
+# "levels", alone or for the out-of-range blocks, "diag_fallback", with every size of walked group, "levels_walk")
+# run on every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
            dict(chunk=16, inter_form="cols_kmajor", diag_form="walk", chunk16_pairs="diag"),
            dict(chunk=16, inter_form="rows", diag_form="product"),
            dict(chunk=16, inter_form="rows", diag_form="reference"),
-           dict(chunk=16, inter_form="rows", diag_form="reference", chunk16_pairs="diag", diag_bk=16)]
+           dict(chunk=16, inter_form="rows", diag_form="reference", chunk16_pairs="diag", diag_bk=16),
+           dict(chunk=64, inter_form="rows", diag_form="reference", diag_fallback="levels", levels_walk=2),
+           dict(chunk=64, inter_form="rows", diag_form="levels", levels_walk=8, levels_bk=None),
+           dict(chunk=16, inter_form="rows", diag_form="reference", diag_fallback="levels", levels_walk=1),
+           dict(chunk=16, inter_form="rows", diag_form="levels", chunk16_pairs="diag", levels_bk=16)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
