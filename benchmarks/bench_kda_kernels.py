@@ -220,24 +220,21 @@ def prefill_bytes(T, N, state_bytes=4):
 
 PREFILL_CONFIGS = {
     "default": {},
-    "c64": dict(chunk=64),
-    "c16": dict(chunk=16),
-    "c16_w8": dict(chunk=16, inter16_warps=8),
+    "c64": dict(chunk=64),                                   # the 64-token path with its own diagonal settings
+    "c64_bk32_w2": dict(chunk=64, diag_bk=32, diag_warps=2),  # the 64-token path with the 16-token diagonal settings
+    "c16_w8": dict(inter16_warps=8),
     "walk": dict(diag_form="walk"),
+    "bk_all": dict(diag_bk=None),                            # reference pairs over the whole key width
+    "diag_w4": dict(diag_warps=4),                           # the eighth session's diagonal launch
+    "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
+    "i16_s2": dict(inter16_stages=2),
+    "bv16": dict(BV=16),                                     # 16 value rows a program: twice the programs
+    "i16_w2": dict(inter16_warps=2),
+    "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
     "walk_c64": dict(diag_form="walk", chunk=64),            # the seventh session's default
-    "diag_product_c64": dict(diag_form="product", chunk=64),
-    "intra_s2": dict(intra_stages=2),
-    "cols_tf32": dict(inter_form="cols", inter_dot="fp32", BV=32, inter_warps=4, chunk=64),
+    "intra_s2": dict(chunk=64, intra_stages=2),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
-    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8, chunk=64),
-    "ref_bk32": dict(diag_bk=32),                                      # untimed (eighth session)
-    "c16_dd_bk32": dict(chunk=16, chunk16_pairs="diag", diag_bk=32),   # untimed (eighth session)
-    "dd_bk32": dict(chunk16_pairs="diag", diag_bk=32),                 # untimed: both, chunk length by shape
-    "lev_fb": dict(diag_fallback="levels"),                             # untimed (ninth session)
-    "lev_fb_dd": dict(diag_fallback="levels", chunk16_pairs="diag"),    # untimed (ninth session)
-    "lev_all_dd": dict(diag_form="levels", chunk16_pairs="diag"),       # untimed (ninth session)
-    "lev_all_dd_w2": dict(diag_form="levels", chunk16_pairs="diag", levels_walk=2),            # untimed
-    "lev_fb_dd_bk32": dict(diag_fallback="levels", chunk16_pairs="diag", diag_bk=32),          # untimed
+    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8, inter16_warps=8),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

@@ -23,46 +23,30 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Candidates for the next GPU run, relative to the defaults (pairs from a reference row; chunk length by batch
-# shape). Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W and U steps unrolled (3.44 against
-# 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the diagonal kernel with 2 or 8 warps
-# (slower in both forms); the walk inline with the reference row (2.26 against 2.21 ms, anchors' gates); for
-# 16-token chunks the parallel kernel at 8 warps, the sequential kernel with 16 value rows or key-major token rows.
-# U in bf16 saves 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
+# Settings relative to the defaults (16-token chunks; pairs from a reference row, 32 key columns at a time on 2 warps,
+# the walk on 4 warps for out-of-range blocks). Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W
+# and U steps unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the
+# diagonal kernel's walk on 2 or 8 warps; the walk inline with the reference row (2.26 against 2.21 ms, anchors'
+# gates), also inside the 16-token chunk kernel (255 registers with spills: slower at every split); the "levels"
+# pairs (halves on tensor cores down to walked groups of 4 rows, commit 40166d9: slower than the walk they were
+# to replace); for 16-token chunks the chunk kernel at 8 warps (2.35 against
+# 1.54 ms), the sequential kernel with 16 value rows or key-major token rows. U in bf16
+# saves 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
 CONFIGS = {
     "default": {},
     "64-token chunks": dict(chunk=64),
-    "16-token chunks": dict(chunk=16),
+    "64-token chunks, reference-row pairs in 32-column slices on 2 warps": dict(chunk=64, diag_bk=32, diag_warps=2),
     "pairs by the column walk": dict(diag_form="walk"),
     "pairs by the column walk, 64-token chunks (the seventh session's default)": dict(diag_form="walk", chunk=64),
     "pairs by the running product, 64-token chunks": dict(diag_form="product", chunk=64),
     "pairs from a reference row in tf32x3": dict(prec_d="tf32x3"),
-    "16-token chunks, sequential kernel at 8 warps": dict(chunk=16, inter16_warps=8),
+    "reference-row pairs over the whole key width": dict(diag_bk=None),
+    "reference-row launch on 4 warps": dict(diag_warps=4),
+    "reference-row range 2^+-120": dict(diag_range=120.0),
+    "walk launch on 2 warps": dict(fallback_warps=2),
+    "walk launch as a running product": dict(fallback_form="product"),
+    "16-token chunks, sequential kernel at 8 warps": dict(inter16_warps=8),
     "U in bf16": dict(u_dtype=torch.bfloat16),
-    # untimed (eighth session, static view on sm_90a in RESULTS): the reference-row pairs in key slices (96
-    # registers at 32 columns against 168), and 16-token chunks taking their pairs from the diagonal kernel (the
-    # chunk kernel drops from 255 registers with spills to 128)
-    "reference-row pairs in 64-column slices": dict(diag_bk=64),
-    "reference-row pairs in 32-column slices": dict(diag_bk=32),
-    "reference-row pairs in 16-column slices, 2 warps": dict(diag_bk=16, diag_warps=2),
-    "16-token chunks, pairs from the diagonal kernel": dict(chunk=16, chunk16_pairs="diag"),
-    "16-token chunks, pairs from the diagonal kernel in 32-column slices": dict(chunk=16, chunk16_pairs="diag",
-                                                                                diag_bk=32),
-    "16-token chunks, pairs from the diagonal kernel in 32-column slices, chunk kernel 8 warps": dict(
-        chunk=16, chunk16_pairs="diag", diag_bk=32, chunk16_warps=8),
-    # untimed (ninth session): out-of-range blocks by "levels" (halves on tensor cores, both factors <= 1, down to
-    # groups of levels_walk rows walked; levels_bk key columns at a time) instead of the 16-step walk, or every
-    # block by levels with no range check
-    "levels for out-of-range blocks": dict(diag_fallback="levels"),
-    "levels for out-of-range blocks, walked groups of 2": dict(diag_fallback="levels", levels_walk=2),
-    "levels for out-of-range blocks, walked groups of 8": dict(diag_fallback="levels", levels_walk=8),
-    "levels for out-of-range blocks, whole key width": dict(diag_fallback="levels", levels_bk=None),
-    "levels for out-of-range blocks, 16-token pairs from the diagonal kernel": dict(diag_fallback="levels",
-                                                                                     chunk16_pairs="diag"),
-    "levels for out-of-range blocks, 16-token pairs from the diagonal kernel, 32-column slices": dict(
-        diag_fallback="levels", chunk16_pairs="diag", diag_bk=32),
-    "levels for every block": dict(diag_form="levels", chunk16_pairs="diag"),
-    "levels for every block, walked groups of 2": dict(diag_form="levels", chunk16_pairs="diag", levels_walk=2),
 }
 
 

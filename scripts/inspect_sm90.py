@@ -110,26 +110,22 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for form, name, bkd, nw, gs in ((0, "walk", 128, 4, 4), (1, "product", 128, 4, 4), (3, "reference", 128, 4, 4),
-                                    (3, "reference", 64, 4, 4), (3, "reference", 32, 4, 4), (3, "reference", 32, 2, 4),
-                                    (3, "reference", 16, 2, 4), (4, "levels", 128, 4, 8), (4, "levels", 128, 4, 4),
-                                    (4, "levels", 128, 4, 2), (4, "levels", 128, 4, 1)):
+    for form, name, bkd, nw in ((0, "walk", 128, 4), (1, "product", 128, 4), (3, "reference", 128, 4),
+                                (3, "reference", 64, 4), (3, "reference", 32, 4), (3, "reference", 32, 2),
+                                (3, "reference", 16, 2)):
         k = compile_kernel(_chunk_diag_kernel, dict(ptrs, done_ptr="*i8"),
-                           dict(H=32, K=128, BT=BT, BC=BC, FORM=form, RANGE=96.0, PREC="tf32",
-                                SKIP_DONE=form in (0, 4), BKD=bkd, GS=gs), div16=div16, num_warps=nw)
-        report(f"kda diag kernel ({name}, key slices {bkd}, {nw} warps{f', walked groups {gs}' * (form == 4)})", k)
+                           dict(H=32, K=128, BT=BT, BC=BC, FORM=form, RANGE=96.0, PREC="tf32", SKIP_DONE=form == 0,
+                                BKD=bkd), div16=div16, num_warps=nw)
+        report(f"kda diag kernel ({name}, key slices {bkd}, {nw} warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw, form, inline, fb in ((4, 0, True, 0), (8, 0, True, 0), (4, 3, True, 0), (4, 3, True, 4), (4, 4, True, 0),
-                                 (4, 3, False, 0), (8, 3, False, 0)):
-        const = dict(H=32, K=128, V=128, BC=BC, BVI=32, FORM=form, RANGE=96.0, PREC_D="tf32", PREC_M="tf32",
-                     PREC_O="tf32", PAIRS_INLINE=inline, FALLBACK=fb, GS=4)
-        pairs = f"inline form {form}{f' fallback {fb}' * (form == 3)}" if inline else "read"
-        report(f"kda 16-token chunk kernel, {nw} warps, pairs {pairs}",
+    for nw in (4, 8):
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=32, PREC_M="tf32", PREC_O="tf32")
+        report(f"kda 16-token chunk kernel, {nw} warps",
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
     for bv, nw in [(32, 4), (64, 8)]:

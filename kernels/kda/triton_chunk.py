@@ -1,26 +1,23 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
-Three launches for 64-token chunks (four with the exact form for out-of-range blocks; plus a few tiny device-side index
-ops; no device-to-host sync, CUDA-graph safe; two for 16-token chunks, below):
+Three launches for 16-token chunks, the default (``_config["chunk"]``; four with the walk for out-of-range blocks;
+plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe); 64-token chunks, below, are an
+option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
    "reference"): from the sub-block's middle row p on tensor cores, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T,
    where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
-   launch an exact form for the other blocks (``diag_fallback``): the column walk ("walk"; "product" carries the
-   decays as a running product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a
-   running fp32 sum of log2 decays <= 0, one exp2 per element; "levels" takes the pairs across the two halves of
-   every group of 2L rows (L = 8, 4, .. down to ``levels_walk``) on tensor cores through the row ending the lower
-   half, where both factors are <= 1 whatever the gates, and walks only inside groups of ``levels_walk`` rows
-   (``diag_form="levels"``: that form for every block, in one launch).
-2. ``_chunk_intra_kernel``, one program per (64-token chunk, head), all chunks in parallel. It
-   evaluates Kimi's gate ``g = -exp(A_log) * softplus(g_raw + dt_bias)`` (log2 domain; every exponent it
-   needs is a sum of non-positive decays over a run of rows, taken from fp32 prefix / suffix sums inside
-   16-row segments and the segments' totals, so a huge decay never cancels against nearby rows),
-   the row norms of q and k, the pairs across sub-blocks (on tensor cores, see below), inverts
-   ``L = I + diag(beta) A`` and writes per chunk: W = L^-1 diag(beta) (2^G * k_n),
-   U = L^-1 diag(beta) v, QG = scale * 2^G * q, KG = 2^(G_last - G) * k (raw q, k: their norms
-   1/|q|, 1/|k| are stored beside and applied in the next kernel), Aqk and 2^G_last.
+   launch the column walk for the other blocks. The walk ("walk"; "product" carries the decays as a running
+   product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
+   log2 decays <= 0, one exp2 per element.
+2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
+   softplus(g_raw + dt_bias)`` (log2 domain) with its prefix / suffix sums inside the chunk, the row norms of q and
+   k, the 16x16 inverse of ``L = I + diag(beta) A`` and per chunk: W = L^-1 diag(beta) (2^G * k_n),
+   U = L^-1 diag(beta) v, QG = scale * 2^G * q, KG = 2^(G_last - G) * k (raw q, k: their norms 1/|q|, 1/|k| are
+   stored beside and applied in the next kernel), Aqk and 2^G_last. This is the split of MoonshotAI's FlashKDA
+   (CUTLASS, 16-token chunks, a gate bounded below; it reports 1.7-2.2x over fla on an H20); here the pairs stay
+   exact for Kimi-Linear's unbounded gate.
 3. ``_chunk_inter_kernel``, one program per (sequence, head, block of value rows): walks the
    sequence's chunks in order with the state in registers (V-major, as vLLM stores it):
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
@@ -30,12 +27,12 @@ ops; no device-to-host sync, CUDA-graph safe; two for 16-token chunks, below):
    so that with 64-token chunks every product has 64 or 128 rows); bf16 operands for the state products
    ("inter_dot") and for Aqk v_new ("inter_av") are options.
 
-16-token chunks (``_config["chunk"] = 16``; the default once the batch has a (sequence, head) walk for every SM,
-``chunk_tokens``): ``_chunk16_kernel`` does the work of launches 1 and 2 for chunks that are a single sub-block
-(the pairs as in launch 1, with the walk inline where the range check fails, then a 16x16 inverse; no pairs across
-sub-blocks), and the sequential kernel walks 16-token steps. This is the split of MoonshotAI's FlashKDA (CUTLASS,
-16-token chunks, a gate bounded below; it reports 1.7-2.2x over fla on an H20); here the pairs stay exact for
-Kimi-Linear's unbounded gate.
+64-token chunks: the diagonal kernel as in 1 for the chunk's four sub-blocks, then ``_chunk_intra_kernel``, one
+program per (64-token chunk, head), in place of 2: the same outputs for 64 rows, with the pairs across sub-blocks
+on tensor cores (below) and a 64x64 inverse (every exponent it needs is a sum of non-positive decays over a run of
+rows, taken from fp32 prefix / suffix sums inside 16-row segments and the segments' totals, so a huge decay never
+cancels against nearby rows); the sequential kernel then takes a quarter of the steps. Slower than 16-token chunks
+at every batch shape measured on an H200 (2026-11-30, benchmarks/RESULTS.md).
 
 Exactness with unbounded gates: every exponent evaluated is <= 0, or bounded by ``diag_range`` (the reference-row
 pairs, whose factors on the reference's side are >= 1; blocks past the bound take the walk, which evaluates
@@ -140,48 +137,37 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
 
 @triton.jit
 def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                  BC: tl.constexpr, PRODUCT: tl.constexpr, GS: tl.constexpr):
-    """The pairs (c <= r) inside every group of GS rows of the sub-block starting at token t0 (GS = BC: the whole
-    sub-block), one column at a time, last column to first, all groups at once. Row r at column c needs
-    2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32 product E (E <- E * 2^g_c
-    when the walk moves to column c - 1: one exp2 per key column and step instead of one per element, every factor
-    <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to 0 as they should); otherwise as a
-    running fp32 sum D of the log2 decays with one exp2 per element. Either way every exponent is <= 0 and nothing
-    cancels (no fp64, no hi/lo split). qs, ks: the sub-block's rows of q and k in fp32 (zero past the sequence).
-    Returns [BC, BC] pair blocks (zero outside the groups)."""
+                  BC: tl.constexpr, PRODUCT: tl.constexpr):
+    """The pair blocks of the sub-block starting at token t0, one column at a time, last column to first. Row r
+    at column c needs 2^(G_r - G_c), the decays of rows c+1..r: with PRODUCT it is carried as a running fp32
+    product E (E <- E * 2^g_c when the walk moves to column c - 1: one exp2 per key column and step instead of
+    one per element, every factor <= 1, so rounding stays relative ~BC ulp and very negative gates underflow to
+    0 as they should); otherwise as a running fp32 sum D of the log2 decays with one exp2 per element. Either
+    way every exponent is <= 0 and nothing cancels (no fp64, no hi/lo split). qs, ks: the sub-block's rows of q
+    and k in fp32 (zero past the sequence). Returns [BC, BC] pair blocks."""
     ci = tl.arange(0, BC)
     d_kk = tl.zeros([BC, BC], dtype=tl.float32)
     d_qk = tl.zeros([BC, BC], dtype=tl.float32)
     D = tl.zeros([BC, cols.shape[0]], dtype=tl.float32)     # the running sum of decays, from 0
     if PRODUCT:
         D = D + 1.0                                          # or the running product 2^(G_r - G_c), from 1
-    for step in range(0, GS):
-        if GS == BC:
-            col = BC - 1 - step
-            tc = t0 + col
-            ok = tc < eos
-            # the column's key loaded as a [BC, K] tile (every row the same address, served from L1), which puts
-            # it, the running tile and the products in the row tiles' layout; a [K] vector broadcast here made
-            # Triton move the [BC, K] tile through shared memory every step
-            kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols[None, :] + 0 * ri[:, None], mask=ok, other=0.0)
-            x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
-            gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
-            colr = col + 0 * ri
-        else:
-            # each group's own column: a [BC, K] tile of GS distinct rows (L1), its gate evaluated per element
-            colr = (ri // GS) * GS + (GS - 1 - step)
-            tcr = t0 + colr
-            okr = (tcr < eos)[:, None]
-            kc = tl.load(k_ptr + tcr[:, None] * s_kt + h * s_kh + cols[None, :], mask=okr, other=0.0)
-            x = tl.load(g_ptr + tcr[:, None] * s_gt + h * s_gh + cols[None, :], mask=okr, other=0.0)
-            gcol = tl.where(okr, neg_a * _softplus(x.to(tl.float32) + dtb[None, :]), 0.0)
+    for step in range(0, BC):
+        col = BC - 1 - step
+        tc = t0 + col
+        ok = tc < eos
+        # the column's key loaded as a [BC, K] tile (every row the same address, served from L1), which puts it,
+        # the running tile and the products in the row tiles' layout; a [K] vector broadcast here made Triton
+        # move the [BC, K] tile through shared memory every step
+        kc = tl.load(k_ptr + tc * s_kt + h * s_kh + cols[None, :] + 0 * ri[:, None], mask=ok, other=0.0)
         kc = kc.to(tl.float32)
-        on = (ri >= colr)[:, None]
+        x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
+        gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
+        on = (ri >= col)[:, None]
         if PRODUCT:
             e = D * kc                               # rows r < col hold 1: dropped after the sums
         else:
             e = tl.exp2(D) * kc                      # rows r < col hold D = 0: dropped after the sums
-        keep = on & (ci[None, :] == colr[:, None])
+        keep = on & (ci[None, :] == col)
         d_kk = tl.where(keep, tl.sum(ks * e, axis=1)[:, None], d_kk)
         d_qk = tl.where(keep, tl.sum(qs * e, axis=1)[:, None], d_qk)
         if PRODUCT:
@@ -189,42 +175,6 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
         else:
             D = tl.where(on, D + gcol, 0.0)
     return d_kk, d_qk
-
-
-@triton.jit
-def _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                 BC: tl.constexpr, K: tl.constexpr, GS: tl.constexpr, PREC: tl.constexpr):
-    """The sub-block's pair blocks without any range condition ("levels"): the pairs across the halves of every
-    group of 2L rows, L = BC/2, BC/4, ..., GS, on tensor cores through the reference row p ending the lower half,
-    [x_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T with both exponents <= 0 (prefix sums inside the upper half, exclusive
-    suffix sums inside the lower half: sums of same-signed decays, nothing cancels, nothing overflows), and the
-    pairs inside groups of GS rows by the column walk (GS steps instead of BC). g2: the gate tile; gn: the
-    successor gates (zero past the sequence; zeroed here on the last row of every half)."""
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    for i in tl.static_range(4):
-        if (BC >> (i + 1)) >= GS:
-            p_kk, p_qk = _across_halves(qs, ks, g2, gn, ri, BC, K, BC >> (i + 1), PREC)
-            d_kk += p_kk
-            d_qk += p_qk
-    w_kk, w_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                               BC, False, GS)
-    return d_kk + w_kk, d_qk + w_qk
-
-
-@triton.jit
-def _across_halves(qs, ks, g2, gn, ri, BC: tl.constexpr, K: tl.constexpr, L: tl.constexpr, PREC: tl.constexpr):
-    """One level of ``_level_pairs``: the pairs with r in the upper and c in the lower half of a group of 2L rows."""
-    pre = tl.reshape(tl.cumsum(tl.reshape(g2, (BC // L, L, K)), axis=1), (BC, K))
-    gs = tl.where((ri % L == L - 1)[:, None], 0.0, gn)
-    suf = tl.reshape(tl.cumsum(tl.reshape(gs, (BC // L, L, K)), axis=1, reverse=True), (BC, K))
-    upper = ((ri % (2 * L)) >= L)[:, None]
-    f = tl.exp2(tl.where(upper, pre, suf))
-    down = tl.where(upper, 0.0, ks * f)
-    same = (ri[:, None] // (2 * L)) == (ri[None, :] // (2 * L))
-    p_kk = tl.where(same, tl.dot(tl.where(upper, ks * f, 0.0), tl.trans(down), input_precision=PREC), 0.0)
-    p_qk = tl.where(same, tl.dot(tl.where(upper, qs * f, 0.0), tl.trans(down), input_precision=PREC), 0.0)
-    return p_kk, p_qk
 
 
 @triton.jit
@@ -252,55 +202,24 @@ def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
     return d_kk, d_qk
 
 
-@triton.jit
-def _pair_blocks(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                 BC: tl.constexpr, K: tl.constexpr, FORM: tl.constexpr, RANGE: tl.constexpr, PREC: tl.constexpr,
-                 FALLBACK: tl.constexpr, GS: tl.constexpr):
-    """A sub-block's pair blocks inside the 16-token chunk kernel (``chunk16_pairs="inline"``), in the form of
-    ``_config["diag_form"]``: 0 the column walk with a running log2 sum, 1 with a running product
-    (``_reverse_walk``), 4 ("levels") halves on tensor cores down to GS-row groups walked (``_level_pairs``),
-    3 ("reference") from the middle reference row on tensor cores (``_reference_pairs``) when every |G_r - G_p| of
-    the block is <= RANGE, else the exact form FALLBACK (0 or 4) in the same program. g2, gn: the gate and
-    successor-gate tiles (successor zero on the last row of each half-block), used by forms 3 and 4."""
-    if FORM == 3:
-        E = _mid_exponents(g2, gn, ri, BC, K)
-        if tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE:
-            d_kk, d_qk = _reference_pairs(qs, ks, E, ri, PREC)
-        elif FALLBACK == 4:
-            d_kk, d_qk = _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh,
-                                      s_gt, s_gh, BC, K, GS, PREC)
-        else:
-            d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                                       s_gh, BC, False, BC)
-    elif FORM == 4:
-        d_kk, d_qk = _level_pairs(qs, ks, g2, gn, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                                  s_gh, BC, K, GS, PREC)
-    else:
-        d_kk, d_qk = _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
-                                   BC, FORM == 1, BC)
-    return d_kk, d_qk
-
-
 @triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
-    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr, GS: tl.constexpr,
+    RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 4: halves on
-    tensor cores down to groups of GS rows, walked (``_level_pairs``; no range condition); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a launch of an exact form (FORM 0 or 4, SKIP_DONE, ``_config["diag_fallback"]``)
-    does the rest (measured on an H200 with the walk: 2.21 ms against 2.26 with the walk inline in one launch,
-    1x32768, anchors' gates). With BKD < K
-    (``_config["diag_bk"]``, opt-in until timed: 96 registers at 32 columns against 168 for the whole width on
+    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
+    (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
+    BKD < K
+    (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width on
     sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
     largest |E|, and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN in
-    the accumulators; they are not stored). BT is the chunk length (64, or 16 for the 16-token path, whose chunks
-    are one sub-block)."""
+    the accumulators; they are not stored). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -352,30 +271,13 @@ def _chunk_diag_kernel(
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
-        elif FORM == 4:
-            # every pair is a sum over key channels: BKD columns at a time, accumulated
-            d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-            d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-            for k0 in range(0, K, BKD):
-                kc = k0 + tl.arange(0, BKD)
-                qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
-                ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
-                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
-                                               BC // 2)
-                p_kk, p_qk = _level_pairs(qs.to(tl.float32), ks.to(tl.float32), g2, gn, k_ptr, g_ptr, t0, eos, h, ri,
-                                          kc, tl.load(dtb_ptr + h * K + kc), neg_a, s_kt, s_kh, s_gt, s_gh, BC, BKD,
-                                          GS, PREC)
-                d_kk += p_kk
-                d_qk += p_qk
-            tl.store(full, d_kk)
-            tl.store(full + BT * BC, d_qk)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
             ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
-                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1, BC)
+                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
             tl.store(full, d_kk)
             tl.store(full + BT * BC, d_qk)
 
@@ -526,15 +428,14 @@ def _chunk16_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     N, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
-    FORM: tl.constexpr, RANGE: tl.constexpr, PREC_D: tl.constexpr, PREC_M: tl.constexpr, PREC_O: tl.constexpr,
-    PAIRS_INLINE: tl.constexpr, FALLBACK: tl.constexpr, GS: tl.constexpr,
+    PREC_M: tl.constexpr, PREC_O: tl.constexpr,
 ):
-    """Sixteen-token chunks (``_config["chunk"] = 16``): one program per (chunk, head) does all the parallel work of
-    its chunk, which is a single sub-block: the pairs (``_pair_blocks`` in the form FORM when PAIRS_INLINE, else
-    read from the diagonal kernel's ``dd``), the gate's prefix and suffix sums inside the chunk, the row norms, the
-    16x16 inverse, and W, U, QG, KG, Aqk, 2^G_last in the layouts the sequential kernel reads (with BT = 16). No
-    cross-sub-block products and no 64x64 inverse; the sequential kernel takes four times as many (smaller)
-    steps."""
+    """Sixteen-token chunks (``_config["chunk"] = 16``, the default): one program per (chunk, head) does the rest of
+    the parallel work of its chunk, which is a single sub-block: with the pairs from the diagonal kernel's ``dd``, the
+    gate's prefix and suffix sums inside the chunk, the row norms, the 16x16 inverse, and W, U, QG, KG, Aqk,
+    2^G_last in the layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64
+    inverse; the sequential kernel takes four times as many (smaller) steps. (The pairs computed inside this
+    kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.)"""
     c = tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -545,19 +446,13 @@ def _chunk16_kernel(
     tok = t0 + ri
     live = tok < eos
     neg_a = _neg_a(alog_ptr, h)
-    dtb = tl.load(dtb_ptr + h * K + cols)
     m2 = live[:, None]
     qs = tl.load(q_ptr + tok[:, None] * s_qt + h * s_qh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     ks = tl.load(k_ptr + tok[:, None] * s_kt + h * s_kh + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC)
-    if PAIRS_INLINE:
-        gh = tl.where((ri % (BC // 2) == BC // 2 - 1)[:, None], 0.0, gn)      # successors inside each half-block
-        d_kk, d_qk = _pair_blocks(qs, ks, g2, gh, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt,
-                                  s_gh, BC, K, FORM, RANGE, PREC_D, FALLBACK, GS)
-    else:                             # from the diagonal kernel's launches (BT = BC: one sub-block per chunk)
-        dd = dd_ptr + (c * H + h).to(tl.int64) * 2 * BC * BC + ri[:, None] * BC + ri[None, :]
-        d_kk = tl.load(dd)
-        d_qk = tl.load(dd + BC * BC)
+    dd = dd_ptr + (c * H + h).to(tl.int64) * 2 * BC * BC + ri[:, None] * BC + ri[None, :]   # BT = BC in dd
+    d_kk = tl.load(dd)
+    d_qk = tl.load(dd + BC * BC)
     G = tl.cumsum(g2, axis=0)                      # decays of rows 0..r (log2, <= 0)
     X = tl.cumsum(gn, axis=0, reverse=True)        # decays of rows r+1..15: G_last - G, summed without cancelling
     rq = tl.rsqrt(tl.sum(qs * qs, axis=1) + 1e-6)
@@ -675,16 +570,19 @@ def as_heads(x, H, D):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-# Launch settings per input dtype; the benchmark may override them through ``_config``.
+# Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk" and
+# "diag_warps" (the reference-row launch of the diagonal kernel; "fallback_warps": its walk launch) take one value
+# or one per chunk length.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
-# kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs over the
-# whole key width (diag_bk None), chunk length by batch shape and, for 16-token chunks, their pairs inside the chunk
-# kernel and the sequential kernel at 4 warps / 3 stages from the H200 runs of 2026-11-30 (eighth session).
-_FAST = dict(chunk=None, chunk16_warps=4, chunk16_pairs="inline", BK=16, diag_warps=4, diag_form="reference",
-             diag_range=96.0, diag_bk=None, diag_fallback="walk", levels_walk=4, levels_bk=32,
-             prec_d="tf32", BVI=32, BV=None, ws_dtype=None, inter16_warps=4,
-             inter16_stages=3,
+# kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
+# walk for out-of-range blocks and the 16-token sequential kernel at 4 warps / 3 stages (eighth session); 16-token
+# chunks for every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps
+# (ninth session; the 64-token path keeps the whole key width on 4 warps, as measured for it).
+_FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
+             fallback_form="walk",
+             diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI=32, BV=None, ws_dtype=None,
+             inter16_warps=4, inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
@@ -695,23 +593,11 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 
 def _diag_form(form: str) -> int:
-    """``_config["diag_form"]`` as the pair kernels' FORM flag (``_pair_blocks``, ``_chunk_diag_kernel``)."""
-    forms = {"walk": 0, "product": 1, "reference": 3, "levels": 4}
+    """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
+    forms = {"walk": 0, "product": 1, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
-
-
-def _pair_settings(cfg) -> tuple[int, int, int]:
-    """The pair kernels' FORM, FALLBACK (the exact form of out-of-range blocks under "reference": 0 walk, 4 levels)
-    and GS (rows per walked group under "levels") from ``_config``, checked."""
-    fallback = cfg["diag_fallback"]
-    if fallback not in ("walk", "levels"):
-        raise ValueError(f"diag_fallback={fallback!r}: expected 'walk' or 'levels'")
-    gs = cfg["levels_walk"]
-    if gs not in (1, 2, 4, 8):
-        raise ValueError(f"levels_walk={gs!r}: expected 1, 2, 4 or 8 rows")
-    return _diag_form(cfg["diag_form"]), _diag_form(fallback), gs
 
 
 def inter_block_v(n_walks: int, V: int, sms: int) -> int:
@@ -724,27 +610,17 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     return bv
 
 
-def chunk_tokens(n_walks: int, sms: int) -> int:
-    """Tokens per chunk when none is configured: 16 once the batch has a (sequence, head) walk for every SM, else 64.
-    Short chunks make the parallel work light (no cross-sub-block pairs, a 16x16 inverse) and the sequential walk
-    four times longer, which pays only while the walks fill the GPU (H200, 2026-11-30, bench_kda_kernels.py
-    --sweep --gates init: 16-token chunks 4.13-4.54 ms against 5.77-6.22 for 64 at 8x4096 .. 256x128 (256 to 8192
-    walks), 5.79 against 5.92 at 1x32768 (32 walks of 2048 steps; 7.33 against 6.93 with the anchors' gates).
-    The switch point between 32 and 256 walks was not timed."""
-    return BC if n_walks >= sms else BT
-
-
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
-    """The smallest number of sequences for each (chunk length, value block of the sequential kernel) the fast path
-    may pick (``chunk_tokens``, ``inter_block_v``): a warm-up that runs a prefill with each of these counts
-    compiles every variant the fast path can launch."""
+    """The smallest number of sequences for each value block of the sequential kernel the fast path may pick
+    (``inter_block_v``; the chunk length does not depend on the batch): a warm-up that runs a prefill with each of
+    these counts compiles every variant the fast path can launch."""
     sms = num_sms(device)
-    first: dict[tuple[int, int], int] = {}
+    first: dict[int, int] = {}
     n = 1
     while True:
-        key = (chunk_tokens(n * H, sms), min(inter_block_v(n * H, V, sms), V))
-        first.setdefault(key, n)
-        if key == (BC, min(64, V)):
+        bv = min(inter_block_v(n * H, V, sms), V)
+        first.setdefault(bv, n)
+        if bv == min(64, V):
             return sorted(first.values())
         n += 1
 
@@ -763,10 +639,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
     bf16/fp16 inputs run the fast path (bf16 intermediates, tf32 products); fp32 inputs run every
     product in full fp32 (slower; for tests and checks). No device-to-host synchronisation.
-    Workspace for K = V = 128 on the fast path: ~124 KB per (64-token chunk, head), i.e. ~62 KB per token at
-    H = 32 (1 GB for a 16384-token batch); ~22 KB per (16-token chunk, head) with 16-token chunks (~43 KB per
-    token; 2 KB more per (chunk, head) with ``chunk16_pairs="diag"``); allocated per call from torch's caching
-    allocator.
+    Workspace for K = V = 128 on the fast path: ~24 KB per (16-token chunk, head), i.e. ~47 KB per token at
+    H = 32 (0.8 GB for a 16384-token batch); ~124 KB per (64-token chunk, head) with 64-token chunks (~62 KB per
+    token); allocated per call from torch's caching allocator.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -787,7 +662,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
     bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
 
-    bt = cfg["chunk"] or chunk_tokens(N * H, num_sms(dev))
+    bt = cfg["chunk"]
     if bt not in (BC, BT):
         raise ValueError(f"chunk={bt!r}: expected {BT} or {BC} tokens")
     cu = cu_seqlens.to(torch.int32)
@@ -810,17 +685,10 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
     if bt == BC:
-        if cfg["chunk16_pairs"] not in ("inline", "diag"):
-            raise ValueError(f"chunk16_pairs={cfg['chunk16_pairs']!r}: expected 'inline' or 'diag'")
-        inline = cfg["chunk16_pairs"] == "inline"
-        form, fallback, gs = _pair_settings(cfg)
-        # with the pairs inline the kernel never reads dd: any tensor serves as its pointer
-        dd = w if inline else _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
+        dd = _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
-            *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi,
-            FORM=form, RANGE=cfg["diag_range"], PREC_D=cfg["prec_d"], PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-            PAIRS_INLINE=inline, FALLBACK=fallback, GS=gs,
+            *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
             num_warps=cfg["chunk16_warps"])
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -862,22 +730,27 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
 def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg):
     """The pairs inside every 16-token sub-block of chunks of ``bt`` tokens, [nchb, H, 2, bt, BC] (kk, qk):
     ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
-    then an exact form, ``diag_fallback``, for the rest)."""
+    then the walk for the rest)."""
     H, K = q.shape[1:]
     dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=q.device)
-    form, fallback, gs = _pair_settings(cfg)
+    form = _diag_form(cfg["diag_form"])
     items = nchb * (bt // BC) * H
     done = torch.empty(items if form == 3 else 1, dtype=torch.int8, device=q.device)
-    bkd = cfg["diag_bk"] or K
+    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    lbk = min(cfg["levels_bk"] or K, K)
-    if lbk < 16 or K % lbk or lbk & (lbk - 1):
-        raise ValueError(f"levels_bk={lbk!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
+    fallback = _diag_form(cfg["fallback_form"])
+    if fallback not in (0, 1):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=lbk if f == 4 else bkd, GS=gs, num_warps=cfg["diag_warps"])
+            BKD=bkd, num_warps=cfg["fallback_warps"] if skip_done else _per_chunk(cfg["diag_warps"], bt))
     return dd
+
+
+def _per_chunk(value, bt):
+    """A launch setting given once or per chunk length ({16: .., 64: ..})."""
+    return value[bt] if isinstance(value, dict) else value

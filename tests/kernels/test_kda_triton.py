@@ -85,24 +85,19 @@ PREFILL_CASES = [
 ]
 
 
-# Prefill designs (``_config``): the default ({}: chunk length by batch shape, pairs from a reference row), and
-# with a fixed chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's) and
-# every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
+# Prefill designs (``_config``): the default ({}: 16-token chunks, pairs from a reference row in 32-column slices),
+# and with either chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's)
+# and every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
 # whose decays leave its range: both branches run in these cases; its key width whole or in 16-column slices,
-# "diag_bk"; for 16-token chunks inside the chunk kernel or from the diagonal kernel, "chunk16_pairs"; and
-# "levels", alone or for the out-of-range blocks, "diag_fallback", with every size of walked group, "levels_walk")
-# run on every case.
+# "diag_bk"; the walk for out-of-range blocks with a running sum or product, "fallback_form") run on every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
-           dict(chunk=16, inter_form="cols_kmajor", diag_form="walk", chunk16_pairs="diag"),
+           dict(chunk=64, inter_form="rows", diag_form="reference"),
+           dict(chunk=16, inter_form="cols_kmajor", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="product"),
-           dict(chunk=16, inter_form="rows", diag_form="reference"),
-           dict(chunk=16, inter_form="rows", diag_form="reference", chunk16_pairs="diag", diag_bk=16),
-           dict(chunk=64, inter_form="rows", diag_form="reference", diag_fallback="levels", levels_walk=2),
-           dict(chunk=64, inter_form="rows", diag_form="levels", levels_walk=8, levels_bk=None),
-           dict(chunk=16, inter_form="rows", diag_form="reference", diag_fallback="levels", levels_walk=1),
-           dict(chunk=16, inter_form="rows", diag_form="levels", chunk16_pairs="diag", levels_bk=16)]
+           dict(chunk=16, inter_form="cols", diag_form="reference", diag_bk=None),
+           dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -208,10 +203,9 @@ def prefill_errors(inputs, lengths, cfg):
     return errs, o
 
 
-@pytest.mark.parametrize("cfg", [dict(chunk=64), dict(chunk=64, diag_bk=16), dict(chunk=16),
-                                 dict(chunk=16, chunk16_pairs="diag"),
-                                 dict(chunk=16, chunk16_pairs="diag", diag_bk=32)],
-                         ids=["64", "64-slices16", "16-inline", "16-diag", "16-diag-slices32"])
+@pytest.mark.parametrize("cfg", [dict(chunk=64), dict(chunk=64, diag_bk=16), dict(chunk=16, diag_bk=None),
+                                 dict(chunk=16), dict(chunk=16, diag_bk=16)],
+                         ids=["64", "64-slices16", "16-whole", "16-slices32", "16-slices16"])
 def test_reference_pairs_in_range(cfg):
     """Every sub-block in range, so every pair block comes from the tensor-core branch of the reference-row form
     (the default), over the whole key width or in slices, in both chunk lengths: exact against fp64."""
@@ -223,14 +217,14 @@ def test_reference_pairs_in_range(cfg):
     assert max(errs) < TOL, errs
 
 
-@pytest.mark.parametrize("chunk,pairs", [(64, "inline"), (16, "inline"), (16, "diag")])
-def test_reference_pairs_without_fallback(chunk, pairs):
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_reference_pairs_without_fallback(chunk):
     """The "reference" pair form with its range check switched off (every block takes the tensor-core branch): exact
     for decays within fp32's range, and NaN for +-1e4 gates, which is why the branch checks the block's range
     and falls back to the walk (the DESIGNS above run both branches with the check on)."""
     gen = torch.Generator().manual_seed(23)
     lengths = [37, 70]
-    cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk, chunk16_pairs=pairs, diag_bk=16)
+    cfg = dict(diag_form="reference", diag_range=float("inf"), chunk=chunk, diag_bk=16)
     inputs, worst = small_decay_batch(32, lengths, gen)
     assert worst < 96.0 / 4, worst
     errs, _ = prefill_errors(inputs, lengths, cfg)
@@ -397,17 +391,15 @@ def test_chunk_prefill_fast_path_storage(chunk):
 
 
 def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
-    """The fast path's chunk length and value block follow the batch shape, and the warm-up counts reach every
-    (chunk, value block) pair it can pick on a 132-SM GPU: 64-token chunks while there are fewer (sequence, head)
-    walks than SMs, 16 from then on."""
+    """The fast path's value block follows the batch shape (its chunk length does not), and the warm-up counts reach
+    every value block it can pick on a 132-SM GPU."""
     import kernels.kda.triton_chunk as tc
 
     sms = 132
-    assert tc.chunk_tokens(32, sms) == 64 and tc.chunk_tokens(131, sms) == 64
-    assert tc.chunk_tokens(132, sms) == 16 and tc.chunk_tokens(8 * 32, sms) == 16
+    assert tc._FAST["chunk"] == 16
     assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64
     monkeypatch.setattr(tc, "num_sms", lambda device: sms)
-    # H = 32: 1 sequence (64-token chunks, 32 value rows), 2 (64, 64), 5 (16, 64)
-    assert tc.prefill_variant_batches(32, 128, None) == [1, 2, 5]
-    # H = 2 (the tiny model): 64-token chunks with 16, 32 and 64 value rows, then 16-token chunks from 66 sequences
-    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17, 66]
+    # H = 32: 1 sequence (32 value rows), 2 (64)
+    assert tc.prefill_variant_batches(32, 128, None) == [1, 2]
+    # H = 2 (the tiny model): 16, 32 and 64 value rows
+    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17]

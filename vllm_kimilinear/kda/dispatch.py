@@ -35,13 +35,12 @@ CHUNK_ENV = "VLLM_KIMILINEAR_KDA_CHUNK"
 
 def prefill_chunk() -> int | None:
     """Tokens per chunk of the Triton prefill asked for through VLLM_KIMILINEAR_KDA_CHUNK (None: "auto", the
-    kernels' choice by batch shape, ``kernels.kda.triton_chunk.chunk_tokens``). The KDA layer reads it at load, so
-    that a bad value fails there."""
+    kernels' default, 16-token chunks). The KDA layer reads it at load, so that a bad value fails there."""
     raw = os.environ.get(CHUNK_ENV, "")
     value = raw.strip().lower()
     if value not in ("", "auto", "16", "64"):
-        raise ValueError(f"{CHUNK_ENV}={raw!r}: allowed values are auto (the default: 16-token chunks when the "
-                         "batch has a (sequence, head) pair for every SM, else 64), 16 and 64")
+        raise ValueError(f"{CHUNK_ENV}={raw!r}: allowed values are auto (the default: the kernels' choice, 16-token "
+                         "chunks), 16 and 64")
     return None if value in ("", "auto") else int(value)
 
 
@@ -71,9 +70,8 @@ def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, ha
 
 
 def prefill_variant_batches(num_heads: int, head_dim: int, device) -> list[int]:
-    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per chunk length and value block
-    of the sequential kernel the fast path can pick); the layer's profile run warms each, so that serving compiles
-    nothing."""
+    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per value block of the sequential
+    kernel the fast path can pick); the layer's profile run warms each, so that serving compiles nothing."""
     if device.type == "cuda" and triton_kda_available():
         from kernels.kda.triton_chunk import prefill_variant_batches as variants
 
