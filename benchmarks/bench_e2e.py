@@ -163,8 +163,8 @@ def main() -> None:
                     help="run each timed workload under cProfile (engine in-process; times include its overhead) "
                          "and print the functions with the most cumulative host time")
     ap.add_argument("--kda-chunk", choices=["auto", "16", "64"],
-                    help="the plugin's KDA prefill chunk (VLLM_KIMILINEAR_KDA_CHUNK; default: auto, the kernels pick "
-                    "by batch shape)")
+                    help="the plugin's KDA prefill chunk (VLLM_KIMILINEAR_KDA_CHUNK; default: auto, the kernels' "
+                    "default, 16-token chunks)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -110,13 +110,14 @@ def kda_prefill():
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
                 state_ptr=f32, init_ptr="*i1")
-    for form, name, bkd, nw in ((0, "walk", 128, 4), (1, "product", 128, 4), (3, "reference", 128, 4),
-                                (3, "reference", 64, 4), (3, "reference", 32, 4), (3, "reference", 32, 2),
-                                (3, "reference", 16, 2)):
+    for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
+                                    (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),
+                                    (BT, 3, "reference", 32, 2), (BT, 3, "reference", 16, 2),
+                                    (BC, 3, "reference", 32, 2), (BC, 0, "walk", 128, 4)):
         k = compile_kernel(_chunk_diag_kernel, dict(ptrs, done_ptr="*i8"),
-                           dict(H=32, K=128, BT=BT, BC=BC, FORM=form, RANGE=96.0, PREC="tf32", SKIP_DONE=form == 0,
+                           dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC="tf32", SKIP_DONE=form == 0,
                                 BKD=bkd), div16=div16, num_warps=nw)
-        report(f"kda diag kernel ({name}, key slices {bkd}, {nw} warps)", k)
+        report(f"kda diag kernel, {bt}-token chunks ({name}, key slices {bkd}, {nw} warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
         k = compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
@@ -128,10 +129,10 @@ def kda_prefill():
         report(f"kda 16-token chunk kernel, {nw} warps",
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for bv, nw in [(32, 4), (64, 8)]:
+    for bv, nw in [(32, 2), (32, 4), (64, 2), (64, 4)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=1)
         report(f"kda inter rows bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
-               compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2))
+               compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=3))
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:

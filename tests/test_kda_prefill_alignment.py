@@ -1,5 +1,5 @@
-"""The KDA layer hands its prefill kernels 16-byte-aligned slot and flag tensors in a mixed batch (decodes first,
-then prefills): Triton specialises kernels on pointer alignment, and an odd offset into the batch's slot list
+"""The KDA layer hands its prefill kernels 16-byte-aligned slot, flag and beta tensors in a mixed batch (decodes
+first, then prefills): Triton specialises kernels on pointer alignment, and an odd offset into the batch's slot list
 compiled a second variant of every prefill kernel in the middle of serving (seen on the H100: five compiles, ~3 s,
 in the first mixed step)."""
 
@@ -24,7 +24,11 @@ def test_mixed_batch_prefill_gets_aligned_slots(monkeypatch):
     monkeypatch.setattr(dispatch, "short_conv_prefill", fake_conv_prefill)
     monkeypatch.setattr(dispatch, "short_conv_decode", lambda x, *a: torch.zeros_like(x))
     monkeypatch.setattr(dispatch, "kda_decode", lambda q, *a: torch.zeros_like(q))
-    monkeypatch.setattr(dispatch, "kda_prefill", lambda q, *a, **kw: torch.zeros_like(q))
+    def fake_prefill(q, k, v, g_raw, beta, *a, **kw):
+        seen.update(beta=beta)
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(dispatch, "kda_prefill", fake_prefill)
 
     slots = torch.arange(1, nd + len(lens) + 1, dtype=torch.int32)
     has_init = torch.tensor([True, True, True, False, True])
@@ -40,9 +44,11 @@ def test_mixed_batch_prefill_gets_aligned_slots(monkeypatch):
     lay.A_log, lay.dt_bias = torch.zeros(H), torch.zeros(H * D)
     lay.conv_weight = lambda: torch.zeros(3 * H * D, W)
     x = torch.randn(T, H * D)
-    lay.core(x, x, x, x, torch.rand(T, H), torch.empty(T, H, D))
+    beta = torch.rand(T, H)                               # 8 bytes a token: the prefills' rows start 24 bytes in
+    lay.core(x, x, x, x, beta, torch.empty(T, H, D))
 
     assert seen["slots"].tolist() == [4, 5] and seen["has_init"].tolist() == [False, True]
     assert seen["cu"].tolist() == [0, 5, 7]
-    for name in ("slots", "has_init"):
+    assert torch.equal(seen["beta"], beta[nd:])
+    for name in ("slots", "has_init", "beta"):
         assert seen[name].data_ptr() % 16 == 0, name

@@ -1,7 +1,7 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
-Three launches for 16-token chunks, the default (``_config["chunk"]``; four with the walk for out-of-range blocks;
-plus a few tiny device-side index ops; no device-to-host sync, CUDA-graph safe); 64-token chunks, below, are an
+Four launches for 16-token chunks, the default (``_config["chunk"]``; the diagonal kernel's two: see 1; plus a few
+tiny device-side index ops; no device-to-host sync, CUDA-graph safe); 64-token chunks, below, are an
 option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
@@ -53,8 +53,8 @@ import triton.language as tl
 
 from kernels.device import num_sms
 
-BT = 64          # chunk length
-BC = 16          # sub-block length (pairs inside a sub-block are computed elementwise)
+BT = 64          # the optional long chunk length (``_config["chunk"] = 64``)
+BC = 16          # sub-block length, and the default chunk length
 
 
 @triton.jit
@@ -570,19 +570,21 @@ def as_heads(x, H, D):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-# Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk" and
-# "diag_warps" (the reference-row launch of the diagonal kernel; "fallback_warps": its walk launch) take one value
-# or one per chunk length.
+# Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
+# diagonal kernel's reference-row launch) and "fallback_warps" (its walk launches: the walk forms, or the second
+# launch of "reference") take one value or one per chunk length. "inter16_warps" None: by batch shape,
+# ``inter_warps16``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
-# walk for out-of-range blocks and the 16-token sequential kernel at 4 warps / 3 stages (eighth session); 16-token
-# chunks for every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps
-# (ninth session; the 64-token path keeps the whole key width on 4 warps, as measured for it).
+# walk for out-of-range blocks and the 16-token sequential kernel's 3 stages (eighth session); 16-token chunks for
+# every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps, and the
+# 16-token sequential kernel on 2 warps while its programs fit in one wave, else 4 (ninth session; the 64-token
+# path keeps the whole key width on 4 warps, as measured for it).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
              fallback_form="walk",
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI=32, BV=None, ws_dtype=None,
-             inter16_warps=4, inter16_stages=3,
+             inter16_warps=None, inter16_stages=3,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
@@ -610,17 +612,26 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     return bv
 
 
+def inter_warps16(n_programs: int, sms: int) -> int:
+    """Warps per program of the sequential kernel over 16-token chunks when none is configured: 2 while its programs
+    fit in one wave, else 4 (H200, 2026-11-30, fla-init gates; this kernel's time does not depend on the gates:
+    1x32768, 128 programs, 4.455 against 5.058 ms in all; 8x4096 .. 256x128, 512 or more programs, 3.379 / 3.524 /
+    3.879 against 3.407 / 3.497 / 3.772 ms at 4 warps; between 132 and 512 programs not timed)."""
+    return 2 if n_programs <= sms else 4
+
+
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
-    """The smallest number of sequences for each value block of the sequential kernel the fast path may pick
-    (``inter_block_v``; the chunk length does not depend on the batch): a warm-up that runs a prefill with each of
-    these counts compiles every variant the fast path can launch."""
+    """The smallest number of sequences for each (value block, warps) of the sequential kernel the fast path may pick
+    (``inter_block_v``, ``inter_warps16``; the chunk length does not depend on the batch): a warm-up that runs a
+    prefill with each of these counts compiles every variant the fast path can launch."""
     sms = num_sms(device)
-    first: dict[int, int] = {}
+    first: dict[tuple[int, int], int] = {}
     n = 1
     while True:
         bv = min(inter_block_v(n * H, V, sms), V)
-        first.setdefault(bv, n)
-        if bv == min(64, V):
+        nw = inter_warps16(n * H * (V // bv), sms)
+        first.setdefault((bv, nw), n)
+        if bv == min(64, V) and nw == 4:
             return sorted(first.values())
         n += 1
 
@@ -706,7 +717,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
         PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
-        num_warps=cfg["inter16_warps" if bt == BC else "inter_warps"],
+        num_warps=(cfg["inter16_warps"] or inter_warps16(N * H * (V // bv), num_sms(dev))) if bt == BC else
+        cfg["inter_warps"],
         num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
     return o
 
@@ -747,7 +759,8 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd, num_warps=cfg["fallback_warps"] if skip_done else _per_chunk(cfg["diag_warps"], bt))
+            BKD=bkd if f == 3 else K,                 # the walks take whole rows: one compiled variant
+            num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd
 
 

@@ -3,7 +3,7 @@
 Both take the same inputs: q, k raw (normalised inside), g_raw the gate pre-activation (the gate
 -exp(A_log) * softplus(g_raw + dt_bias) is applied inside), beta after its sigmoid, states in paged slots.
 Set VLLM_KIMILINEAR_KDA=torch to force the torch path on a GPU (for checks), and VLLM_KIMILINEAR_KDA_CHUNK=16 or 64
-to fix the Triton prefill's chunk length (default "auto": the kernels pick it from the batch shape).
+to fix the Triton prefill's chunk length (default "auto": the kernels' default, 16-token chunks).
 """
 
 import functools

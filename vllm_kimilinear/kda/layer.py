@@ -161,9 +161,13 @@ class KimiDeltaAttention(nn.Module, MambaBase):
             cu = md.non_spec_query_start_loc[nd:] - nd_tok
             # The prefills' slots and flags start nd entries in: copies, so that the kernels always see 16-byte
             # aligned pointers (Triton specialises on alignment; a view at an odd offset would compile a second
-            # variant of every prefill kernel in the middle of serving)
+            # variant of every prefill kernel in the middle of serving). The same for beta when its rows (4 bytes a
+            # head) leave it misaligned (fewer than 4 local heads); the other tensors' rows are multiples of 16 bytes.
             pf = slice(nd, nd + md.num_prefills)
-            self._prefill(qkv[nd_tok:], g_raw[nd_tok:n_tok], beta[nd_tok:n_tok], weight, conv_state, rec_state,
+            beta_pf = beta[nd_tok:n_tok]
+            if beta_pf.data_ptr() % 16:
+                beta_pf = beta_pf.clone()
+            self._prefill(qkv[nd_tok:], g_raw[nd_tok:n_tok], beta_pf, weight, conv_state, rec_state,
                           slots[pf].clone(), md.has_initial_state[pf].clone(), cu, out[nd_tok:n_tok])
 
     def _split_heads(self, x):
