@@ -233,6 +233,15 @@ PREFILL_CONFIGS = {
     "i16_w2": dict(inter16_warps=2),                         # the sequential kernel's warps fixed, not by shape
     "i16_w4": dict(inter16_warps=4),
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
+    "fb_cube": dict(fallback_form="cube"),                   # out-of-range blocks by the cube (untimed)
+    "fb_cube8": dict(fallback_form="cube", cube_bk=8),
+    "fb_cube_w8": dict(fallback_form="cube", fallback_warps=8),
+    "fb_cube_w2": dict(fallback_form="cube", fallback_warps=2),
+    "c16k_w2": dict(chunk16_warps=2),                        # untimed: the 16-token chunk kernel on 2 warps
+    "diag_w1": dict(diag_warps=1),                           # untimed: the reference-row launch on 1 warp
+    "i16_s4": dict(inter16_stages=4),                        # untimed
+    "early_out": dict(diag_early_out=True),                  # untimed: sliced reference pass stops at range exit
+    "early_out_cube": dict(diag_early_out=True, fallback_form="cube"),   # untimed
     "walk_c64": dict(diag_form="walk", chunk=64),            # the seventh session's default
     "intra_s2": dict(chunk=64, intra_stages=2),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),

@@ -45,6 +45,13 @@ CONFIGS = {
     "reference-row range 2^+-120": dict(diag_range=120.0),
     "walk launch on 2 warps": dict(fallback_warps=2),
     "walk launch as a running product": dict(fallback_form="product"),
+    # untimed (ninth session): out-of-range blocks by the "cube" (all pairs at once, 16 channels at a time)
+    "out-of-range blocks by the cube": dict(fallback_form="cube"),
+    "out-of-range blocks by the cube, 8 channels at a time": dict(fallback_form="cube", cube_bk=8),
+    "out-of-range blocks by the cube on 8 warps": dict(fallback_form="cube", fallback_warps=8),
+    "reference-row pass stopping at the first slice out of range": dict(diag_early_out=True),
+    "reference-row pass stopping at the first slice out of range, out-of-range blocks by the cube": dict(
+        diag_early_out=True, fallback_form="cube"),
     "16-token chunks, sequential kernel at 8 warps": dict(inter16_warps=8),
     "U in bf16": dict(u_dtype=torch.bfloat16),
 }

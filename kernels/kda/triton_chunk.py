@@ -10,7 +10,8 @@ option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
    where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
    launch the column walk for the other blocks. The walk ("walk"; "product" carries the decays as a running
    product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element.
+   log2 decays <= 0, one exp2 per element. ``fallback_form="cube"`` (opt-in, untimed) takes all pairs of the block
+   at once instead, a few key channels at a time, with the same exponents and no per-column row reductions.
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
    softplus(g_raw + dt_bias)`` (log2 domain) with its prefix / suffix sums inside the chunk, the row norms of q and
    k, the 16x16 inverse of ``L = I + diag(beta) A`` and per chunk: W = L^-1 diag(beta) (2^G * k_n),
@@ -178,6 +179,36 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
 
 
 @triton.jit
+def _cube_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                K: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr):
+    """The sub-block's pair blocks ("cube"), every (r, c) at once, BKD key channels at a time: the decays of rows
+    c+1..r for all pairs as one [r, c, channel] tile, a running sum down the rows of the gates masked to rows > c
+    (fp32 sums of non-positive decays: nothing cancels), then one exp2 per element and the sums over the channels.
+    The same exponents as the walk, without its 16 per-column row reductions. Pairs past the diagonal are zeroed."""
+    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    # every tile loaded in its place in the [r, c, channel] cube (rows [BC, 1, BKD], columns [1, BC, BKD]), so that
+    # no tile changes layout inside the loop
+    r3 = ri[:, None, None]
+    c3 = ri[None, :, None]
+    live_r = (t0 + r3) < eos
+    live_c = (t0 + c3) < eos
+    for k0 in range(0, K, BKD):
+        d3 = k0 + tl.arange(0, BKD)[None, None, :]
+        qr = tl.load(q_ptr + (t0 + r3) * s_qt + h * s_qh + d3, mask=live_r, other=0.0).to(tl.float32)
+        kr = tl.load(k_ptr + (t0 + r3) * s_kt + h * s_kh + d3, mask=live_r, other=0.0).to(tl.float32)
+        kcol = tl.load(k_ptr + (t0 + c3) * s_kt + h * s_kh + d3, mask=live_c, other=0.0).to(tl.float32)
+        x = tl.load(g_ptr + (t0 + r3) * s_gt + h * s_gh + d3, mask=live_r, other=0.0).to(tl.float32)
+        g3 = tl.where(live_r, neg_a * _softplus(x + tl.load(dtb_ptr + h * K + d3)), 0.0)      # [r, 1, d]
+        D = tl.cumsum(tl.where(r3 > c3, g3, 0.0), axis=0)              # [r, c, d]: decays of rows c+1..r
+        e = tl.exp2(D) * kcol
+        d_kk += tl.sum(kr * e, axis=2)
+        d_qk += tl.sum(qr * e, axis=2)
+    lower = ri[:, None] >= ri[None, :]
+    return tl.where(lower, d_kk, 0.0), tl.where(lower, d_qk, 0.0)
+
+
+@triton.jit
 def _mid_exponents(g2, gn, ri, BC: tl.constexpr, K: tl.constexpr):
     """E_r = G_r - G_p for the sub-block's reference row p = BC/2 - 1, per key channel, from the gate tile g2 and
     the successor tile gn (zero on rows p and BC - 1): on rows after p the prefix sum of their half (<= 0), on
@@ -208,18 +239,21 @@ def _chunk_diag_kernel(
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
     RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
+    EARLY_OUT: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 2: all pairs at
+    once, BKD channels at a time (``_cube_pairs``; opt-in, untimed); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
+    marks them in ``done``, then a walk launch (FORM 0, 1 or 2, ``fallback_form``, SKIP_DONE) does the rest
     (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
     BKD < K
     (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width on
     sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
-    largest |E|, and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN in
-    the accumulators; they are not stored). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
+    largest |E| (with EARLY_OUT skipping the slices after the first one out of range), and decides at the end
+    whether the block is in range (out-of-range blocks may hold inf / NaN in the accumulators; they are not
+    stored). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -254,23 +288,31 @@ def _chunk_diag_kernel(
             a_qk = tl.zeros([BC, BC], dtype=tl.float32)
             big = tl.zeros([BC, BKD], dtype=tl.float32)
             for k0 in range(0, K, BKD):
-                kc = k0 + tl.arange(0, BKD)
-                qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
-                ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
-                g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
-                                               BC // 2)
-                E = _mid_exponents(g2, gn, ri, BC, BKD)
-                big = tl.maximum(big, tl.abs(E))
-                up = tl.exp2(E)
-                kd = ks.to(tl.float32) * tl.exp2(-E)
-                a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
-                a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
+                # EARLY_OUT (opt-in, untimed): once a slice has left the range the block goes to the walk, so the
+                # remaining slices are skipped
+                if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
+                    kc = k0 + tl.arange(0, BKD)
+                    g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
+                                                   BC // 2)
+                    E = _mid_exponents(g2, gn, ri, BC, BKD)
+                    big = tl.maximum(big, tl.abs(E))
+                    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
+                    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
+                    up = tl.exp2(E)
+                    kd = ks.to(tl.float32) * tl.exp2(-E)
+                    a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
+                    a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
             ok = tl.max(tl.max(big, axis=1), axis=0) <= RANGE
             if ok:
                 lower = ri[:, None] >= ri[None, :]
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
+        elif FORM == 2:
+            d_kk, d_qk = _cube_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh,
+                                     s_gt, s_gh, K, BC, BKD)
+            tl.store(full, d_kk)
+            tl.store(full + BT * BC, d_qk)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
@@ -582,7 +624,7 @@ def as_heads(x, H, D):
 # 16-token sequential kernel on 2 warps while its programs fit in one wave, else 4 (ninth session; the 64-token
 # path keeps the whole key width on 4 warps, as measured for it).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
-             fallback_form="walk",
+             fallback_form="walk", cube_bk=16, diag_early_out=False,
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI=32, BV=None, ws_dtype=None,
              inter16_warps=None, inter16_stages=3,
              ek_dtype=torch.float16,
@@ -596,7 +638,7 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
-    forms = {"walk": 0, "product": 1, "reference": 3}
+    forms = {"walk": 0, "product": 1, "cube": 2, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -752,14 +794,15 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
     fallback = _diag_form(cfg["fallback_form"])
-    if fallback not in (0, 1):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
+    if fallback not in (0, 1, 2):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'cube'")
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd if f == 3 else K,                 # the walks take whole rows: one compiled variant
+            BKD=bkd if f == 3 else min(cfg["cube_bk"], K) if f == 2 else K,   # the walks take whole rows
+            EARLY_OUT=cfg["diag_early_out"] and f == 3,
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd
 

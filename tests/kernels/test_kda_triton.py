@@ -89,7 +89,8 @@ PREFILL_CASES = [
 # and with either chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's)
 # and every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
 # whose decays leave its range: both branches run in these cases; its key width whole or in 16-column slices,
-# "diag_bk"; the walk for out-of-range blocks with a running sum or product, "fallback_form") run on every case.
+# "diag_bk", stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the
+# walk with a running sum or product or by the "cube", "fallback_form"; the cube for every block) run on every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -97,7 +98,9 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="cols_kmajor", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="product"),
            dict(chunk=16, inter_form="cols", diag_form="reference", diag_bk=None),
-           dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product")]
+           dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
+           dict(chunk=16, inter_form="rows", diag_form="reference", fallback_form="cube", diag_early_out=True),
+           dict(chunk=64, inter_form="rows", diag_form="cube", cube_bk=8)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -204,8 +207,8 @@ def prefill_errors(inputs, lengths, cfg):
 
 
 @pytest.mark.parametrize("cfg", [dict(chunk=64), dict(chunk=64, diag_bk=16), dict(chunk=16, diag_bk=None),
-                                 dict(chunk=16), dict(chunk=16, diag_bk=16)],
-                         ids=["64", "64-slices16", "16-whole", "16-slices32", "16-slices16"])
+                                 dict(chunk=16), dict(chunk=16, diag_bk=16, diag_early_out=True)],
+                         ids=["64", "64-slices16", "16-whole", "16-slices32", "16-slices16-early-out"])
 def test_reference_pairs_in_range(cfg):
     """Every sub-block in range, so every pair block comes from the tensor-core branch of the reference-row form
     (the default), over the whole key width or in slices, in both chunk lengths: exact against fp64."""
