@@ -621,7 +621,8 @@ def as_heads(x, H, D):
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
 # walk for out-of-range blocks and the 16-token sequential kernel's 3 stages (eighth session); 16-token chunks for
 # every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps, and the
-# 16-token sequential kernel on 2 warps while its programs fit in one wave, else 4 (ninth session; the 64-token
+# 16-token sequential kernel on 2 warps while its programs (of at most 32 value rows) fit in one wave, else 4 (ninth
+# session; the 64-token
 # path keeps the whole key width on 4 warps, as measured for it).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
              fallback_form="walk", cube_bk=16, diag_early_out=False,
@@ -654,12 +655,13 @@ def inter_block_v(n_walks: int, V: int, sms: int) -> int:
     return bv
 
 
-def inter_warps16(n_programs: int, sms: int) -> int:
+def inter_warps16(n_programs: int, bv: int, sms: int) -> int:
     """Warps per program of the sequential kernel over 16-token chunks when none is configured: 2 while its programs
-    fit in one wave, else 4 (H200, 2026-11-30, fla-init gates; this kernel's time does not depend on the gates:
-    1x32768, 128 programs, 4.455 against 5.058 ms in all; 8x4096 .. 256x128, 512 or more programs, 3.379 / 3.524 /
-    3.879 against 3.407 / 3.497 / 3.772 ms at 4 warps; between 132 and 512 programs not timed)."""
-    return 2 if n_programs <= sms else 4
+    fit in one wave with at most 32 value rows each, else 4 (H200, 2026-11-30, fla-init gates; this kernel's time
+    does not depend on the gates: 1x32768, 128 programs of 32 rows, 4.455 against 5.058 ms in all; 8x4096 ..
+    256x128, 512 or more programs of 64 rows, 3.379 / 3.524 / 3.879 against 3.407 / 3.497 / 3.772 ms at 4 warps).
+    64 rows on 2 warps spill on sm_90a (255 registers, 328 bytes; scripts/inspect_sm90.py) and were not timed."""
+    return 2 if n_programs <= sms and bv <= 32 else 4
 
 
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
@@ -671,7 +673,7 @@ def prefill_variant_batches(H: int, V: int, device) -> list[int]:
     n = 1
     while True:
         bv = min(inter_block_v(n * H, V, sms), V)
-        nw = inter_warps16(n * H * (V // bv), sms)
+        nw = inter_warps16(n * H * (V // bv), bv, sms)
         first.setdefault((bv, nw), n)
         if bv == min(64, V) and nw == 4:
             return sorted(first.values())
@@ -759,7 +761,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
         PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
-        num_warps=(cfg["inter16_warps"] or inter_warps16(N * H * (V // bv), num_sms(dev))) if bt == BC else
+        num_warps=(cfg["inter16_warps"] or inter_warps16(N * H * (V // bv), bv, num_sms(dev))) if bt == BC else
         cfg["inter_warps"],
         num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
     return o

@@ -53,7 +53,7 @@ for form, dot, bv, nw in [(0, "fp32", 32, 4), (0, "bf16", 16, 4), (1, "bf16", 64
     const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form)
     check(f"inter form={form} {dot} BV {bv}", compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw,
                                                              num_stages=2))
-for bv, nw in ((32, 2), (64, 2), (64, 4)):   # the (value block, warps) the fast path picks (one long sequence: 32, 2)
+for bv, nw in ((16, 2), (32, 2), (64, 4)):   # the (value block, warps) the fast path picks (one long sequence: 32, 2)
     const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=1)
     check(f"inter 16-token chunks BV {bv} warps {nw}", compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw,
                                                                       num_stages=_FAST["inter16_stages"]))

@@ -401,9 +401,10 @@ def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
     sms = 132
     assert tc._FAST["chunk"] == 16
     assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64
-    assert tc.inter_warps16(128, sms) == 2 and tc.inter_warps16(133, sms) == 4
+    assert tc.inter_warps16(128, 32, sms) == 2 and tc.inter_warps16(133, 32, sms) == 4
+    assert tc.inter_warps16(128, 64, sms) == 4                    # 64 rows on 2 warps spill
     monkeypatch.setattr(tc, "num_sms", lambda device: sms)
-    # H = 32: 1 sequence (32 value rows, 128 programs: 2 warps), 2 (64 rows, 128 programs: 2), 3 (64, 192: 4)
-    assert tc.prefill_variant_batches(32, 128, None) == [1, 2, 3]
-    # H = 2 (the tiny model): 16, 32 and 64 value rows on 2 warps, then 64 on 4 from 34 sequences (136 programs)
-    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17, 34]
+    # H = 32: 1 sequence (32 value rows, 128 programs: 2 warps), 2 (64 rows: 4)
+    assert tc.prefill_variant_batches(32, 128, None) == [1, 2]
+    # H = 2 (the tiny model): 16 and 32 value rows on 2 warps, then 64 on 4
+    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17]
