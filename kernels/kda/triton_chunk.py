@@ -634,7 +634,8 @@ _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallba
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
               prec_o="ieee",
-              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4)
+              inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
+              inter16_warps=4)           # the fp32 state products spill already at 4 warps; 2 would spill more
 
 
 def _diag_form(form: str) -> int:
