@@ -248,9 +248,8 @@ def _chunk_diag_kernel(
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
     marks them in ``done``, then a walk launch (FORM 0, 1 or 2, ``fallback_form``, SKIP_DONE) does the rest
     (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
-    BKD < K
-    (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width on
-    sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
+    BKD < K (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width
+    on sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
     largest |E| (with EARLY_OUT skipping the slices after the first one out of range), and decides at the end
     whether the block is in range (out-of-range blocks may hold inf / NaN in the accumulators; they are not
     stored). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
@@ -622,8 +621,7 @@ def as_heads(x, H, D):
 # walk for out-of-range blocks and the 16-token sequential kernel's 3 stages (eighth session); 16-token chunks for
 # every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps, and the
 # 16-token sequential kernel on 2 warps while its programs (of at most 32 value rows) fit in one wave, else 4 (ninth
-# session; the 64-token
-# path keeps the whole key width on 4 warps, as measured for it).
+# session; the 64-token path keeps the whole key width on 4 warps, as measured for it).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
              fallback_form="walk", cube_bk=16, diag_early_out=False,
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI=32, BV=None, ws_dtype=None,
@@ -665,6 +663,13 @@ def inter_warps16(n_programs: int, bv: int, sms: int) -> int:
     return 2 if n_programs <= sms and bv <= 32 else 4
 
 
+def _inter16_launch(n_walks: int, V: int, sms: int, bv: int | None = None, warps: int | None = None):
+    """The sequential kernel's (value rows, warps) over 16-token chunks: the configured ones, else by batch shape
+    (``inter_block_v``, ``inter_warps16``)."""
+    bv = min(bv or inter_block_v(n_walks, V, sms), V)
+    return bv, warps or inter_warps16(n_walks * (V // bv), bv, sms)
+
+
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
     """The smallest number of sequences for each (value block, warps) of the sequential kernel the fast path may pick
     (``inter_block_v``, ``inter_warps16``; the chunk length does not depend on the batch): a warm-up that runs a
@@ -673,8 +678,7 @@ def prefill_variant_batches(H: int, V: int, device) -> list[int]:
     first: dict[tuple[int, int], int] = {}
     n = 1
     while True:
-        bv = min(inter_block_v(n * H, V, sms), V)
-        nw = inter_warps16(n * H * (V // bv), bv, sms)
+        bv, nw = _inter16_launch(n * H, V, sms)
         first.setdefault((bv, nw), n)
         if bv == min(64, V) and nw == 4:
             return sorted(first.values())
@@ -716,7 +720,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         return o.zero_()
     ws_dtype = cfg["ws_dtype"] or q.dtype
     bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
-    bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
+    bv, warps16 = _inter16_launch(N * H, V, num_sms(dev), cfg["BV"], cfg["inter16_warps"])
 
     bt = cfg["chunk"]
     if bt not in (BC, BT):
@@ -762,8 +766,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
         PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
-        num_warps=(cfg["inter16_warps"] or inter_warps16(N * H * (V // bv), bv, num_sms(dev))) if bt == BC else
-        cfg["inter_warps"],
+        num_warps=warps16 if bt == BC else cfg["inter_warps"],
         num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
     return o
 
@@ -787,7 +790,7 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
 def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg):
     """The pairs inside every 16-token sub-block of chunks of ``bt`` tokens, [nchb, H, 2, bt, BC] (kk, qk):
     ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
-    then the walk for the rest)."""
+    then ``fallback_form`` for the rest)."""
     H, K = q.shape[1:]
     dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=q.device)
     form = _diag_form(cfg["diag_form"])
