@@ -242,6 +242,14 @@ PREFILL_CONFIGS = {
     "i16_s4": dict(inter16_stages=4),                        # untimed
     "early_out": dict(diag_early_out=True),                  # untimed: sliced reference pass stops at range exit
     "early_out_cube": dict(diag_early_out=True, fallback_form="cube"),   # untimed
+    # untimed: the sequential kernel two 16-token chunks a step ("pairs": the pair's tiles apart; "pairs32": assembled
+    # into 32-row tiles); 2 warps spill with 32 value rows (sm_90a), so 4 or 8
+    "pairs_w4": dict(inter_form="pairs", inter16_warps=4),
+    "pairs_w8": dict(inter_form="pairs", inter16_warps=8),
+    "pairs32_w4": dict(inter_form="pairs32", inter16_warps=4),
+    "pairs32_w8": dict(inter_form="pairs32", inter16_warps=8),
+    "pairs_bv16_w2": dict(inter_form="pairs", BV=16, inter16_warps=2),
+    "pairs_bv16_w4": dict(inter_form="pairs", BV=16, inter16_warps=4),
     "walk_c64": dict(diag_form="walk", chunk=64),            # the seventh session's default
     "intra_s2": dict(chunk=64, intra_stages=2),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),

@@ -131,9 +131,10 @@ def kda_prefill():
         report(f"kda 16-token chunk kernel, {nw} warps",
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for bv, nw in [(32, 2), (32, 4), (64, 2), (64, 4)]:
-        const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=1)
-        report(f"kda inter rows bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
+    for form, bv, nw in [(1, 32, 2), (1, 32, 4), (1, 64, 2), (1, 64, 4), (3, 16, 2), (3, 16, 4), (3, 32, 2),
+                         (3, 32, 4), (3, 64, 4), (3, 64, 8)]:
+        const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form)
+        report(f"kda inter {'rows' if form == 1 else 'pairs'} bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=3))
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:

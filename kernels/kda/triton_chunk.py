@@ -528,6 +528,110 @@ def _chunk16_kernel(
 
 
 @triton.jit
+def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
+    """The sequential walk two chunks a, b at a time ("pairs", value rows first; the state S [BV, K] in registers),
+    so that the state's path has three products per 2 BT tokens instead of four. With v_a = U_a - W_a S^T and
+    S_a = S 2^Gl_a + (r_a v_a)^T KG_a (r: 1/|k|), chunk b's v_b = U_b - W_b S_a^T is
+    U_b - W_b (S 2^Gl_a)^T - C^T (r_a v_a) with C = KG_a W_b^T, taken from S directly (beside v_a), and chunk b's
+    outputs take QG_b (S 2^Gl_a)^T + (QG_b KG_a^T) (r_a v_a): the 16 x 16 corrections come from the loaded operands
+    alone, off the state's path, and no exponential is evaluated. A sequence's odd last chunk runs as a pair whose
+    second chunk is masked out (zero operands, decay 1)."""
+    rows = tl.arange(0, BT)
+    for c in range(c0, c1, 2):
+        has_b = c + 1 < c1
+        ba = (c * H + h).to(tl.int64)
+        bb = ba + H
+        mb = (rows < BT) & has_b
+        wa_off = ba * BT * K + rows[:, None] * K + kc[None, :]
+        wb_off = bb * BT * K + rows[:, None] * K + kc[None, :]
+        wa = tl.load(w_ptr + wa_off).to(DOT_DT)
+        qa = tl.load(qg_ptr + wa_off).to(DOT_DT)
+        ka = tl.load(kg_ptr + wa_off).to(DOT_DT)
+        wb = tl.load(w_ptr + wb_off, mask=mb[:, None], other=0.0).to(DOT_DT)
+        qb = tl.load(qg_ptr + wb_off, mask=mb[:, None], other=0.0).to(DOT_DT)
+        kb = tl.load(kg_ptr + wb_off, mask=mb[:, None], other=0.0).to(DOT_DT)
+        ua = tl.load(u_ptr + ba * BT * V + rows[:, None] * V + vc[None, :])
+        ub = tl.load(u_ptr + bb * BT * V + rows[:, None] * V + vc[None, :], mask=mb[:, None], other=0.0)
+        aqa = tl.load(aqk_ptr + ba * BT * BT + rows[:, None] * BT + rows[None, :])
+        aqb = tl.load(aqk_ptr + bb * BT * BT + rows[:, None] * BT + rows[None, :], mask=mb[:, None], other=0.0)
+        gla = tl.load(gl_ptr + ba * K + kc)
+        glb = tl.load(gl_ptr + bb * K + kc, mask=(kc < K) & has_b, other=1.0)
+        rqa = tl.load(rn_ptr + ba * 2 * BT + rows)
+        rka = tl.load(rn_ptr + ba * 2 * BT + BT + rows)
+        rqb = tl.load(rn_ptr + bb * 2 * BT + rows, mask=mb, other=0.0)
+        rkb = tl.load(rn_ptr + bb * 2 * BT + BT + rows, mask=mb, other=0.0)
+        cab = tl.dot(ka, tl.trans(wb), input_precision=PREC) * rka[:, None]          # [a rows, b rows]
+        dab = tl.dot(ka, tl.trans(qb), input_precision=PREC) * rka[:, None]
+        sd = S.to(DOT_DT)
+        sg = (S * gla[None, :]).to(DOT_DT)
+        vta = tl.trans(ua.to(tl.float32)) - tl.dot(sd, tl.trans(wa), input_precision=PREC)      # [BV, BT]
+        vtb = tl.trans(ub.to(tl.float32)) - tl.dot(sg, tl.trans(wb), input_precision=PREC) - \
+            tl.dot(vta.to(AV_DT), cab.to(AV_DT), input_precision=PREC)
+        ota = rqa[None, :] * tl.dot(sd, tl.trans(qa), input_precision=PREC) + \
+            tl.dot(vta.to(AV_DT), tl.trans(aqa.to(AV_DT)), input_precision=PREC)
+        otb = rqb[None, :] * (tl.dot(sg, tl.trans(qb), input_precision=PREC) +
+                              tl.dot(vta.to(AV_DT), dab.to(AV_DT), input_precision=PREC)) + \
+            tl.dot(vtb.to(AV_DT), tl.trans(aqb.to(AV_DT)), input_precision=PREC)
+        ta = bos + (c - c0) * BT + rows
+        tb = ta + BT
+        o_base = o_ptr + h * s_oh + vc[:, None]
+        tl.store(o_base + ta[None, :].to(tl.int64) * s_ot, ota.to(o_ptr.dtype.element_ty), mask=(ta < eos)[None, :])
+        tl.store(o_base + tb[None, :].to(tl.int64) * s_ot, otb.to(o_ptr.dtype.element_ty), mask=(tb < eos)[None, :])
+        S = S * gla[None, :] + tl.dot((vta * rka[None, :]).to(DOT_DT), ka, input_precision=PREC)
+        S = S * glb[None, :] + tl.dot((vtb * rkb[None, :]).to(DOT_DT), kb, input_precision=PREC)
+    return S
+
+
+@triton.jit
+def _pair_steps32(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
+                  s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                  DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
+    """``_pair_steps`` with the pair's operands assembled into 2 BT-row tiles ("pairs32"): chunk b's rows of W and QG
+    scaled by 2^Gl_a, chunk a's rows of KG by 2^Gl_b, the corrections as one 2 BT x 2 BT block each (C above the
+    diagonal blocks, QG_b KG_a^T below them, in Aqk): one product for v, one for the outputs' state part and one
+    for the state update per pair, plus v's correction."""
+    r2 = tl.arange(0, 2 * BT)
+    first = r2 < BT                                   # rows of chunk a; the others are chunk b's
+    rin = r2 % BT
+    upper = first[:, None] & (~first)[None, :]        # [a rows, b columns]
+    for c in range(c0, c1, 2):
+        has_b = c + 1 < c1
+        live = first | has_b
+        m = live[:, None]
+        base = ((c + (r2 // BT)) * H + h).to(tl.int64)          # each row's chunk in the workspace
+        wk = base[:, None] * BT * K + rin[:, None] * K + kc[None, :]
+        w = tl.load(w_ptr + wk, mask=m, other=0.0).to(DOT_DT)
+        qg = tl.load(qg_ptr + wk, mask=m, other=0.0).to(DOT_DT)
+        kg = tl.load(kg_ptr + wk, mask=m, other=0.0).to(DOT_DT)
+        u = tl.load(u_ptr + base[:, None] * BT * V + rin[:, None] * V + vc[None, :], mask=m, other=0.0).to(tl.float32)
+        aqk = tl.load(aqk_ptr + base[:, None] * BT * BT + rin[:, None] * BT + rin[None, :],
+                      mask=m & (first[:, None] == first[None, :]), other=0.0)
+        rq = tl.load(rn_ptr + base * 2 * BT + rin, mask=live, other=0.0)
+        rk = tl.load(rn_ptr + base * 2 * BT + BT + rin, mask=live, other=0.0)
+        base_a = (c * H + h).to(tl.int64)
+        gla = tl.load(gl_ptr + base_a * K + kc)
+        glb = tl.load(gl_ptr + (base_a + H) * K + kc, mask=(kc < K) & has_b, other=1.0)
+        cmat = tl.where(upper, tl.dot(kg, tl.trans(w), input_precision=PREC) * rk[:, None], 0.0)
+        dmat = tl.where(tl.trans(upper), tl.dot(qg, tl.trans(kg), input_precision=PREC) * rk[None, :], 0.0)
+        a2 = aqk + rq[:, None] * dmat
+        wd = tl.where(first[:, None], w.to(tl.float32), w.to(tl.float32) * gla[None, :]).to(DOT_DT)
+        qd = tl.where(first[:, None], qg.to(tl.float32), qg.to(tl.float32) * gla[None, :]).to(DOT_DT)
+        kd = tl.where(first[:, None], kg.to(tl.float32) * glb[None, :], kg.to(tl.float32)).to(DOT_DT)
+        sd = S.to(DOT_DT)
+        vt = tl.trans(u) - tl.dot(sd, tl.trans(wd), input_precision=PREC)                  # [BV, 2BT], b uncorrected
+        vt = vt - tl.dot(vt.to(AV_DT), cmat.to(AV_DT), input_precision=PREC)
+        ot = rq[None, :] * tl.dot(sd, tl.trans(qd), input_precision=PREC) + \
+            tl.dot(vt.to(AV_DT), tl.trans(a2.to(AV_DT)), input_precision=PREC)
+        tok = bos + (c - c0) * BT + r2
+        tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
+                 mask=(tok < eos)[None, :])
+        S = S * (gla * glb)[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kd, input_precision=PREC)
+    return S
+
+
+@triton.jit
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
@@ -561,47 +665,54 @@ def _chunk_inter_kernel(
         S = tl.load(state_ptr + s_off).to(tl.float32)
     c0 = tl.load(chunk_off_ptr + n)
     c1 = tl.load(chunk_off_ptr + n + 1)
-    for c in range(c0, c1):
-        base = (c * H + h).to(tl.int64)
-        t0 = bos + (c - c0) * BT
-        tok = t0 + rows
-        wk = base * BT * K + rows[:, None] * K + kc[None, :]
-        w = tl.load(w_ptr + wk).to(DOT_DT)
-        qg = tl.load(qg_ptr + wk).to(DOT_DT)
-        kg = tl.load(kg_ptr + wk).to(DOT_DT)
-        u = tl.load(u_ptr + base * BT * V + rows[:, None] * V + vc[None, :]).to(tl.float32)
-        aqk = tl.load(aqk_ptr + base * BT * BT + rows[:, None] * BT + rows[None, :])
-        gl = tl.load(gl_ptr + base * K + kc)
-        rq = tl.load(rn_ptr + base * 2 * BT + rows)
-        rk = tl.load(rn_ptr + base * 2 * BT + BT + rows)
-        if FORM == 2:
-            # columns first with the state key-major: every product has 64 or 128 rows (Hopper's wgmma)
-            st = S.to(DOT_DT)                                                     # [K, BV]
-            v_new = u - tl.dot(w, st, input_precision=PREC)
-            o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
-                tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
-            tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
-                     mask=(tok < eos)[:, None])
-            S = S * gl[:, None] + tl.dot(tl.trans(kg), (v_new * rk[:, None]).to(DOT_DT), input_precision=PREC)
-        elif FORM == 1:
-            # value rows first: every product has the register-resident operand (state, v_new^T) on the left
-            # and a loaded one on the right, the operand placement Hopper's tensor cores take directly
-            sd = S.to(DOT_DT)
-            vt = tl.trans(u) - tl.dot(sd, tl.trans(w), input_precision=PREC)              # v_new^T [BV, BT]
-            ot = rq[None, :] * tl.dot(sd, tl.trans(qg), input_precision=PREC) + \
-                tl.dot(vt.to(AV_DT), tl.trans(aqk.to(AV_DT)), input_precision=PREC)
-            tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
-                     mask=(tok < eos)[None, :])
-            S = S * gl[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kg, input_precision=PREC)
-        else:
-            st = tl.trans(S.to(DOT_DT))                                           # [K, BV]
-            v_new = u - tl.dot(w, st, input_precision=PREC)
-            o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
-                tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
-            tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
-                     mask=(tok < eos)[:, None])
-            vk = (v_new * rk[:, None]).to(DOT_DT)                             # KG holds raw k: fold its norm here
-            S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
+    if FORM == 3:
+        S = _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
+                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
+    elif FORM == 4:
+        S = _pair_steps32(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
+                          o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
+    else:
+        for c in range(c0, c1):
+            base = (c * H + h).to(tl.int64)
+            t0 = bos + (c - c0) * BT
+            tok = t0 + rows
+            wk = base * BT * K + rows[:, None] * K + kc[None, :]
+            w = tl.load(w_ptr + wk).to(DOT_DT)
+            qg = tl.load(qg_ptr + wk).to(DOT_DT)
+            kg = tl.load(kg_ptr + wk).to(DOT_DT)
+            u = tl.load(u_ptr + base * BT * V + rows[:, None] * V + vc[None, :]).to(tl.float32)
+            aqk = tl.load(aqk_ptr + base * BT * BT + rows[:, None] * BT + rows[None, :])
+            gl = tl.load(gl_ptr + base * K + kc)
+            rq = tl.load(rn_ptr + base * 2 * BT + rows)
+            rk = tl.load(rn_ptr + base * 2 * BT + BT + rows)
+            if FORM == 2:
+                # columns first with the state key-major: every product has 64 or 128 rows (Hopper's wgmma)
+                st = S.to(DOT_DT)                                                     # [K, BV]
+                v_new = u - tl.dot(w, st, input_precision=PREC)
+                o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
+                    tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
+                tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
+                         mask=(tok < eos)[:, None])
+                S = S * gl[:, None] + tl.dot(tl.trans(kg), (v_new * rk[:, None]).to(DOT_DT), input_precision=PREC)
+            elif FORM == 1:
+                # value rows first: every product has the register-resident operand (state, v_new^T) on the left
+                # and a loaded one on the right, the operand placement Hopper's tensor cores take directly
+                sd = S.to(DOT_DT)
+                vt = tl.trans(u) - tl.dot(sd, tl.trans(w), input_precision=PREC)              # v_new^T [BV, BT]
+                ot = rq[None, :] * tl.dot(sd, tl.trans(qg), input_precision=PREC) + \
+                    tl.dot(vt.to(AV_DT), tl.trans(aqk.to(AV_DT)), input_precision=PREC)
+                tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
+                         mask=(tok < eos)[None, :])
+                S = S * gl[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kg, input_precision=PREC)
+            else:
+                st = tl.trans(S.to(DOT_DT))                                           # [K, BV]
+                v_new = u - tl.dot(w, st, input_precision=PREC)
+                o = rq[:, None] * tl.dot(qg, st, input_precision=PREC) + \
+                    tl.dot(aqk.to(AV_DT), v_new.to(AV_DT), input_precision=PREC)
+                tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, o.to(o_ptr.dtype.element_ty),
+                         mask=(tok < eos)[:, None])
+                vk = (v_new * rk[:, None]).to(DOT_DT)                             # KG holds raw k: fold its norm here
+                S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
     tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
@@ -761,11 +872,16 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     # unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk v_new products gave wrong
     # outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
+    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3, "pairs32": 4}
+    form = forms.get(cfg["inter_form"])
+    if form is None or (form >= 3 and bt != BC):
+        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
+                         f"{BC}-token chunks only)")
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-        PREC=cfg["inter_prec"], FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[cfg["inter_form"]],
+        PREC=cfg["inter_prec"], FORM=form,
         num_warps=warps16 if bt == BC else cfg["inter_warps"],
         num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
     return o

@@ -100,7 +100,9 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="cols", diag_form="reference", diag_bk=None),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
            dict(chunk=16, inter_form="rows", diag_form="reference", fallback_form="cube", diag_early_out=True),
-           dict(chunk=64, inter_form="rows", diag_form="cube", cube_bk=8)]
+           dict(chunk=64, inter_form="rows", diag_form="cube", cube_bk=8),
+           dict(chunk=16, inter_form="pairs", diag_form="reference"),
+           dict(chunk=16, inter_form="pairs32", diag_form="reference")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
