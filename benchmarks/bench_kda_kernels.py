@@ -220,40 +220,25 @@ def prefill_bytes(T, N, state_bytes=4):
 
 
 PREFILL_CONFIGS = {
+    # each on top of the kernels' defaults (or --as-default's settings); timed on the H200 on 2026-11-30 (tenth
+    # session) against the defaults of then, see benchmarks/RESULTS.md
     "default": {},
     "c64": dict(chunk=64),                                   # the 64-token path with its own diagonal settings
-    "c64_bk32_w2": dict(chunk=64, diag_bk=32, diag_warps=2),  # the 64-token path with the 16-token diagonal settings
-    "c16_w8": dict(inter16_warps=8),
+    "c64_bk32_w2": dict(chunk=64, diag_bk=32, diag_warps=2),  # the 64-token path with 16-token diagonal settings
     "walk": dict(diag_form="walk"),
     "bk_all": dict(diag_bk=None),                            # reference pairs over the whole key width
-    "diag_w4": dict(diag_warps=4),                           # the 32-column pass on 4 warps (ninth session's first)
+    "bk16": dict(diag_bk=16),
+    "diag_w2": dict(diag_warps=2),                           # the reference-row launch on 2 warps (ninth session's)
+    "all_slices": dict(diag_early_out=False),                # the reference-row pass through every key slice
     "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
-    "i16_s2": dict(inter16_stages=2),
-    "bv16": dict(BV=16),                                     # 16 value rows a program: twice the programs
-    "i16_w2": dict(inter16_warps=2),                         # the sequential kernel's warps fixed, not by shape
-    "i16_w4": dict(inter16_warps=4),
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
-    "fb_cube": dict(fallback_form="cube"),                   # out-of-range blocks by the cube (untimed)
-    "fb_cube8": dict(fallback_form="cube", cube_bk=8),
-    "fb_cube_w8": dict(fallback_form="cube", fallback_warps=8),
-    "fb_cube_w2": dict(fallback_form="cube", fallback_warps=2),
-    "c16k_w2": dict(chunk16_warps=2),                        # untimed: the 16-token chunk kernel on 2 warps
-    "diag_w1": dict(diag_warps=1),                           # untimed: the reference-row launch on 1 warp
-    "i16_s4": dict(inter16_stages=4),                        # untimed
-    "early_out": dict(diag_early_out=True),                  # untimed: sliced reference pass stops at range exit
-    "early_out_cube": dict(diag_early_out=True, fallback_form="cube"),   # untimed
-    # untimed: the sequential kernel two 16-token chunks a step ("pairs": the pair's tiles apart; "pairs32": assembled
-    # into 32-row tiles); 2 warps spill with 32 value rows (sm_90a), so 4 or 8
-    "pairs_w4": dict(inter_form="pairs", inter16_warps=4),
-    "pairs_w8": dict(inter_form="pairs", inter16_warps=8),
-    "pairs32_w4": dict(inter_form="pairs32", inter16_warps=4),
-    "pairs32_w8": dict(inter_form="pairs32", inter16_warps=8),
-    "pairs_bv16_w2": dict(inter_form="pairs", BV=16, inter16_warps=2),
-    "pairs_bv16_w4": dict(inter_form="pairs", BV=16, inter16_warps=4),
-    "walk_c64": dict(diag_form="walk", chunk=64),            # the seventh session's default
-    "intra_s2": dict(chunk=64, intra_stages=2),
+    "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
+    "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step
+    "pairs_w4": dict(BV=None, inter16_warps=4, inter16_stages=3),   # pairs: 64 rows on 4 warps for every shape
+    "pairs_bv16": dict(BV=16, inter16_warps=2, inter16_stages=4),   # pairs: 16 rows on 2 warps for every shape
+    "pairs_w8": dict(inter16_warps=8),
+    "rows_bv16": dict(inter_form="rows", BV=16, inter16_warps=2, inter16_stages=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
-    "kmajor_bf16": dict(inter_form="cols_kmajor", inter_dot="bf16", BV=32, inter_warps=8, inter16_warps=8),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

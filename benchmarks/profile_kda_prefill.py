@@ -23,8 +23,11 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Settings relative to the defaults (16-token chunks; pairs from a reference row, 32 key columns at a time on 2 warps,
-# the walk on 4 warps for out-of-range blocks). Timed on the H200 on 2026-11-30 and dropped: the intra kernel's W
+# Settings relative to the defaults (16-token chunks; pairs from a reference row, 32 key columns at a time on 1 warp,
+# stopping at the first slice out of range, the walk on 4 warps for out-of-range blocks; the sequential walk two
+# chunks a step). Timed on the H200 on 2026-11-30 and dropped (tenth session): the "cube" for out-of-range blocks
+# (all pairs of a block at once; 5.11 against 4.49 ms, 8x4096, anchors' gates), the pair step with its operands
+# assembled into 32-row tiles (5.92 against 4.39), the chunk kernel on 2 or 8 warps. Earlier: the intra kernel's W
 # and U steps unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the
 # diagonal kernel's walk on 2 or 8 warps; the walk inline with the reference row (2.26 against 2.21 ms, anchors'
 # gates), also inside the 16-token chunk kernel (255 registers with spills: slower at every split); the "levels"
@@ -44,13 +47,9 @@ CONFIGS = {
     "reference-row range 2^+-120": dict(diag_range=120.0),
     "walk launch on 2 warps": dict(fallback_warps=2),
     "walk launch as a running product": dict(fallback_form="product"),
-    # untimed (ninth session): out-of-range blocks by the "cube" (all pairs at once, 16 channels at a time)
-    "out-of-range blocks by the cube": dict(fallback_form="cube"),
-    "out-of-range blocks by the cube, 8 channels at a time": dict(fallback_form="cube", cube_bk=8),
-    "out-of-range blocks by the cube on 8 warps": dict(fallback_form="cube", fallback_warps=8),
-    "reference-row pass stopping at the first slice out of range": dict(diag_early_out=True),
-    "reference-row pass stopping at the first slice out of range, out-of-range blocks by the cube": dict(
-        diag_early_out=True, fallback_form="cube"),
+    "reference-row pass through every key slice": dict(diag_early_out=False),
+    "reference-row launch on 2 warps": dict(diag_warps=2),
+    "sequential walk one chunk a step": dict(inter_form="rows"),
     "16-token chunks, sequential kernel at 8 warps": dict(inter16_warps=8),
     "U in bf16": dict(u_dtype=torch.bfloat16),
 }

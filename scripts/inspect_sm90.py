@@ -113,11 +113,10 @@ def kda_prefill():
     for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
                                     (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),
                                     (BT, 3, "reference", 32, 2), (BT, 3, "reference", 16, 2),
-                                    (BC, 3, "reference", 32, 2), (BC, 0, "walk", 128, 4), (BC, 2, "cube", 16, 4),
-                                    (BC, 2, "cube", 8, 4), (BC, 2, "cube", 16, 8),
-                                    (BC, 3, "reference, early out", 32, 2)):
+                                    (BC, 3, "reference", 32, 2), (BC, 0, "walk", 128, 4),
+                                    (BC, 3, "reference, early out", 32, 2), (BC, 3, "reference, early out", 32, 1)):
         k = compile_kernel(_chunk_diag_kernel, dict(ptrs, done_ptr="*i8"),
-                           dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC="tf32", SKIP_DONE=form in (0, 2),
+                           dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC="tf32", SKIP_DONE=form == 0,
                                 BKD=bkd, EARLY_OUT="early" in name), div16=div16, num_warps=nw)
         report(f"kda diag kernel, {bt}-token chunks ({name}, key slices {bkd}, {nw} warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
@@ -127,12 +126,12 @@ def kda_prefill():
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
     for nw in (4, 8):
-        const = dict(H=32, K=128, V=128, BC=BC, BVI=32, PREC_M="tf32", PREC_O="tf32")
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=64, PREC_M="tf32", PREC_O="tf32")
         report(f"kda 16-token chunk kernel, {nw} warps",
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for form, bv, nw in [(1, 32, 2), (1, 32, 4), (1, 64, 2), (1, 64, 4), (3, 16, 2), (3, 16, 4), (3, 32, 2),
-                         (3, 32, 4), (3, 64, 4), (3, 64, 8)]:
+    for form, bv, nw in [(1, 32, 2), (1, 64, 4), (3, 16, 2), (3, 16, 4), (3, 32, 2), (3, 32, 4), (3, 64, 4),
+                         (3, 64, 8)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form)
         report(f"kda inter {'rows' if form == 1 else 'pairs'} bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=3))

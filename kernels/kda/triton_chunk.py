@@ -8,10 +8,10 @@ option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
    "reference"): from the sub-block's middle row p on tensor cores, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T,
    where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
-   launch the column walk for the other blocks. The walk ("walk"; "product" carries the decays as a running
+   launch the column walk for the other blocks (the first launch stops at a block's first key slice out of
+   range, ``diag_early_out``). The walk ("walk"; "product" carries the decays as a running
    product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element. ``fallback_form="cube"`` (opt-in, untimed) takes all pairs of the block
-   at once instead, a few key channels at a time, with the same exponents and no per-column row reductions.
+   log2 decays <= 0, one exp2 per element.
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
    softplus(g_raw + dt_bias)`` (log2 domain) with its prefix / suffix sums inside the chunk, the row norms of q and
    k, the 16x16 inverse of ``L = I + diag(beta) A`` and per chunk: W = L^-1 diag(beta) (2^G * k_n),
@@ -22,11 +22,13 @@ option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 3. ``_chunk_inter_kernel``, one program per (sequence, head, block of value rows): walks the
    sequence's chunks in order with the state in registers (V-major, as vLLM stores it):
    ``v_new = U - W S^T``, ``o = QG S^T + Aqk v_new``, ``S = S * 2^G_last + v_new^T KG``; reads the
-   initial state from and writes the final state into the sequence's slot (in place). Three layouts of
-   these products (``_config["inter_form"]``): "rows" (the fast path's default: value rows first, the
-   state and v_new^T on the left), "cols" (token rows first) and "cols_kmajor" (the state held key-major,
-   so that with 64-token chunks every product has 64 or 128 rows); bf16 operands for the state products
-   ("inter_dot") and for Aqk v_new ("inter_av") are options.
+   initial state from and writes the final state into the sequence's slot (in place). Layouts of these products
+   (``_config["inter_form"]``): "pairs" (the default over 16-token chunks: two chunks a step, the second one's
+   v_new and outputs taken from the state before the first plus 16x16 corrections, see ``_pair_steps``; value
+   rows first), "rows" (the default over 64-token chunks: value rows first, the state and v_new^T on the left),
+   "cols" (token rows first) and "cols_kmajor" (the state held key-major, so that with 64-token chunks every
+   product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
+   Aqk v_new ("inter_av") are options.
 
 64-token chunks: the diagonal kernel as in 1 for the chunk's four sub-blocks, then ``_chunk_intra_kernel``, one
 program per (64-token chunk, head), in place of 2: the same outputs for 64 rows, with the pairs across sub-blocks
@@ -179,36 +181,6 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
 
 
 @triton.jit
-def _cube_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                K: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr):
-    """The sub-block's pair blocks ("cube"), every (r, c) at once, BKD key channels at a time: the decays of rows
-    c+1..r for all pairs as one [r, c, channel] tile, a running sum down the rows of the gates masked to rows > c
-    (fp32 sums of non-positive decays: nothing cancels), then one exp2 per element and the sums over the channels.
-    The same exponents as the walk, without its 16 per-column row reductions. Pairs past the diagonal are zeroed."""
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    # every tile loaded in its place in the [r, c, channel] cube (rows [BC, 1, BKD], columns [1, BC, BKD]), so that
-    # no tile changes layout inside the loop
-    r3 = ri[:, None, None]
-    c3 = ri[None, :, None]
-    live_r = (t0 + r3) < eos
-    live_c = (t0 + c3) < eos
-    for k0 in range(0, K, BKD):
-        d3 = k0 + tl.arange(0, BKD)[None, None, :]
-        qr = tl.load(q_ptr + (t0 + r3) * s_qt + h * s_qh + d3, mask=live_r, other=0.0).to(tl.float32)
-        kr = tl.load(k_ptr + (t0 + r3) * s_kt + h * s_kh + d3, mask=live_r, other=0.0).to(tl.float32)
-        kcol = tl.load(k_ptr + (t0 + c3) * s_kt + h * s_kh + d3, mask=live_c, other=0.0).to(tl.float32)
-        x = tl.load(g_ptr + (t0 + r3) * s_gt + h * s_gh + d3, mask=live_r, other=0.0).to(tl.float32)
-        g3 = tl.where(live_r, neg_a * _softplus(x + tl.load(dtb_ptr + h * K + d3)), 0.0)      # [r, 1, d]
-        D = tl.cumsum(tl.where(r3 > c3, g3, 0.0), axis=0)              # [r, c, d]: decays of rows c+1..r
-        e = tl.exp2(D) * kcol
-        d_kk += tl.sum(kr * e, axis=2)
-        d_qk += tl.sum(qr * e, axis=2)
-    lower = ri[:, None] >= ri[None, :]
-    return tl.where(lower, d_kk, 0.0), tl.where(lower, d_qk, 0.0)
-
-
-@triton.jit
 def _mid_exponents(g2, gn, ri, BC: tl.constexpr, K: tl.constexpr):
     """E_r = G_r - G_p for the sub-block's reference row p = BC/2 - 1, per key channel, from the gate tile g2 and
     the successor tile gn (zero on rows p and BC - 1): on rows after p the prefix sum of their half (<= 0), on
@@ -243,10 +215,9 @@ def _chunk_diag_kernel(
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 2: all pairs at
-    once, BKD channels at a time (``_cube_pairs``; opt-in, untimed); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0, 1 or 2, ``fallback_form``, SKIP_DONE) does the rest
+    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
     (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
     BKD < K (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width
     on sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
@@ -287,7 +258,7 @@ def _chunk_diag_kernel(
             a_qk = tl.zeros([BC, BC], dtype=tl.float32)
             big = tl.zeros([BC, BKD], dtype=tl.float32)
             for k0 in range(0, K, BKD):
-                # EARLY_OUT (opt-in, untimed): once a slice has left the range the block goes to the walk, so the
+                # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
                 # remaining slices are skipped
                 if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
                     kc = k0 + tl.arange(0, BKD)
@@ -307,11 +278,6 @@ def _chunk_diag_kernel(
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
-        elif FORM == 2:
-            d_kk, d_qk = _cube_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh,
-                                     s_gt, s_gh, K, BC, BKD)
-            tl.store(full, d_kk)
-            tl.store(full + BT * BC, d_qk)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
@@ -528,8 +494,8 @@ def _chunk16_kernel(
 
 
 @triton.jit
-def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh,
-                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
+                s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
     """The sequential walk two chunks a, b at a time ("pairs", value rows first; the state S [BV, K] in registers),
     so that the state's path has three products per 2 BT tokens instead of four. With v_a = U_a - W_a S^T and
@@ -585,53 +551,6 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
 
 
 @triton.jit
-def _pair_steps32(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
-                  s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                  DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
-    """``_pair_steps`` with the pair's operands assembled into 2 BT-row tiles ("pairs32"): chunk b's rows of W and QG
-    scaled by 2^Gl_a, chunk a's rows of KG by 2^Gl_b, the corrections as one 2 BT x 2 BT block each (C above the
-    diagonal blocks, QG_b KG_a^T below them, in Aqk): one product for v, one for the outputs' state part and one
-    for the state update per pair, plus v's correction."""
-    r2 = tl.arange(0, 2 * BT)
-    first = r2 < BT                                   # rows of chunk a; the others are chunk b's
-    rin = r2 % BT
-    upper = first[:, None] & (~first)[None, :]        # [a rows, b columns]
-    for c in range(c0, c1, 2):
-        has_b = c + 1 < c1
-        live = first | has_b
-        m = live[:, None]
-        base = ((c + (r2 // BT)) * H + h).to(tl.int64)          # each row's chunk in the workspace
-        wk = base[:, None] * BT * K + rin[:, None] * K + kc[None, :]
-        w = tl.load(w_ptr + wk, mask=m, other=0.0).to(DOT_DT)
-        qg = tl.load(qg_ptr + wk, mask=m, other=0.0).to(DOT_DT)
-        kg = tl.load(kg_ptr + wk, mask=m, other=0.0).to(DOT_DT)
-        u = tl.load(u_ptr + base[:, None] * BT * V + rin[:, None] * V + vc[None, :], mask=m, other=0.0).to(tl.float32)
-        aqk = tl.load(aqk_ptr + base[:, None] * BT * BT + rin[:, None] * BT + rin[None, :],
-                      mask=m & (first[:, None] == first[None, :]), other=0.0)
-        rq = tl.load(rn_ptr + base * 2 * BT + rin, mask=live, other=0.0)
-        rk = tl.load(rn_ptr + base * 2 * BT + BT + rin, mask=live, other=0.0)
-        base_a = (c * H + h).to(tl.int64)
-        gla = tl.load(gl_ptr + base_a * K + kc)
-        glb = tl.load(gl_ptr + (base_a + H) * K + kc, mask=(kc < K) & has_b, other=1.0)
-        cmat = tl.where(upper, tl.dot(kg, tl.trans(w), input_precision=PREC) * rk[:, None], 0.0)
-        dmat = tl.where(tl.trans(upper), tl.dot(qg, tl.trans(kg), input_precision=PREC) * rk[None, :], 0.0)
-        a2 = aqk + rq[:, None] * dmat
-        wd = tl.where(first[:, None], w.to(tl.float32), w.to(tl.float32) * gla[None, :]).to(DOT_DT)
-        qd = tl.where(first[:, None], qg.to(tl.float32), qg.to(tl.float32) * gla[None, :]).to(DOT_DT)
-        kd = tl.where(first[:, None], kg.to(tl.float32) * glb[None, :], kg.to(tl.float32)).to(DOT_DT)
-        sd = S.to(DOT_DT)
-        vt = tl.trans(u) - tl.dot(sd, tl.trans(wd), input_precision=PREC)                  # [BV, 2BT], b uncorrected
-        vt = vt - tl.dot(vt.to(AV_DT), cmat.to(AV_DT), input_precision=PREC)
-        ot = rq[None, :] * tl.dot(sd, tl.trans(qd), input_precision=PREC) + \
-            tl.dot(vt.to(AV_DT), tl.trans(a2.to(AV_DT)), input_precision=PREC)
-        tok = bos + (c - c0) * BT + r2
-        tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
-                 mask=(tok < eos)[None, :])
-        S = S * (gla * glb)[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kd, input_precision=PREC)
-    return S
-
-
-@triton.jit
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
@@ -668,9 +587,6 @@ def _chunk_inter_kernel(
     if FORM == 3:
         S = _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
                         o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
-    elif FORM == 4:
-        S = _pair_steps32(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-                          o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
     else:
         for c in range(c0, c1):
             base = (c * H + h).to(tl.int64)
@@ -701,8 +617,8 @@ def _chunk_inter_kernel(
                 vt = tl.trans(u) - tl.dot(sd, tl.trans(w), input_precision=PREC)              # v_new^T [BV, BT]
                 ot = rq[None, :] * tl.dot(sd, tl.trans(qg), input_precision=PREC) + \
                     tl.dot(vt.to(AV_DT), tl.trans(aqk.to(AV_DT)), input_precision=PREC)
-                tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot, ot.to(o_ptr.dtype.element_ty),
-                         mask=(tok < eos)[None, :])
+                tl.store(o_ptr + h * s_oh + vc[:, None] + tok[None, :].to(tl.int64) * s_ot,
+                         ot.to(o_ptr.dtype.element_ty), mask=(tok < eos)[None, :])
                 S = S * gl[None, :] + tl.dot((vt * rk[None, :]).to(DOT_DT), kg, input_precision=PREC)
             else:
                 st = tl.trans(S.to(DOT_DT))                                           # [K, BV]
@@ -723,75 +639,75 @@ def as_heads(x, H, D):
 
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
-# diagonal kernel's reference-row launch) and "fallback_warps" (its walk launches: the walk forms, or the second
-# launch of "reference") take one value or one per chunk length. "inter16_warps" None: by batch shape,
-# ``inter_warps16``.
+# diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
+# launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
+# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape, ``inter16_launch``.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
-# walk for out-of-range blocks and the 16-token sequential kernel's 3 stages (eighth session); 16-token chunks for
-# every batch shape with their pairs from the diagonal kernel, 32 key columns at a time, on 2 warps, and the
-# 16-token sequential kernel on 2 warps while its programs (of at most 32 value rows) fit in one wave, else 4 (ninth
-# session; the 64-token path keeps the whole key width on 4 warps, as measured for it).
-_FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 2, BT: 4}, fallback_warps=4, diag_form="reference",
-             fallback_form="walk", cube_bk=16, diag_early_out=False,
-             diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI=32, BV=None, ws_dtype=None,
-             inter16_warps=None, inter16_stages=3,
+# walk for out-of-range blocks (eighth session); 16-token chunks for every batch shape with their pairs from the
+# diagonal kernel, 32 key columns at a time (ninth session); the reference-row launch on 1 warp stopping at the
+# first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
+# its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
+_FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4, diag_form="reference",
+             fallback_form="walk", diag_early_out=True,
+             diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 64, BT: 32}, BV=None,
+             ws_dtype=None, inter16_warps=None, inter16_stages=None,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
-             inter_dot="bf16", inter_av="fp32", inter_form="rows", inter_prec="tf32",
+             inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
               prec_o="ieee",
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
-              inter16_warps=4)           # the fp32 state products spill already at 4 warps; 2 would spill more
+              inter16_warps=4, inter16_stages=3)   # fp32 state products spill already at 4 warps; 2 would spill more
 
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
-    forms = {"walk": 0, "product": 1, "cube": 2, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
 
 
 def inter_block_v(n_walks: int, V: int, sms: int) -> int:
-    """Value rows per program of the sequential kernel when none is configured: 64, halved while twice the
-    programs still fit in one wave (a single long sequence: 32 heads x 2 programs would leave half the H100
-    idle; measured 1.36 ms at BV 32 against 1.90 ms at BV 64 for 1x32768, and slower at BV 16)."""
+    """Value rows per program of the sequential kernel over 64-token chunks when none is configured: 64, halved
+    while twice the programs still fit in one wave (a single long sequence: 32 heads x 2 programs would leave half
+    the H100 idle; measured 1.36 ms at BV 32 against 1.90 ms at BV 64 for 1x32768, and slower at BV 16)."""
     bv = 64
     while bv > 16 and 2 * n_walks * (V // bv) <= sms:
         bv //= 2
     return bv
 
 
-def inter_warps16(n_programs: int, bv: int, sms: int) -> int:
-    """Warps per program of the sequential kernel over 16-token chunks when none is configured: 2 while its programs
-    fit in one wave with at most 32 value rows each, else 4 (H200, 2026-11-30, fla-init gates; this kernel's time
-    does not depend on the gates: 1x32768, 128 programs of 32 rows, 4.455 against 5.058 ms in all; 8x4096 ..
-    256x128, 512 or more programs of 64 rows, 3.379 / 3.524 / 3.879 against 3.407 / 3.497 / 3.772 ms at 4 warps).
-    64 rows on 2 warps spill on sm_90a (255 registers, 328 bytes; scripts/inspect_sm90.py) and were not timed."""
-    return 2 if n_programs <= sms and bv <= 32 else 4
+def inter16_launch(n_walks: int, V: int, sms: int) -> tuple[int, int, int]:
+    """The sequential kernel's (value rows, warps, pipeline stages) over 16-token chunks when none is configured.
+    While the walks at 32 value rows a program fit in one wave (latency-bound: one long sequence at H = 32), 16 rows
+    on 2 warps with 4 stages (twice the programs, two an SM): 1x32768 4.81 ms against 5.36 at 32 rows on 2 warps
+    (H200, 2026-11-30, tenth session; "pairs" form, anchors' gates); else 64 rows on 4 warps with 3 stages."""
+    if n_walks * max(V // 32, 1) <= sms:
+        return min(16, V), 2, 4
+    return min(64, V), 4, 3
 
 
-def _inter16_launch(n_walks: int, V: int, sms: int, bv: int | None = None, warps: int | None = None):
-    """The sequential kernel's (value rows, warps) over 16-token chunks: the configured ones, else by batch shape
-    (``inter_block_v``, ``inter_warps16``)."""
-    bv = min(bv or inter_block_v(n_walks, V, sms), V)
-    return bv, warps or inter_warps16(n_walks * (V // bv), bv, sms)
+def _inter16_launch(n_walks: int, V: int, sms: int, cfg: dict) -> tuple[int, int, int]:
+    """``inter16_launch`` with any of the configured ``BV``, ``inter16_warps``, ``inter16_stages`` in its place."""
+    bv, warps, stages = inter16_launch(n_walks, V, sms)
+    return min(cfg["BV"] or bv, V), cfg["inter16_warps"] or warps, cfg["inter16_stages"] or stages
 
 
 def prefill_variant_batches(H: int, V: int, device) -> list[int]:
-    """The smallest number of sequences for each (value block, warps) of the sequential kernel the fast path may pick
-    (``inter_block_v``, ``inter_warps16``; the chunk length does not depend on the batch): a warm-up that runs a
-    prefill with each of these counts compiles every variant the fast path can launch."""
+    """The smallest number of sequences for each launch of the sequential kernel the fast path may pick
+    (``inter16_launch``; the chunk length, the step form and the kernels before it do not depend on the batch): a
+    warm-up that runs a prefill with each of these counts compiles every variant the fast path can launch."""
     sms = num_sms(device)
-    first: dict[tuple[int, int], int] = {}
+    first: dict[tuple[int, int, int], int] = {}
     n = 1
     while True:
-        bv, nw = _inter16_launch(n * H, V, sms)
-        first.setdefault((bv, nw), n)
-        if bv == min(64, V) and nw == 4:
+        launch = inter16_launch(n * H, V, sms)
+        first.setdefault(launch, n)
+        if launch == inter16_launch(1 << 30, V, sms):
             return sorted(first.values())
         n += 1
 
@@ -830,12 +746,10 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if T == 0 or N == 0:
         return o.zero_()
     ws_dtype = cfg["ws_dtype"] or q.dtype
-    bk, bvi = min(cfg["BK"], K), min(cfg["BVI"], V)
-    bv, warps16 = _inter16_launch(N * H, V, num_sms(dev), cfg["BV"], cfg["inter16_warps"])
-
     bt = cfg["chunk"]
     if bt not in (BC, BT):
         raise ValueError(f"chunk={bt!r}: expected {BT} or {BC} tokens")
+    bk, bvi = min(cfg["BK"], K), min(_per_chunk(cfg["BVI"], bt), V)
     cu = cu_seqlens.to(torch.int32)
     nch = (cu[1:] - cu[:-1] + bt - 1) // bt
     chunk_off = torch.zeros(N + 1, dtype=torch.int32, device=dev)
@@ -866,24 +780,28 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
                         strides, N, scale, nchb, cfg, bk, bvi)
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
-    # The sequential step's layout ("inter_form": "rows" value rows first, the fast-path default; "cols" token rows
-    # first; "cols_kmajor" token rows first with the state key-major) and operand types ("inter_dot" for the
+    # The sequential step's layout ("inter_form": "pairs" two 16-token chunks a step, value rows first, the default
+    # over 16-token chunks; "rows" value rows first, the default over 64-token chunks; "cols" token rows first;
+    # "cols_kmajor" token rows first with the state key-major) and operand types ("inter_dot" for the
     # products with the state, "inter_av" for Aqk v_new). bf16 state products measured on the H100: o error
     # unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk v_new products gave wrong
     # outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
+    if bt == BC:
+        bv, warps, stages = _inter16_launch(N * H, V, num_sms(dev), cfg)
+    else:
+        bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
+        warps, stages = cfg["inter_warps"], cfg["inter_stages"]
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
-    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3, "pairs32": 4}
-    form = forms.get(cfg["inter_form"])
+    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3}
+    form = forms.get(cfg["inter_form"] or ("pairs" if bt == BC else "rows"))
     if form is None or (form >= 3 and bt != BC):
-        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
+        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} ('pairs' with "
                          f"{BC}-token chunks only)")
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
         o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
         H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-        PREC=cfg["inter_prec"], FORM=form,
-        num_warps=warps16 if bt == BC else cfg["inter_warps"],
-        num_stages=cfg["inter16_stages" if bt == BC else "inter_stages"])
+        PREC=cfg["inter_prec"], FORM=form, num_warps=warps, num_stages=stages)
     return o
 
 
@@ -916,14 +834,14 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
     fallback = _diag_form(cfg["fallback_form"])
-    if fallback not in (0, 1, 2):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'cube'")
+    if fallback not in (0, 1):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd if f == 3 else min(cfg["cube_bk"], K) if f == 2 else K,   # the walks take whole rows
+            BKD=bkd if f == 3 else K,   # the walks take whole rows
             EARLY_OUT=cfg["diag_early_out"] and f == 3,
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd

@@ -85,12 +85,13 @@ PREFILL_CASES = [
 ]
 
 
-# Prefill designs (``_config``): the default ({}: 16-token chunks, pairs from a reference row in 32-column slices),
-# and with either chunk length (64 and 16) every sequential-step layout ("inter_form"; "rows" is the fast path's)
-# and every form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks
-# whose decays leave its range: both branches run in these cases; its key width whole or in 16-column slices,
-# "diag_bk", stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the
-# walk with a running sum or product or by the "cube", "fallback_form"; the cube for every block) run on every case.
+# Prefill designs (``_config``): the default ({}: 16-token chunks, pairs from a reference row in 32-column slices
+# stopping at the first slice out of range, the sequential walk two chunks a step), and with either chunk length
+# (64 and 16) every sequential-step layout ("inter_form": "pairs" over 16-token chunks only) and every form of the
+# sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose decays leave its
+# range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk", stopping at the
+# first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a running sum or
+# product, "fallback_form") run on every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -99,10 +100,8 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="product"),
            dict(chunk=16, inter_form="cols", diag_form="reference", diag_bk=None),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
-           dict(chunk=16, inter_form="rows", diag_form="reference", fallback_form="cube", diag_early_out=True),
-           dict(chunk=64, inter_form="rows", diag_form="cube", cube_bk=8),
-           dict(chunk=16, inter_form="pairs", diag_form="reference"),
-           dict(chunk=16, inter_form="pairs32", diag_form="reference")]
+           dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
+           dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -396,17 +395,19 @@ def test_chunk_prefill_fast_path_storage(chunk):
 
 
 def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
-    """The sequential kernel's value block and warps follow the batch shape (the chunk length does not), and the
-    warm-up counts reach every (value block, warps) pair it can pick on a 132-SM GPU."""
+    """The sequential kernel's launch (value rows, warps, stages) follows the batch shape (the chunk length does not),
+    and the warm-up counts reach every launch it can pick on a 132-SM GPU."""
     import kernels.kda.triton_chunk as tc
 
     sms = 132
     assert tc._FAST["chunk"] == 16
-    assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64
-    assert tc.inter_warps16(128, 32, sms) == 2 and tc.inter_warps16(133, 32, sms) == 4
-    assert tc.inter_warps16(128, 64, sms) == 4                    # 64 rows on 2 warps spill
+    assert tc.inter16_launch(32, 128, sms) == (16, 2, 4)          # one long sequence at H = 32: latency-bound
+    assert tc.inter16_launch(34, 128, sms) == (64, 4, 3)          # 136 programs of 32 rows: more than one wave
+    assert tc.inter16_launch(64, 128, sms) == (64, 4, 3)
+    assert tc.inter16_launch(64, 64, sms) == (16, 2, 4)           # narrower values: more walks fit the wave
+    assert tc._inter16_launch(32, 128, sms, dict(tc._FAST, BV=32, inter16_warps=None, inter16_stages=3)) == (32, 2, 3)
+    assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64   # 64-token chunks
     monkeypatch.setattr(tc, "num_sms", lambda device: sms)
-    # H = 32: 1 sequence (32 value rows, 128 programs: 2 warps), 2 (64 rows: 4)
-    assert tc.prefill_variant_batches(32, 128, None) == [1, 2]
-    # H = 2 (the tiny model): 16 and 32 value rows on 2 warps, then 64 on 4
-    assert tc.prefill_variant_batches(2, 128, None) == [1, 9, 17]
+    assert tc.prefill_variant_batches(32, 128, None) == [1, 2]     # H = 32
+    assert tc.prefill_variant_batches(16, 128, None) == [1, 3]     # TP = 2: 2 x 16 walks x 4 = 128 <= 132
+    assert tc.prefill_variant_batches(2, 128, None) == [1, 17]     # the tiny model
