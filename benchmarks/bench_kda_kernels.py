@@ -232,6 +232,10 @@ PREFILL_CONFIGS = {
     "all_slices": dict(diag_early_out=False),                # the reference-row pass through every key slice
     "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
+    "fb_halves": dict(fallback_form="halves"),               # untimed: out-of-range blocks by halves
+    "fb_halves_w2": dict(fallback_form="halves", fallback_warps=2),
+    "fb_halves_w8": dict(fallback_form="halves", fallback_warps=8),
+    "halves": dict(diag_form="halves"),                      # untimed: every block by halves, one launch
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step
     "pairs_w4": dict(BV=None, inter16_warps=4, inter16_stages=3),   # pairs: 64 rows on 4 warps for every shape

@@ -47,6 +47,7 @@ CONFIGS = {
     "reference-row range 2^+-120": dict(diag_range=120.0),
     "walk launch on 2 warps": dict(fallback_warps=2),
     "walk launch as a running product": dict(fallback_form="product"),
+    "out-of-range blocks by halves (untimed)": dict(fallback_form="halves"),
     "reference-row pass through every key slice": dict(diag_early_out=False),
     "reference-row launch on 2 warps": dict(diag_warps=2),
     "sequential walk one chunk a step": dict(inter_form="rows"),

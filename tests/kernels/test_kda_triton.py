@@ -91,7 +91,7 @@ PREFILL_CASES = [
 # sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose decays leave its
 # range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk", stopping at the
 # first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a running sum or
-# product, "fallback_form") run on every case.
+# product or by halves, "fallback_form"; halves for every block) run on every case.
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -101,7 +101,9 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="cols", diag_form="reference", diag_bk=None),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
-           dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4)]
+           dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4),
+           dict(chunk=16, fallback_form="halves"),
+           dict(chunk=64, inter_form="cols", diag_form="halves")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
