@@ -237,6 +237,9 @@ PREFILL_CONFIGS = {
     "fb_halves_w8": dict(fallback_form="halves", fallback_warps=8),
     "halves": dict(diag_form="halves"),                      # untimed: every block by halves, one launch
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
+    "bvi128": dict(BVI=128),                                 # untimed: U in one product
+    "c16k_r96": dict(chunk16_maxnreg=96),                    # untimed: 5 chunk programs an SM (64 B spilled)
+    "c16k_r80": dict(chunk16_maxnreg=80),                    # untimed: 6 an SM (176 B spilled)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step
     "pairs_w4": dict(BV=None, inter16_warps=4, inter16_stages=3),   # pairs: 64 rows on 4 warps for every shape
     "pairs_bv16": dict(BV=16, inter16_warps=2, inter16_stages=4),   # pairs: 16 rows on 2 warps for every shape

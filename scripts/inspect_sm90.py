@@ -126,10 +126,12 @@ def kda_prefill():
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw in (4, 8):
-        const = dict(H=32, K=128, V=128, BC=BC, BVI=64, PREC_M="tf32", PREC_O="tf32")
-        report(f"kda 16-token chunk kernel, {nw} warps",
-               compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
+    for nw, bvi, cap in ((4, 64, None), (4, 32, None), (4, 128, None), (8, 64, None), (4, 64, 96), (4, 64, 80),
+                         (4, 64, 64)):
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32")
+        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time, registers capped at {cap}",
+               compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
+                              **({"maxnreg": cap} if cap else {})))
     import triton.language as tl
     for form, bv, nw in [(1, 32, 2), (1, 64, 4), (3, 16, 2), (3, 16, 4), (3, 32, 2), (3, 32, 4), (3, 64, 4),
                          (3, 64, 8)]:

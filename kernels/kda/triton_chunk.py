@@ -694,7 +694,8 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
 # diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
 # launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
-# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape, ``inter16_launch``.
+# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape, ``inter16_launch``;
+# "chunk16_maxnreg" caps the 16-token chunk kernel's registers (None: ptxas's choice, 128 at 4 warps on sm_90a).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -702,7 +703,7 @@ def as_heads(x, H, D):
 # diagonal kernel, 32 key columns at a time (ninth session); the reference-row launch on 1 warp stopping at the
 # first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
 # its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
-_FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4, diag_form="reference",
+_FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4, diag_form="reference",
              fallback_form="walk", diag_early_out=True,
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 64, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None,
@@ -827,7 +828,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         _chunk16_kernel[(nchb, H)](
             q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
             *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-            num_warps=cfg["chunk16_warps"])
+            num_warps=cfg["chunk16_warps"], **_reg_cap(cfg["chunk16_maxnreg"]))
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                         strides, N, scale, nchb, cfg, bk, bvi)
@@ -898,6 +899,11 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
             EARLY_OUT=cfg["diag_early_out"] and f == 3,
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd
+
+
+def _reg_cap(maxnreg):
+    """Launch options capping a kernel's registers per thread (none when ``maxnreg`` is None)."""
+    return {"maxnreg": maxnreg} if maxnreg else {}
 
 
 def _per_chunk(value, bt):
