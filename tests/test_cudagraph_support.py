@@ -1,6 +1,7 @@
 """What the MLA backend tells vLLM about CUDA graphs: full graphs for decode-only batches on CUDA unless switched
-off (piecewise elsewhere), a bad switch value refused by name, and a captured decode sized for the longest
-context it may replay."""
+off (piecewise elsewhere), a bad switch value refused by name, a captured decode sized for the longest
+context it may replay, and every decode kernel variant built on the first decode (vLLM's warm-up), not while
+serving."""
 
 from types import SimpleNamespace
 
@@ -66,3 +67,25 @@ def test_decode_batches_sized_for_the_longest_context_when_graphs_are_on(monkeyp
     graphs.cudagraph_mode = CUDAGraphMode.FULL_AND_PIECEWISE
     md = builder.build(0, mixed)                          # a batch with a prefill is never captured
     assert md.max_seq_len == 9 and md.num_decodes == 1 and md.num_prefills == 1
+
+
+def test_first_decode_builds_every_kernel_variant(monkeypatch):
+    """The first decode outside a capture decodes one sequence with each split count that compiles another variant
+    of the decode kernels (direct, and each merge width), with the batch's own tables."""
+    import torch
+
+    import kernels.mla.triton_decode as td
+    from vllm_kimilinear.mla.backend import KimiMLAImpl, KimiMLAMetadata
+
+    calls = []
+    monkeypatch.setattr(td, "mla_decode", lambda q_lat, q_pe, kv, bt, sl, scale, num_splits=None, k_scale=None, **kw:
+                        calls.append((q_lat.shape[0], bt.shape[0], sl.tolist(), num_splits, k_scale)))
+    impl = KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)
+    md = KimiMLAMetadata(num_actual_tokens=3, num_decodes=3, num_decode_tokens=3, num_prefills=0, max_seq_len=40,
+                         seq_lens=torch.tensor([40, 7, 9], dtype=torch.int32),
+                         block_table=torch.arange(6, dtype=torch.int32).view(3, 2), slot_mapping=torch.zeros(3),
+                         query_lens=[1, 1, 1], seq_lens_host=[])
+    impl._build_decode_variants(torch.zeros(3, 2, 8), torch.zeros(3, 2, 4), torch.zeros(4, 16, 12), md, None)
+    assert [c[3] for c in calls] == td.variant_num_splits()
+    assert all(c[:3] == (1, 1, [40]) and c[4] is None for c in calls)
+    assert impl._variants_built

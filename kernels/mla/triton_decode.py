@@ -312,6 +312,22 @@ def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sm
     return min(range(1, cap + 1), key=lambda s: (cost(s), s))
 
 
+def combine_width(num_splits: int) -> int:
+    """The merge kernel's tile of splits (a compiled variant each)."""
+    return max(16, triton.next_power_of_2(num_splits))
+
+
+def variant_num_splits() -> list[int]:
+    """One split count for each kernel variant ``mla_decode`` can launch with a given cache and query dtype: one
+    split (the direct variant: no merge), then the smallest count of each width of the merge kernel up to
+    MAX_SPLITS. Decoding once with each compiles them all, e.g. before serving (a count taken from a batch's own
+    longest context would otherwise compile its variant in the middle of serving)."""
+    first: dict[int, int] = {}
+    for s in range(2, MAX_SPLITS + 1):
+        first.setdefault(combine_width(s), s)
+    return [1] + sorted(first.values())
+
+
 def legacy_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
     """The split count used until the fifth session (about four programs per SM), kept for the benchmark's
     same-run comparison."""
@@ -450,7 +466,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         _mla_decode_combine[(N, H)](
             acc, ml, out, lse, num_splits,
             *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-            L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
+            L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_S=combine_width(num_splits),
             SPLIT_CHUNK=8, num_warps=4,
         )
     return out, lse

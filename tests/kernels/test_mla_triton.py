@@ -202,6 +202,20 @@ def test_choose_num_splits():
             assert fill >= 0.9 or ctx // (s + 1) < 256 or batch >= 132 * 4, (batch, ctx, s, fill)
 
 
+def test_variant_split_counts_cover_every_launch():
+    """The warm-up's split counts (the plugin decodes once with each before serving) reach every kernel variant any
+    split count the heuristic can pick launches: the direct one and each merge width."""
+    from kernels.mla.triton_decode import MAX_SPLITS, combine_width, variant_num_splits
+
+    counts = variant_num_splits()
+    assert counts[0] == 1 and all(1 < c <= MAX_SPLITS for c in counts[1:])
+    reachable = {choose_num_splits(b, g, ctx, sms) for b in (1, 2, 32, 200) for g in (1, 2)
+                 for ctx in (100, 4096, 131072, 1 << 20) for sms in (78, 132)}
+    assert max(reachable) > 128                                     # the widest merge is reachable
+    assert {combine_width(s) for s in reachable if s > 1} <= {combine_width(c) for c in counts[1:]}
+    assert {combine_width(s) for s in range(2, MAX_SPLITS + 1)} == {combine_width(c) for c in counts[1:]}
+
+
 def test_matches_project_torch_path():
     """Ours + the absorbed projections == kernels/mla/paged.decode_absorbed (same cache layout)."""
     H, P, V, L, R, bs = 3, 32, 24, 64, 16, 16
