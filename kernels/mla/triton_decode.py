@@ -369,9 +369,9 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
     block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
     (default: fp8 caches, and pages too small for the page-by-page loop; never with tokens_as_rows or tma) loads
-    the next tile into registers before the current tile's products. Triton's own pipelining does not cover those two cases: it does not
-    multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile whose addresses
-    come from a block-table load in the same loop. tokens_as_rows computes the transposed products
+    the next tile into registers before the current tile's products. Triton's own pipelining does not cover those
+    two cases: it does not multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile
+    whose addresses come from a block-table load in the same loop. tokens_as_rows computes the transposed products
     (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
     which 32 query heads alone cannot reach; same result. fp16_math (default: fp8 caches with 16-bit queries)
     runs the products in fp16 (q scaled by 1/16): e4m3 converts to fp16 in one packed instruction.
