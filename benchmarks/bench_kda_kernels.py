@@ -224,7 +224,7 @@ PREFILL_CONFIGS = {
     # session) against the defaults of then, see benchmarks/RESULTS.md
     "default": {},
     "c64": dict(chunk=64),                                   # the 64-token path with its own diagonal settings
-    "c64_bk32_w2": dict(chunk=64, diag_bk=32, diag_warps=2),  # the 64-token path with 16-token diagonal settings
+    "c64_bk32_w2": dict(chunk=64, diag_bk=32, diag_warps=2),  # 64-token path, 32-column slices (early out: default)
     "walk": dict(diag_form="walk"),
     "bk_all": dict(diag_bk=None),                            # reference pairs over the whole key width
     "bk16": dict(diag_bk=16),
@@ -241,7 +241,7 @@ PREFILL_CONFIGS = {
     "c16k_r96": dict(chunk16_maxnreg=96),                    # untimed: 5 chunk programs an SM (64 B spilled)
     "c16k_r80": dict(chunk16_maxnreg=80),                    # untimed: 6 an SM (176 B spilled)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step
-    "pairs_w4": dict(BV=None, inter16_warps=4, inter16_stages=3),   # pairs: 64 rows on 4 warps for every shape
+    "pairs_w4": dict(BV=64, inter16_warps=4, inter16_stages=3),     # pairs: 64 rows on 4 warps for every shape
     "pairs_bv16": dict(BV=16, inter16_warps=2, inter16_stages=4),   # pairs: 16 rows on 2 warps for every shape
     "pairs_w8": dict(inter16_warps=8),
     "rows_bv16": dict(inter_form="rows", BV=16, inter16_warps=2, inter16_stages=4),

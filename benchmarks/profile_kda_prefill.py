@@ -32,8 +32,9 @@ from profiling import gpu_time_by_kernel                                     # n
 # diagonal kernel's walk on 2 or 8 warps; the walk inline with the reference row (2.26 against 2.21 ms, anchors'
 # gates), also inside the 16-token chunk kernel (255 registers with spills: slower at every split); the "levels"
 # pairs (halves on tensor cores down to walked groups of 4 rows, commit 40166d9: slower than the walk they were
-# to replace); for 16-token chunks the chunk kernel at 8 warps (2.35 against 1.54 ms), the sequential kernel with 16
-# value rows or key-major token rows. U in bf16 saves 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
+# to replace); for 16-token chunks the chunk kernel at 8 warps (2.35 against 1.54 ms), the one-chunk sequential
+# step with 16 value rows (before the pair step made 16 rows on 2 warps the one-sequence default) or key-major token
+# rows. U in bf16 saves 0.06-0.18 ms at a higher error (2.47e-3 against 1.98e-3).
 CONFIGS = {
     "default": {},
     "64-token chunks": dict(chunk=64),

@@ -694,7 +694,8 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
 # diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
 # launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
-# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape, ``inter16_launch``;
+# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
+# 16-token chunks, ``inter_block_v`` for "BV" over 64);
 # "chunk16_maxnreg" caps the 16-token chunk kernel's registers (None: ptxas's choice, 128 at 4 warps on sm_90a).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
@@ -703,8 +704,8 @@ def as_heads(x, H, D):
 # diagonal kernel, 32 key columns at a time (ninth session); the reference-row launch on 1 warp stopping at the
 # first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
 # its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
-_FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4, diag_form="reference",
-             fallback_form="walk", diag_early_out=True,
+_FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
+             diag_form="reference", fallback_form="walk", diag_early_out=True,
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 64, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None,
              ek_dtype=torch.float16,
@@ -746,22 +747,28 @@ def inter16_launch(n_walks: int, V: int, sms: int) -> tuple[int, int, int]:
 
 
 def _inter16_launch(n_walks: int, V: int, sms: int, cfg: dict) -> tuple[int, int, int]:
-    """``inter16_launch`` with any of the configured ``BV``, ``inter16_warps``, ``inter16_stages`` in its place."""
+    """``inter16_launch`` with any of the configured ``BV``, ``inter16_warps``, ``inter16_stages`` in its place (a
+    configured ``BV`` of more than 16 rows without configured warps takes at least 4: 32 or 64 rows on 2 warps spill
+    on sm_90a)."""
     bv, warps, stages = inter16_launch(n_walks, V, sms)
-    return min(cfg["BV"] or bv, V), cfg["inter16_warps"] or warps, cfg["inter16_stages"] or stages
+    if cfg["BV"]:
+        bv = min(cfg["BV"], V)
+        warps = warps if bv <= 16 else max(warps, 4)
+    return bv, cfg["inter16_warps"] or warps, cfg["inter16_stages"] or stages
 
 
-def prefill_variant_batches(H: int, V: int, device) -> list[int]:
-    """The smallest number of sequences for each launch of the sequential kernel the fast path may pick
-    (``inter16_launch``; the chunk length, the step form and the kernels before it do not depend on the batch): a
-    warm-up that runs a prefill with each of these counts compiles every variant the fast path can launch."""
+def prefill_variant_batches(H: int, V: int, device, chunk: int = BC) -> list[int]:
+    """The smallest number of sequences for each launch of the sequential kernel the fast path may pick with
+    ``chunk``-token chunks (``inter16_launch`` over 16, ``inter_block_v`` over 64; the step form and the kernels
+    before it do not depend on the batch): a warm-up that runs a prefill with each of these counts compiles every
+    variant the fast path can launch."""
     sms = num_sms(device)
-    first: dict[tuple[int, int, int], int] = {}
+    launch = (lambda n: inter16_launch(n * H, V, sms)) if chunk == BC else (lambda n: inter_block_v(n * H, V, sms))
+    first: dict = {}
     n = 1
     while True:
-        launch = inter16_launch(n * H, V, sms)
-        first.setdefault(launch, n)
-        if launch == inter16_launch(1 << 30, V, sms):
+        first.setdefault(launch(n), n)
+        if launch(n) == launch(1 << 30):
             return sorted(first.values())
         n += 1
 

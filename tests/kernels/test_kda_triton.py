@@ -397,8 +397,8 @@ def test_chunk_prefill_fast_path_storage(chunk):
 
 
 def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
-    """The sequential kernel's launch (value rows, warps, stages) follows the batch shape (the chunk length does not),
-    and the warm-up counts reach every launch it can pick on a 132-SM GPU."""
+    """The sequential kernel's launch (value rows, warps, stages) follows the batch shape, and the warm-up counts
+    reach every launch it can pick on a 132-SM GPU with either chunk length."""
     import kernels.kda.triton_chunk as tc
 
     sms = 132
@@ -407,9 +407,13 @@ def test_prefill_launch_choices_and_their_warm_up_counts(monkeypatch):
     assert tc.inter16_launch(34, 128, sms) == (64, 4, 3)          # 136 programs of 32 rows: more than one wave
     assert tc.inter16_launch(64, 128, sms) == (64, 4, 3)
     assert tc.inter16_launch(64, 64, sms) == (16, 2, 4)           # narrower values: more walks fit the wave
-    assert tc._inter16_launch(32, 128, sms, dict(tc._FAST, BV=32, inter16_warps=None, inter16_stages=3)) == (32, 2, 3)
+    assert tc._inter16_launch(32, 128, sms, dict(tc._FAST, BV=32, inter16_warps=None, inter16_stages=3)) == (32, 4, 3)
+    assert tc._inter16_launch(32, 128, sms, dict(tc._FAST, BV=32, inter16_warps=2)) == (32, 2, 4)   # as configured
     assert tc.inter_block_v(32, 128, sms) == 32 and tc.inter_block_v(256, 128, sms) == 64   # 64-token chunks
     monkeypatch.setattr(tc, "num_sms", lambda device: sms)
     assert tc.prefill_variant_batches(32, 128, None) == [1, 2]     # H = 32
     assert tc.prefill_variant_batches(16, 128, None) == [1, 3]     # TP = 2: 2 x 16 walks x 4 = 128 <= 132
     assert tc.prefill_variant_batches(2, 128, None) == [1, 17]     # the tiny model
+    # 64-token chunks: value rows 16 / 32 / 64 by inter_block_v
+    assert tc.prefill_variant_batches(2, 128, None, 64) == [1, 9, 17]
+    assert tc.prefill_variant_batches(16, 128, None, 64) == [1, 2, 3]

@@ -69,13 +69,15 @@ def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, ha
     return paged.kda_decode(q, k, v, g, beta, scale, rec_state, slots, has_init)
 
 
-def prefill_variant_batches(num_heads: int, head_dim: int, device) -> list[int]:
-    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per value block of the sequential
-    kernel the fast path can pick); the layer's profile run warms each, so that serving compiles nothing."""
+def prefill_variant_batches(num_heads: int, head_dim: int, device, chunk=None) -> list[int]:
+    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per launch of the sequential
+    kernel the fast path can pick with ``chunk``-token chunks, ``prefill_chunk()``; None: the default length); the
+    layer's profile run warms each, so that serving compiles nothing."""
     if device.type == "cuda" and triton_kda_available():
+        from kernels.kda.triton_chunk import BC
         from kernels.kda.triton_chunk import prefill_variant_batches as variants
 
-        return variants(num_heads, head_dim, device)
+        return variants(num_heads, head_dim, device, chunk or BC)
     return []
 
 

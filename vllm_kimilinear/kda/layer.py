@@ -203,7 +203,7 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         rec_state = torch.zeros(2, *rec_shape, dtype=rec_dtype, device=dev)
         slots = torch.ones(S, dtype=torch.int32, device=dev)
         has_init = torch.zeros(S, dtype=torch.bool, device=dev)
-        for n in dispatch.prefill_variant_batches(self.local_heads, self.head_dim, dev):
+        for n in dispatch.prefill_variant_batches(self.local_heads, self.head_dim, dev, self._prefill_chunk):
             if n <= T:
                 self._prefill(torch.cat([q[:n], k[:n], v[:n]], dim=-1), g_raw[:n], beta[:n], self.conv_weight(),
                               conv_state, rec_state, torch.ones(n, dtype=torch.int32, device=dev),
