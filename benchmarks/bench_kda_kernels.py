@@ -244,6 +244,7 @@ PREFILL_CONFIGS = {
     "pairs_w4": dict(BV=64, inter16_warps=4, inter16_stages=3),     # pairs: 64 rows on 4 warps for every shape
     "pairs_bv16": dict(BV=16, inter16_warps=2, inter16_stages=4),   # pairs: 16 rows on 2 warps for every shape
     "pairs_w8": dict(inter16_warps=8),
+    "pairs_ops": dict(inter_form="pairs_ops"),               # untimed: 2^Gl_a on W_b, QG_b instead of the state
     "rows_bv16": dict(inter_form="rows", BV=16, inter16_warps=2, inter16_stages=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
 }

@@ -133,11 +133,12 @@ def kda_prefill():
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
                               **({"maxnreg": cap} if cap else {})))
     import triton.language as tl
-    for form, bv, nw in [(1, 32, 2), (1, 64, 4), (3, 16, 2), (3, 16, 4), (3, 32, 2), (3, 32, 4), (3, 64, 4),
-                         (3, 64, 8)]:
+    for form, bv, nw, ns in [(1, 32, 2, 3), (1, 64, 4, 3), (3, 16, 2, 4), (3, 16, 4, 3), (3, 32, 2, 3), (3, 32, 4, 3),
+                             (3, 64, 4, 3), (3, 64, 8, 3), (4, 16, 2, 4), (4, 64, 4, 3)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form)
-        report(f"kda inter {'rows' if form == 1 else 'pairs'} bf16/fp32, 16-token chunks, BV {bv} warps {nw}",
-               compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=3))
+        name = {1: "rows", 3: "pairs", 4: "pairs_ops"}[form]
+        report(f"kda inter {name} bf16/fp32, 16-token chunks, BV {bv} warps {nw} stages {ns}",
+               compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=ns))
     for form in ("cols", "rows", "cols_kmajor"):
         for dot, av in [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "bf16")]:
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:

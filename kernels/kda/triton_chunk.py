@@ -549,14 +549,15 @@ def _chunk16_kernel(
 @triton.jit
 def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
                 s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
+                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, SCALE_OPS: tl.constexpr):
     """The sequential walk two chunks a, b at a time ("pairs", value rows first; the state S [BV, K] in registers),
     so that the state's path has three products per 2 BT tokens instead of four. With v_a = U_a - W_a S^T and
     S_a = S 2^Gl_a + (r_a v_a)^T KG_a (r: 1/|k|), chunk b's v_b = U_b - W_b S_a^T is
     U_b - W_b (S 2^Gl_a)^T - C^T (r_a v_a) with C = KG_a W_b^T, taken from S directly (beside v_a), and chunk b's
     outputs take QG_b (S 2^Gl_a)^T + (QG_b KG_a^T) (r_a v_a): the 16 x 16 corrections come from the loaded operands
     alone, off the state's path, and no exponential is evaluated. A sequence's odd last chunk runs as a pair whose
-    second chunk is masked out (zero operands, decay 1)."""
+    second chunk is masked out (zero operands, decay 1). SCALE_OPS ("pairs_ops"; opt-in, untimed): 2^Gl_a scales
+    W_b and QG_b instead of the state, so that the state goes to a product operand once a step instead of twice."""
     rows = tl.arange(0, BT)
     for c in range(c0, c1, 2):
         has_b = c + 1 < c1
@@ -584,13 +585,20 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
         cab = tl.dot(ka, tl.trans(wb), input_precision=PREC) * rka[:, None]          # [a rows, b rows]
         dab = tl.dot(ka, tl.trans(qb), input_precision=PREC) * rka[:, None]
         sd = S.to(DOT_DT)
-        sg = (S * gla[None, :]).to(DOT_DT)
+        if SCALE_OPS:
+            sg = sd
+            wbs = (wb.to(tl.float32) * gla[None, :]).to(DOT_DT)
+            qbs = (qb.to(tl.float32) * gla[None, :]).to(DOT_DT)
+        else:
+            sg = (S * gla[None, :]).to(DOT_DT)
+            wbs = wb
+            qbs = qb
         vta = tl.trans(ua.to(tl.float32)) - tl.dot(sd, tl.trans(wa), input_precision=PREC)      # [BV, BT]
-        vtb = tl.trans(ub.to(tl.float32)) - tl.dot(sg, tl.trans(wb), input_precision=PREC) - \
+        vtb = tl.trans(ub.to(tl.float32)) - tl.dot(sg, tl.trans(wbs), input_precision=PREC) - \
             tl.dot(vta.to(AV_DT), cab.to(AV_DT), input_precision=PREC)
         ota = rqa[None, :] * tl.dot(sd, tl.trans(qa), input_precision=PREC) + \
             tl.dot(vta.to(AV_DT), tl.trans(aqa.to(AV_DT)), input_precision=PREC)
-        otb = rqb[None, :] * (tl.dot(sg, tl.trans(qb), input_precision=PREC) +
+        otb = rqb[None, :] * (tl.dot(sg, tl.trans(qbs), input_precision=PREC) +
                               tl.dot(vta.to(AV_DT), dab.to(AV_DT), input_precision=PREC)) + \
             tl.dot(vtb.to(AV_DT), tl.trans(aqb.to(AV_DT)), input_precision=PREC)
         ta = bos + (c - c0) * BT + rows
@@ -637,9 +645,9 @@ def _chunk_inter_kernel(
         S = tl.load(state_ptr + s_off).to(tl.float32)
     c0 = tl.load(chunk_off_ptr + n)
     c1 = tl.load(chunk_off_ptr + n + 1)
-    if FORM == 3:
+    if FORM >= 3:
         S = _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
+                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, FORM == 4)
     else:
         for c in range(c0, c1):
             base = (c * H + h).to(tl.int64)
@@ -853,10 +861,10 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
         warps, stages = cfg["inter_warps"], cfg["inter_stages"]
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
-    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3}
+    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3, "pairs_ops": 4}
     form = forms.get(cfg["inter_form"] or ("pairs" if bt == BC else "rows"))
     if form is None or (form >= 3 and bt != BC):
-        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} ('pairs' with "
+        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
                          f"{BC}-token chunks only)")
     _chunk_inter_kernel[(N, H, V // bv)](
         w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,

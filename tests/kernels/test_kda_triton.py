@@ -87,7 +87,7 @@ PREFILL_CASES = [
 
 # Prefill designs (``_config``): the default ({}: 16-token chunks, pairs from a reference row in 32-column slices
 # stopping at the first slice out of range, the sequential walk two chunks a step), and with either chunk length
-# (64 and 16) every sequential-step layout ("inter_form"; "pairs" over 16-token chunks only) and every
+# (64 and 16) every sequential-step layout ("inter_form"; the pair forms over 16-token chunks only) and every
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
@@ -104,6 +104,7 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
            dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4),
            dict(chunk=16, fallback_form="halves"),
+           dict(chunk=16, inter_form="pairs_ops", diag_form="product"),
            dict(chunk=64, inter_form="cols", diag_form="halves")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
@@ -210,13 +211,13 @@ def prefill_errors(inputs, lengths, cfg):
     return errs, o
 
 
-@pytest.mark.parametrize("form", ["rows", "pairs"])
+@pytest.mark.parametrize("form", ["rows", "pairs", "pairs_ops"])
 def test_sequential_steps_carry_slowly_decaying_state(form):
     """Slow decays (A in [0.1, 1]: a chunk keeps a good part of the state), so that what one chunk leaves in the state
-    matters to the outputs of the chunks after it: the one- and two-chunk steps against fp64, over sequences of
-    every chunk count modulo 4 (the gate regimes of the cases above forget most of the state within a chunk or two:
-    a four-chunk step tried on 2026-11-30 whose last chunk took the state decayed over one chunk too few passed every
-    one of them, and failed here)."""
+    matters to the outputs of the chunks after it: the one- and two-chunk steps (both pair forms) against fp64, over
+    sequences of every chunk count modulo 4 (the gate regimes of the cases above forget most of the state within a
+    chunk or two: a four-chunk step tried on 2026-11-30 whose last chunk took the state decayed over one chunk too
+    few passed every one of them, and failed here)."""
     gen = torch.Generator().manual_seed(31)
     lengths = [20, 12, 16, 33, 40, 64, 140]               # 2, 1, 1, 3, 3, 4, 9 chunks
     inputs, worst = small_decay_batch(32, lengths, gen)
