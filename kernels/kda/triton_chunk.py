@@ -765,12 +765,13 @@ def _inter16_launch(n_walks: int, V: int, sms: int, cfg: dict) -> tuple[int, int
     return bv, cfg["inter16_warps"] or warps, cfg["inter16_stages"] or stages
 
 
-def prefill_variant_batches(H: int, V: int, device, chunk: int = BC) -> list[int]:
+def prefill_variant_batches(H: int, V: int, device, chunk: int | None = None) -> list[int]:
     """The smallest number of sequences for each launch of the sequential kernel the fast path may pick with
-    ``chunk``-token chunks (``inter16_launch`` over 16, ``inter_block_v`` over 64; the step form and the kernels
-    before it do not depend on the batch): a warm-up that runs a prefill with each of these counts compiles every
-    variant the fast path can launch."""
+    ``chunk``-token chunks (None: the fast path's default; ``inter16_launch`` over 16, ``inter_block_v`` over 64;
+    the step form and the kernels before it do not depend on the batch): a warm-up that runs a prefill with each of
+    these counts compiles every variant the fast path can launch."""
     sms = num_sms(device)
+    chunk = chunk or _FAST["chunk"]
     launch = (lambda n: inter16_launch(n * H, V, sms)) if chunk == BC else (lambda n: inter_block_v(n * H, V, sms))
     first: dict = {}
     n = 1
@@ -850,11 +851,11 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
         return o
     # The sequential step's layout ("inter_form": "pairs" two 16-token chunks a step, value rows first, the default
-    # over 16-token chunks; "rows" value rows first, the default over 64-token chunks; "cols" token rows first;
-    # "cols_kmajor" token rows first with the state key-major) and operand types ("inter_dot" for the
-    # products with the state, "inter_av" for Aqk v_new). bf16 state products measured on the H100: o error
-    # unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk v_new products gave wrong
-    # outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
+    # over 16-token chunks, or "pairs_ops" with chunk a's decay on W_b, QG_b; "rows" value rows first, the default
+    # over 64-token chunks; "cols" token rows first; "cols_kmajor" token rows first with the state key-major) and
+    # operand types ("inter_dot" for the products with the state, "inter_av" for Aqk v_new). bf16 state products
+    # measured on the H100: o error unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk
+    # v_new products gave wrong outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
     if bt == BC:
         bv, warps, stages = _inter16_launch(N * H, V, num_sms(dev), cfg)
     else:

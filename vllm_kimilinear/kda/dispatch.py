@@ -74,10 +74,9 @@ def prefill_variant_batches(num_heads: int, head_dim: int, device, chunk=None) -
     kernel the fast path can pick with ``chunk``-token chunks, ``prefill_chunk()``; None: the default length); the
     layer's profile run warms each, so that serving compiles nothing."""
     if device.type == "cuda" and triton_kda_available():
-        from kernels.kda.triton_chunk import BC
         from kernels.kda.triton_chunk import prefill_variant_batches as variants
 
-        return variants(num_heads, head_dim, device, chunk or BC)
+        return variants(num_heads, head_dim, device, chunk)
     return []
 
 

@@ -117,23 +117,24 @@ class KimiMLAImpl:
 
         W = W_kvb.to(q.dtype)
         q_lat = torch.bmm(q_nope.transpose(0, 1), W[:, :self.nope, :]).transpose(0, 1)     # [N, H, L]
+        fp8_scale = k_scale if kv_cache.dtype == torch.uint8 else None
         if not self._variants_built and not torch.cuda.is_current_stream_capturing():
-            self._build_decode_variants(q_lat, q_pe, kv_cache, md, k_scale)
+            self._build_decode_variants(q_lat, q_pe, kv_cache, md, fp8_scale)
         o_lat, _ = mla_decode(q_lat, q_pe, kv_cache, md.block_table[:nd], md.seq_lens[:nd], self.scale,
-                              k_scale=k_scale if kv_cache.dtype == torch.uint8 else None,
-                              max_seq_len=md.max_seq_len)
+                              k_scale=fp8_scale, max_seq_len=md.max_seq_len)
         return torch.bmm(o_lat.transpose(0, 1), W[:, self.nope:, :].transpose(1, 2)).transpose(0, 1)
 
-    def _build_decode_variants(self, q_lat, q_pe, kv_cache, md: KimiMLAMetadata, k_scale) -> None:
+    def _build_decode_variants(self, q_lat, q_pe, kv_cache, md: KimiMLAMetadata, fp8_scale) -> None:
         """On the first decode outside a graph capture (vLLM's warm-up runs): decode the first sequence once with
         each split count that compiles another kernel variant, so that none is compiled while serving (a batch's
-        split count follows its longest context, so a mixed batch may pick any)."""
+        split count follows its longest context, so a mixed batch may pick any). fp8_scale: the decode's k_scale
+        (None unless the cache is fp8)."""
         from kernels.mla.triton_decode import mla_decode, variant_num_splits
 
         self._variants_built = True
         for splits in variant_num_splits():
             mla_decode(q_lat[:1], q_pe[:1], kv_cache, md.block_table[:1], md.seq_lens[:1], self.scale,
-                       num_splits=splits, k_scale=k_scale if kv_cache.dtype == torch.uint8 else None)
+                       num_splits=splits, k_scale=fp8_scale)
 
     def forward(self, q, kv_c, k_pe, kv_cache, W_kvb, md: KimiMLAMetadata, out: torch.Tensor,
                 k_scale: torch.Tensor | None = None) -> None:
