@@ -232,10 +232,11 @@ PREFILL_CONFIGS = {
     "all_slices": dict(diag_early_out=False),                # the reference-row pass through every key slice
     "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
-    "fb_halves": dict(fallback_form="halves"),               # untimed: out-of-range blocks by halves
-    "fb_halves_w2": dict(fallback_form="halves", fallback_warps=2),
-    "fb_halves_w8": dict(fallback_form="halves", fallback_warps=8),
-    "halves": dict(diag_form="halves"),                      # untimed: every block by halves, one launch
+    "balanced": dict(diag_ref="balanced"),                   # untimed: reference halfway between first/last rows
+    "bal_bvi128": dict(diag_ref="balanced", BVI=128),
+    "bal_product": dict(diag_ref="balanced", fallback_form="product"),
+    "bal_bvi128_product": dict(diag_ref="balanced", BVI=128, fallback_form="product"),
+    "fb_product_w2": dict(fallback_form="product", fallback_warps=2),
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
     "bvi128": dict(BVI=128),                                 # untimed: U in one product
     "c16k_r96": dict(chunk16_maxnreg=96),                    # untimed: 5 chunk programs an SM (64 B spilled)

@@ -11,8 +11,8 @@ option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
    launch the column walk for the other blocks (the first launch stops at a block's first key slice out of
    range, ``diag_early_out``). The walk ("walk"; "product" carries the decays as a running
    product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element. ``fallback_form="halves"`` (opt-in, untimed) walks both halves of the
-   block at once (8 steps) and takes the pairs across the halves on tensor cores through the row between them.
+   log2 decays <= 0, one exp2 per element. ``diag_ref``: the reference of the tensor-core pairs, "row" (the
+   sub-block's middle row) or "balanced" (per key channel halfway between the decays of its first and last rows).
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
    softplus(g_raw + dt_bias)`` (log2 domain) with its prefix / suffix sums inside the chunk, the row norms of q and
    k, the 16x16 inverse of ``L = I + diag(beta) A`` and per chunk: W = L^-1 diag(beta) (2^G * k_n),
@@ -93,13 +93,19 @@ def _neg_a(alog_ptr, h):
 
 
 @triton.jit
+def _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a):
+    """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos); dtb: dt_bias of the columns [1, cols]."""
+    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
+    return tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
+
+
+@triton.jit
 def _gates_and_successors(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr,
                           BC: tl.constexpr):
     """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos), and each row's successor's gate (0 on
     the last row of every BC-row segment and past eos): the two tiles the prefix / suffix sums are scanned from."""
-    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
     dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
-    g2 = tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
+    g2 = _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a)
     nmask = (tok + 1 < eos) & ((rows % BC) != BC - 1)
     xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nmask[:, None], other=0.0)
     gn = tl.where(nmask[:, None], neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
@@ -182,54 +188,6 @@ def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, 
 
 
 @triton.jit
-def _halves_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, dd_blk, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                  K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """The sub-block's pair blocks by halves ("halves"; opt-in, untimed) and stored at ``dd_blk`` (kk, then qk BT * BC
-    further): the pairs of a row in the second half with a column in the first on tensor cores through the row p =
-    BC/2 - 1 between them, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T, where both factors are <= 1 whatever the
-    gates (so no range check); the pairs inside each half by the column walk of ``_reverse_walk``, both halves at
-    once on a [2, BC/2, K] tile: BC/2 steps instead of BC, and half the elements each step evaluates outside the
-    pairs it keeps."""
-    HB: tl.constexpr = BC // 2
-    cols = tl.arange(0, K)
-    live = (t0 + ri < eos)[:, None]
-    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0).to(tl.float32)
-    g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, HB)
-    E = _mid_exponents(g2, gn, ri, BC, K)         # G_r - G_p: <= 0 on the second half's rows, >= 0 on the first's
-    up = tl.exp2(tl.minimum(E, 0.0))              # 2^(G_r - G_p) on the second half (1 on the first: not kept)
-    kd = ks * tl.exp2(tl.minimum(-E, 0.0))        # 2^(G_p - G_c) k_c on the first half (k_c on the second: not kept)
-    across = (ri[:, None] >= HB) != (ri[None, :] >= HB)        # the off-diagonal quadrants (the upper one zero)
-    lower = (ri[:, None] >= HB) & (ri[None, :] < HB)
-    full = dd_blk + ri[:, None] * BC + ri[None, :]
-    tl.store(full, tl.where(lower, tl.dot(ks * up, tl.trans(kd), input_precision=PREC), 0.0), mask=across)
-    tl.store(full + BT * BC, tl.where(lower, tl.dot(qs * up, tl.trans(kd), input_precision=PREC), 0.0), mask=across)
-    # both halves' column walks at once, last column to first; tiles [half, row, channel]
-    k3 = tl.reshape(ks, (2, HB, K))
-    q3 = tl.reshape(qs, (2, HB, K))
-    g3 = tl.reshape(g2, (2, HB, K))
-    r3 = tl.arange(0, HB)[None, :, None]
-    c3 = tl.arange(0, HB)[None, None, :]
-    D = tl.zeros([2, HB, K], dtype=tl.float32)    # running sums of the decays of rows col+1..r (log2, <= 0)
-    a_kk = tl.zeros([2, HB, HB], dtype=tl.float32)
-    a_qk = tl.zeros([2, HB, HB], dtype=tl.float32)
-    for step in range(0, HB):
-        col = HB - 1 - step
-        pick = r3 == col
-        kc = tl.sum(tl.where(pick, k3, 0.0), axis=1)[:, None, :]        # each half's column key [2, 1, K]
-        gc = tl.sum(tl.where(pick, g3, 0.0), axis=1)[:, None, :]
-        e = tl.exp2(D) * kc                       # rows r < col hold D = 0: dropped below
-        keep = (c3 == col) & (r3 >= col)
-        a_kk = tl.where(keep, tl.sum(k3 * e, axis=2)[:, :, None], a_kk)
-        a_qk = tl.where(keep, tl.sum(q3 * e, axis=2)[:, :, None], a_qk)
-        D = tl.where(r3 >= col, D + gc, 0.0)
-    hf = tl.arange(0, 2)[:, None, None]
-    diag = dd_blk + (hf * HB + r3) * BC + hf * HB + c3
-    tl.store(diag, a_kk)
-    tl.store(diag + BT * BC, a_qk)
-
-
-@triton.jit
 def _mid_exponents(g2, gn, ri, BC: tl.constexpr, K: tl.constexpr):
     """E_r = G_r - G_p for the sub-block's reference row p = BC/2 - 1, per key channel, from the gate tile g2 and
     the successor tile gn (zero on rows p and BC - 1): on rows after p the prefix sum of their half (<= 0), on
@@ -238,6 +196,32 @@ def _mid_exponents(g2, gn, ri, BC: tl.constexpr, K: tl.constexpr):
     P = tl.reshape(tl.cumsum(tl.reshape(g2, (2, HB, K)), axis=1), (BC, K))
     S = tl.reshape(tl.cumsum(tl.reshape(gn, (2, HB, K)), axis=1, reverse=True), (BC, K))
     return tl.where(ri[:, None] >= HB, P, -S)
+
+
+@triton.jit
+def _balanced_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr):
+    """E_r = G_r - m per key channel for a BC-row sub-block, with the reference m halfway between the decays of its
+    first and last rows (``diag_ref="balanced"``): |E| <= half the sub-block's total decay, the least any one
+    reference allows. G_r is the fp32 prefix sum of the decays of rows 1..r (row 0's own decay is in no pair), a
+    sum of non-positive terms, so E carries no cancellation beyond the rounding of sums bounded by the range check.
+    One gate tile (no successor tile) and one scan."""
+    dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
+    g2 = _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a)
+    G = tl.cumsum(tl.where(ri[:, None] == 0, 0.0, g2), axis=0)
+    return G - 0.5 * tl.min(G, axis=0)[None, :]
+
+
+@triton.jit
+def _sub_block_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr,
+                         BC: tl.constexpr, BALANCED: tl.constexpr):
+    """The reference-row exponents of a sub-block's key columns ``cols``: halfway between its first and last rows'
+    decays (``_balanced_exponents``) or from its middle row (``_mid_exponents``)."""
+    if BALANCED:
+        E = _balanced_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K)
+    else:
+        g2, gn = _gates_and_successors(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC // 2)
+        E = _mid_exponents(g2, gn, ri, BC, cols.shape[0])
+    return E
 
 
 @triton.jit
@@ -260,20 +244,20 @@ def _chunk_diag_kernel(
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
     RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
-    EARLY_OUT: tl.constexpr,
+    EARLY_OUT: tl.constexpr, BALANCED: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 2: by halves
-    (``_halves_pairs``; opt-in, untimed); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0, 1 or 2, ``fallback_form``, SKIP_DONE) does the rest
+    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
     (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
     BKD < K (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width
     on sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
     largest |E| (with EARLY_OUT skipping the slices after the first one out of range), and decides at the end
     whether the block is in range (out-of-range blocks may hold inf / NaN in the accumulators; they are not
-    stored). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
+    stored). BALANCED: the reference halfway between the first and last rows' decays instead of the middle row
+    (``_sub_block_exponents``). BT is the chunk length (16, whose chunks are one sub-block, or 64)."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -295,8 +279,7 @@ def _chunk_diag_kernel(
             cols = tl.arange(0, K)
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
             ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-            g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC // 2)
-            E = _mid_exponents(g2, gn, ri, BC, K)
+            E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC, BALANCED)
             ok = tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE
             if ok:
                 d_kk, d_qk = _reference_pairs(qs.to(tl.float32), ks.to(tl.float32), E, ri, PREC)
@@ -312,9 +295,8 @@ def _chunk_diag_kernel(
                 # remaining slices are skipped
                 if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
                     kc = k0 + tl.arange(0, BKD)
-                    g2, gn = _gates_and_successors(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
-                                                   BC // 2)
-                    E = _mid_exponents(g2, gn, ri, BC, BKD)
+                    E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K, BC,
+                                             BALANCED)
                     big = tl.maximum(big, tl.abs(E))
                     qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
                     ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
@@ -328,9 +310,6 @@ def _chunk_diag_kernel(
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
-        elif FORM == 2:
-            _halves_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, dd_ptr + base, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh,
-                          s_gt, s_gh, K, BT, BC, PREC)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
@@ -713,7 +692,7 @@ def as_heads(x, H, D):
 # first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
 # its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
 _FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
-             diag_form="reference", fallback_form="walk", diag_early_out=True,
+             diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="row",
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 64, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None,
              ek_dtype=torch.float16,
@@ -728,7 +707,7 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
-    forms = {"walk": 0, "product": 1, "halves": 2, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -904,15 +883,17 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
     fallback = _diag_form(cfg["fallback_form"])
-    if fallback not in (0, 1, 2):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'halves'")
+    if fallback not in (0, 1):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
+    if cfg["diag_ref"] not in ("row", "balanced"):
+        raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[(items,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
             BKD=bkd if f == 3 else K,   # the walks take whole rows
-            EARLY_OUT=cfg["diag_early_out"] and f == 3,
+            EARLY_OUT=cfg["diag_early_out"] and f == 3, BALANCED=cfg["diag_ref"] == "balanced",
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd
 

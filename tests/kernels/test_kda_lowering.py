@@ -28,17 +28,19 @@ def check(label, k):
     done.append(label)
 
 # the diagonal kernel: walk (as the reference form's second launch), product, reference row over the whole key
-# width and in 32-column slices, for 64-token chunks and for the 16-token chunks' launch (BT = BC), and by halves
-# (opt-in second launch), on the warps the fast path gives each
-for form, bt, bkd, prec in ((0, BT, 128, "tf32"), (1, BT, 128, "tf32"), (3, BT, 128, "tf32"), (3, BT, 32, "tf32"),
-                            (0, BC, 128, "tf32"), (3, BC, 128, "tf32"), (3, BC, 32, "tf32"), (3, BC, 32, "ieee"),
-                            (2, BC, 128, "tf32")):
-    const = dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC=prec, SKIP_DONE=form in (0, 2), BKD=bkd,
-                 EARLY_OUT=form == 3 and bt == BC and _FAST["diag_early_out"])
+# width and in 32-column slices (from the middle row or balanced), for 64-token chunks and for the 16-token chunks'
+# launch (BT = BC), on the warps the fast path gives each
+for form, bt, bkd, prec, bal in ((0, BT, 128, "tf32", False), (1, BT, 128, "tf32", False), (3, BT, 128, "tf32", False),
+                                 (3, BT, 32, "tf32", False), (0, BC, 128, "tf32", False), (3, BC, 128, "tf32", False),
+                                 (3, BC, 32, "tf32", False), (3, BC, 32, "ieee", False), (3, BC, 32, "tf32", True),
+                                 (3, BC, 128, "ieee", True)):
+    const = dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC=prec, SKIP_DONE=form in (0, 1), BKD=bkd,
+                 EARLY_OUT=form == 3 and bt == BC and _FAST["diag_early_out"], BALANCED=bal)
     nw = _per_chunk(_FAST["diag_warps" if form == 3 else "fallback_warps"], bt)
-    check(f"diag form={form} BT {bt} BKD {bkd} {prec}", compile_kernel(_chunk_diag_kernel, ptrs, const,
-                                                                       num_warps=nw))
-const = dict(H=32, K=128, BT=BC, BC=BC, FORM=3, RANGE=96.0, PREC="tf32", SKIP_DONE=False, BKD=32, EARLY_OUT=False)
+    check(f"diag form={form} BT {bt} BKD {bkd} {prec} balanced={bal}",
+          compile_kernel(_chunk_diag_kernel, ptrs, const, num_warps=nw))
+const = dict(H=32, K=128, BT=BC, BC=BC, FORM=3, RANGE=96.0, PREC="tf32", SKIP_DONE=False, BKD=32, EARLY_OUT=False,
+             BALANCED=False)
 check("diag reference, all slices", compile_kernel(_chunk_diag_kernel, ptrs, const, num_warps=_FAST["diag_warps"][BC]))
 for prec in ("tf32", "ieee"):
     const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A=prec, PREC_M=prec, PREC_O=prec)

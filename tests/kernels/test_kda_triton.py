@@ -91,8 +91,8 @@ PREFILL_CASES = [
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
-# running sum or product or by halves, "fallback_form"; halves for every block) run on every case (sequences of
-# every chunk count modulo 4).
+# running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
+# halfway between the first and last rows' decays) run on every case (sequences of every chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -103,9 +103,10 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
            dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4),
-           dict(chunk=16, fallback_form="halves"),
+           dict(chunk=16, diag_ref="balanced"),
            dict(chunk=16, inter_form="pairs_ops", diag_form="product"),
-           dict(chunk=64, inter_form="cols", diag_form="halves")]
+           dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
+           dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -236,6 +237,26 @@ def test_reference_pairs_in_range(cfg):
     inputs, worst = small_decay_batch(64, lengths, gen)
     assert worst < 96.0 / 4, worst
     errs, _ = prefill_errors(inputs, lengths, dict(cfg, diag_form="reference"))
+    assert max(errs) < TOL, errs
+
+
+@pytest.mark.parametrize("ref", ["row", "balanced"])
+def test_reference_pairs_with_exponents_near_the_range(ref):
+    """Decays that put the reference factors of in-range sub-blocks up to 2^+-96 (A in [5, 7]): exact against fp64
+    whichever reference, and with the balanced one some sub-block whose exponents pass 60 is inside the range (so
+    its tensor-core branch runs with factors far from 1; the others take the walk)."""
+    gen = torch.Generator().manual_seed(37)
+    K, lengths = 32, [48, 37]
+    q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
+    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(5, 7, generator=gen))
+    dt_bias = torch.randn(H * K, generator=gen) * 0.5
+    g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    starts = [0, lengths[0]]
+    halves = [g2[s + i + 1:min(s + i + 16, s + n)].sum(0).amax().item() / 2
+              for s, n in zip(starts, lengths) for i in range(0, n, 16)]
+    assert any(60 < x <= 96 for x in halves), halves
+    errs, _ = prefill_errors((q, k, v, g, beta, A_log, dt_bias), lengths,
+                             dict(chunk=16, diag_form="reference", diag_ref=ref, diag_bk=16))
     assert max(errs) < TOL, errs
 
 
