@@ -692,8 +692,8 @@ def as_heads(x, H, D):
 # first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
 # its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
 _FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
-             diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="row",
-             diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 64, BT: 32}, BV=None,
+             diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="balanced",
+             diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
