@@ -232,20 +232,19 @@ PREFILL_CONFIGS = {
     "all_slices": dict(diag_early_out=False),                # the reference-row pass through every key slice
     "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
-    "balanced": dict(diag_ref="balanced"),                   # untimed: reference halfway between first/last rows
-    "bal_bvi128": dict(diag_ref="balanced", BVI=128),
-    "bal_product": dict(diag_ref="balanced", fallback_form="product"),
-    "bal_bvi128_product": dict(diag_ref="balanced", BVI=128, fallback_form="product"),
+    "row_ref": dict(diag_ref="row"),                         # the tenth session's reference: the middle row
     "fb_product_w2": dict(fallback_form="product", fallback_warps=2),
+    "win4": dict(overlap_windows=4),                         # untimed: the sequential walk beside the next window's
+    "win8": dict(overlap_windows=8),                         # chunk kernel on a second stream
+    "win16": dict(overlap_windows=16),
+    "win8_bv32": dict(overlap_windows=8, BV=32, inter16_warps=4, inter16_stages=3),   # one walk program an SM
+    "win8_bv16_s3": dict(overlap_windows=8, inter16_stages=3),                        # less shared memory a walk
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
-    "bvi128": dict(BVI=128),                                 # untimed: U in one product
-    "c16k_r96": dict(chunk16_maxnreg=96),                    # untimed: 5 chunk programs an SM (64 B spilled)
-    "c16k_r80": dict(chunk16_maxnreg=80),                    # untimed: 6 an SM (176 B spilled)
+    "bvi64": dict(BVI=64),                                   # U in 64 value columns at a time (tenth session's)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step
     "pairs_w4": dict(BV=64, inter16_warps=4, inter16_stages=3),     # pairs: 64 rows on 4 warps for every shape
     "pairs_bv16": dict(BV=16, inter16_warps=2, inter16_stages=4),   # pairs: 16 rows on 2 warps for every shape
     "pairs_w8": dict(inter16_warps=8),
-    "pairs_ops": dict(inter_form="pairs_ops"),               # untimed: 2^Gl_a on W_b, QG_b instead of the state
     "rows_bv16": dict(inter_form="rows", BV=16, inter16_warps=2, inter16_stages=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
 }

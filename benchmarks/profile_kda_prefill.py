@@ -23,9 +23,11 @@ from bench_kda_kernels import DEV, SCALE, load_vllm, make, rel, truth_prefill, v
 from kernels.kda.triton_chunk import chunk_kda_prefill                       # noqa: E402
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
-# Settings relative to the defaults (16-token chunks; pairs from a reference row, 32 key columns at a time on 1 warp,
-# stopping at the first slice out of range, the walk on 4 warps for out-of-range blocks; the sequential walk two
-# chunks a step). Timed on the H200 on 2026-11-30 and dropped (tenth session): the "cube" for out-of-range blocks
+# Settings relative to the defaults (16-token chunks; pairs from a balanced reference, 32 key columns at a time on 1
+# warp, stopping at the first slice out of range, the walk on 4 warps for out-of-range blocks; the sequential walk two
+# chunks a step). Timed on the H200 on 2026-11-30 and dropped (eleventh session): "halves" for out-of-range blocks
+# (11.2 against 4.8 ms at 1x32768, anchors' gates), the chunk kernel's register cap, the pair step with chunk a's
+# decay on W_b, QG_b; (tenth session): the "cube" for out-of-range blocks
 # (all pairs of a block at once; 5.11 against 4.49 ms, 8x4096, anchors' gates), the pair step with its operands
 # assembled into 32-row tiles (5.92 against 4.39), the chunk kernel on 2 or 8 warps. Earlier: the intra kernel's W
 # and U steps unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the
@@ -48,7 +50,8 @@ CONFIGS = {
     "reference-row range 2^+-120": dict(diag_range=120.0),
     "walk launch on 2 warps": dict(fallback_warps=2),
     "walk launch as a running product": dict(fallback_form="product"),
-    "reference halfway between the first and last rows' decays": dict(diag_ref="balanced"),
+    "reference from the middle row (the tenth session's)": dict(diag_ref="row"),
+    "chunk kernel and sequential walk in 8 windows on two streams (untimed)": dict(overlap_windows=8),
     "reference-row pass through every key slice": dict(diag_early_out=False),
     "reference-row launch on 2 warps": dict(diag_warps=2),
     "sequential walk one chunk a step": dict(inter_form="rows"),

@@ -127,17 +127,15 @@ def kda_prefill():
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw, bvi, cap in ((4, 64, None), (4, 32, None), (4, 128, None), (8, 64, None), (4, 64, 96), (4, 64, 80),
-                         (4, 64, 64)):
+    for nw, bvi in ((4, 64), (4, 32), (4, 128), (8, 64)):
         const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32")
-        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time, registers capped at {cap}",
-               compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw,
-                              **({"maxnreg": cap} if cap else {})))
+        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time",
+               compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for form, bv, nw, ns in [(1, 32, 2, 3), (1, 64, 4, 3), (3, 16, 2, 4), (3, 16, 4, 3), (3, 32, 2, 3), (3, 32, 4, 3),
-                             (3, 64, 4, 3), (3, 64, 8, 3), (4, 16, 2, 4), (4, 64, 4, 3)]:
+    for form, bv, nw, ns in [(1, 32, 2, 3), (1, 64, 4, 3), (3, 16, 2, 4), (3, 16, 2, 3), (3, 16, 4, 3), (3, 32, 2, 3),
+                             (3, 32, 4, 3), (3, 64, 4, 3), (3, 64, 8, 3)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form)
-        name = {1: "rows", 3: "pairs", 4: "pairs_ops"}[form]
+        name = {1: "rows", 3: "pairs"}[form]
         report(f"kda inter {name} bf16/fp32, 16-token chunks, BV {bv} warps {nw} stages {ns}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=ns))
     for form in ("cols", "rows", "cols_kmajor"):

@@ -459,13 +459,13 @@ def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.co
     tl.store(u_ptr + base * BT * V + rr * V + vc[None, :], u.to(u_ptr.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "c_lo"])
 def _chunk16_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
     cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
-    N, scale,
+    N, scale, c_lo,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
     PREC_M: tl.constexpr, PREC_O: tl.constexpr,
 ):
@@ -474,8 +474,9 @@ def _chunk16_kernel(
     gate's prefix and suffix sums inside the chunk, the row norms, the 16x16 inverse, and W, U, QG, KG, Aqk,
     2^G_last in the layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64
     inverse; the sequential kernel takes four times as many (smaller) steps. (The pairs computed inside this
-    kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.)"""
-    c = tl.program_id(0)
+    kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.) The launch
+    covers the chunks from c_lo on (a window of them, ``overlap_windows``)."""
+    c = c_lo + tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
     if slot <= 0:
@@ -528,15 +529,15 @@ def _chunk16_kernel(
 @triton.jit
 def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
                 s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, SCALE_OPS: tl.constexpr):
+                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
     """The sequential walk two chunks a, b at a time ("pairs", value rows first; the state S [BV, K] in registers),
     so that the state's path has three products per 2 BT tokens instead of four. With v_a = U_a - W_a S^T and
     S_a = S 2^Gl_a + (r_a v_a)^T KG_a (r: 1/|k|), chunk b's v_b = U_b - W_b S_a^T is
     U_b - W_b (S 2^Gl_a)^T - C^T (r_a v_a) with C = KG_a W_b^T, taken from S directly (beside v_a), and chunk b's
     outputs take QG_b (S 2^Gl_a)^T + (QG_b KG_a^T) (r_a v_a): the 16 x 16 corrections come from the loaded operands
     alone, off the state's path, and no exponential is evaluated. A sequence's odd last chunk runs as a pair whose
-    second chunk is masked out (zero operands, decay 1). SCALE_OPS ("pairs_ops"; opt-in, untimed): 2^Gl_a scales
-    W_b and QG_b instead of the state, so that the state goes to a product operand once a step instead of twice."""
+    second chunk is masked out (zero operands, decay 1). (Scaling W_b and QG_b by 2^Gl_a instead of the state, so
+    that the state reaches a product operand once a step, was slower: H200, 2026-11-30, eleventh session.)"""
     rows = tl.arange(0, BT)
     for c in range(c0, c1, 2):
         has_b = c + 1 < c1
@@ -564,20 +565,13 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
         cab = tl.dot(ka, tl.trans(wb), input_precision=PREC) * rka[:, None]          # [a rows, b rows]
         dab = tl.dot(ka, tl.trans(qb), input_precision=PREC) * rka[:, None]
         sd = S.to(DOT_DT)
-        if SCALE_OPS:
-            sg = sd
-            wbs = (wb.to(tl.float32) * gla[None, :]).to(DOT_DT)
-            qbs = (qb.to(tl.float32) * gla[None, :]).to(DOT_DT)
-        else:
-            sg = (S * gla[None, :]).to(DOT_DT)
-            wbs = wb
-            qbs = qb
+        sg = (S * gla[None, :]).to(DOT_DT)
         vta = tl.trans(ua.to(tl.float32)) - tl.dot(sd, tl.trans(wa), input_precision=PREC)      # [BV, BT]
-        vtb = tl.trans(ub.to(tl.float32)) - tl.dot(sg, tl.trans(wbs), input_precision=PREC) - \
+        vtb = tl.trans(ub.to(tl.float32)) - tl.dot(sg, tl.trans(wb), input_precision=PREC) - \
             tl.dot(vta.to(AV_DT), cab.to(AV_DT), input_precision=PREC)
         ota = rqa[None, :] * tl.dot(sd, tl.trans(qa), input_precision=PREC) + \
             tl.dot(vta.to(AV_DT), tl.trans(aqa.to(AV_DT)), input_precision=PREC)
-        otb = rqb[None, :] * (tl.dot(sg, tl.trans(qbs), input_precision=PREC) +
+        otb = rqb[None, :] * (tl.dot(sg, tl.trans(qb), input_precision=PREC) +
                               tl.dot(vta.to(AV_DT), dab.to(AV_DT), input_precision=PREC)) + \
             tl.dot(vtb.to(AV_DT), tl.trans(aqb.to(AV_DT)), input_precision=PREC)
         ta = bos + (c - c0) * BT + rows
@@ -590,26 +584,37 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
     return S
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["win_lo", "win_hi"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
-    s_ot, s_oh, s_ss, s_sh, s_sv,
+    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr,
 ):
+    """One program per (sequence, head, block of value rows) walks the sequence's chunks inside the window of global
+    chunk indices [win_lo, win_hi) (all of them in a launch without windows): the state starts from the slot when
+    the window begins after the sequence's first chunk (an earlier window's launch left it there), else from the
+    slot or zeros as ``init_ptr`` says, and goes back into the slot at the window's end. A sequence with no chunk in
+    the window is left alone (an empty sequence is handled by every window alike)."""
     n = tl.program_id(0)
     h = tl.program_id(1)
     vb = tl.program_id(2)
+    c_first = tl.load(chunk_off_ptr + n)
+    c_end = tl.load(chunk_off_ptr + n + 1)
+    c0 = tl.maximum(c_first, win_lo)
+    c1 = tl.minimum(c_end, win_hi)
+    if (c0 >= c1) & (c_first < c_end):
+        return
     slot = tl.load(slot_ptr + n)
-    bos = tl.load(cu_ptr + n)
     eos = tl.load(cu_ptr + n + 1)
+    bos = tl.load(cu_ptr + n) + (c0 - c_first) * BT     # the window's first token of the sequence
     rows = tl.arange(0, BT)
     vc = vb * BV + tl.arange(0, BV)
     kc = tl.arange(0, K)
     o_base = o_ptr + h * s_oh + vc[None, :]
     if slot <= 0:
-        for t0 in range(bos, eos, BT):
+        for t0 in range(bos, tl.minimum(eos, bos + (c1 - c0) * BT), BT):
             tok = t0 + rows
             tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, tl.zeros([BT, BV], dtype=o_ptr.dtype.element_ty),
                      mask=(tok < eos)[:, None])
@@ -620,13 +625,11 @@ def _chunk_inter_kernel(
         S = tl.zeros([K, BV], dtype=tl.float32)
     else:
         S = tl.zeros([BV, K], dtype=tl.float32)
-    if tl.load(init_ptr + n) != 0:
+    if (tl.load(init_ptr + n) != 0) | (c0 > c_first):
         S = tl.load(state_ptr + s_off).to(tl.float32)
-    c0 = tl.load(chunk_off_ptr + n)
-    c1 = tl.load(chunk_off_ptr + n + 1)
-    if FORM >= 3:
+    if FORM == 3:
         S = _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, FORM == 4)
+                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
     else:
         for c in range(c0, c1):
             base = (c * H + h).to(tl.int64)
@@ -682,19 +685,21 @@ def as_heads(x, H, D):
 # diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
 # launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
 # chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
-# 16-token chunks, ``inter_block_v`` for "BV" over 64);
-# "chunk16_maxnreg" caps the 16-token chunk kernel's registers (None: ptxas's choice, 128 at 4 warps on sm_90a).
+# 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" > 1 (opt-in, untimed; 16-token chunks)
+# launches the chunk kernel and the sequential walk in that many windows of chunks, each window's walk on a second
+# stream beside the next window's chunk kernel (``_in_windows``).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
 # walk for out-of-range blocks (eighth session); 16-token chunks for every batch shape with their pairs from the
 # diagonal kernel, 32 key columns at a time (ninth session); the reference-row launch on 1 warp stopping at the
-# first key slice out of range, U in 64 value columns at a time, and the sequential walk two chunks a step with
-# its launch by batch shape (tenth session; the 64-token path keeps its own measured settings).
-_FAST = dict(chunk=BC, chunk16_warps=4, chunk16_maxnreg=None, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
+# first key slice out of range, and the sequential walk two chunks a step with its launch by batch shape (tenth
+# session; the 64-token path keeps its own measured settings); the reference of the tensor-core pairs halfway
+# between a sub-block's first and last rows' decays and U in one 128-column product (eleventh session).
+_FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
              diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="balanced",
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
-             ws_dtype=None, inter16_warps=None, inter16_stages=None,
+             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=1,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
@@ -818,19 +823,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     dtb = dt_bias.reshape(-1).to(torch.float32)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
-    if bt == BC:
-        dd = _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
-        _chunk16_kernel[(nchb, H)](
-            q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
-            *strides, N, float(scale), H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"], PREC_O=cfg["prec_o"],
-            num_warps=cfg["chunk16_warps"], **_reg_cap(cfg["chunk16_maxnreg"]))
-    else:
-        _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
-                        strides, N, scale, nchb, cfg, bk, bvi)
-    if cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernel alone
-        return o
     # The sequential step's layout ("inter_form": "pairs" two 16-token chunks a step, value rows first, the default
-    # over 16-token chunks, or "pairs_ops" with chunk a's decay on W_b, QG_b; "rows" value rows first, the default
+    # over 16-token chunks; "rows" value rows first, the default
     # over 64-token chunks; "cols" token rows first; "cols_kmajor" token rows first with the state key-major) and
     # operand types ("inter_dot" for the products with the state, "inter_av" for Aqk v_new). bf16 state products
     # measured on the H100: o error unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk
@@ -841,17 +835,75 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         bv = min(cfg["BV"] or inter_block_v(N * H, V, num_sms(dev)), V)
         warps, stages = cfg["inter_warps"], cfg["inter_stages"]
     dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
-    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3, "pairs_ops": 4}
+    forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3}
     form = forms.get(cfg["inter_form"] or ("pairs" if bt == BC else "rows"))
-    if form is None or (form >= 3 and bt != BC):
+    if form is None or (form == 3 and bt != BC):
         raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
                          f"{BC}-token chunks only)")
-    _chunk_inter_kernel[(N, H, V // bv)](
-        w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
-        o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2),
-        H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-        PREC=cfg["inter_prec"], FORM=form, num_warps=warps, num_stages=stages)
+    n_win = cfg["overlap_windows"]
+    if not isinstance(n_win, int) or n_win < 1 or (n_win > 1 and bt != BC):
+        raise ValueError(f"overlap_windows={n_win!r}: expected a whole number >= 1 (above 1 with {BC}-token chunks "
+                         f"only)")
+
+    def sequential(lo, hi):
+        if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
+            _chunk_inter_kernel[(N, H, V // bv)](
+                w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
+                o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
+                recurrent_state.stride(2), lo, hi,
+                H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
+                PREC=cfg["inter_prec"], FORM=form, num_warps=warps, num_stages=stages)
+
+    if bt == BC:
+        dd = _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg)
+
+        def parallel(lo, hi):
+            _chunk16_kernel[(hi - lo, H)](
+                q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
+                *strides, N, float(scale), lo, H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"],
+                PREC_O=cfg["prec_o"], num_warps=cfg["chunk16_warps"])
+
+        _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential)
+    else:
+        _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
+                        strides, N, scale, nchb, cfg, bk, bvi)
+        sequential(0, nchb)
     return o
+
+
+def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of global chunk indices splitting ``n_chunks`` into at most ``n_windows`` windows of an even
+    number of chunks each (the pair step's steps stay aligned), the last one shorter."""
+    size = -(-n_chunks // n_windows)
+    size += size % 2
+    return [(lo, min(lo + size, n_chunks)) for lo in range(0, n_chunks, size)]
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _in_windows(dev, windows, parallel, sequential):
+    """``parallel(lo, hi)`` for each window of chunks in order on the current stream, and ``sequential(lo, hi)`` for
+    each on a second stream once its window's parallel work is done, so that the sequential walk over one window runs
+    beside the parallel kernels of the next (``overlap_windows``; the walks of a window start from the states the
+    previous window's walks left in the slots, so the second stream keeps them in order). The current stream waits
+    for the second at the end; graph capture sees a fork and a join. One window, or a CPU: both in turn."""
+    if dev.type != "cuda" or len(windows) == 1:
+        for lo, hi in windows:
+            parallel(lo, hi)
+            sequential(lo, hi)
+        return
+    main = torch.cuda.current_stream(dev)
+    side = _SIDE_STREAMS.setdefault(dev.index, torch.cuda.Stream(dev))
+    side.wait_stream(main)                   # inputs, workspace and slots as the current stream left them
+    for lo, hi in windows:
+        parallel(lo, hi)
+        done = torch.cuda.Event()
+        done.record(main)
+        side.wait_event(done)
+        with torch.cuda.stream(side):
+            sequential(lo, hi)
+    main.wait_stream(side)
 
 
 def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -896,11 +948,6 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
             EARLY_OUT=cfg["diag_early_out"] and f == 3, BALANCED=cfg["diag_ref"] == "balanced",
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
     return dd
-
-
-def _reg_cap(maxnreg):
-    """Launch options capping a kernel's registers per thread (none when ``maxnreg`` is None)."""
-    return {"maxnreg": maxnreg} if maxnreg else {}
 
 
 def _per_chunk(value, bt):

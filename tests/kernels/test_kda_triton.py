@@ -19,7 +19,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from kernels.kda.chunk import chunk_kda                                    # noqa: E402
 from kernels.kda.reference import kda_gate, l2_normalize, recurrent_kda    # noqa: E402
-from kernels.kda.triton_chunk import chunk_kda_prefill                     # noqa: E402
+from kernels.kda.triton_chunk import chunk_kda_prefill, chunk_windows      # noqa: E402
 from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,7 +92,9 @@ PREFILL_CASES = [
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
 # running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
-# halfway between the first and last rows' decays) run on every case (sequences of every chunk count modulo 4).
+# halfway between the first and last rows' decays; the parallel and sequential launches in windows of chunks,
+# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
+# (sequences of every chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -104,9 +106,11 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
            dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4),
            dict(chunk=16, diag_ref="balanced"),
-           dict(chunk=16, inter_form="pairs_ops", diag_form="product"),
+           dict(chunk=16, inter_form="pairs", diag_form="product"),
            dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
-           dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product")]
+           dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product"),
+           dict(chunk=16, overlap_windows=3),
+           dict(chunk=16, overlap_windows=5, inter_form="rows")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -212,10 +216,10 @@ def prefill_errors(inputs, lengths, cfg):
     return errs, o
 
 
-@pytest.mark.parametrize("form", ["rows", "pairs", "pairs_ops"])
+@pytest.mark.parametrize("form", ["rows", "pairs"])
 def test_sequential_steps_carry_slowly_decaying_state(form):
     """Slow decays (A in [0.1, 1]: a chunk keeps a good part of the state), so that what one chunk leaves in the state
-    matters to the outputs of the chunks after it: the one- and two-chunk steps (both pair forms) against fp64, over
+    matters to the outputs of the chunks after it: the one- and two-chunk steps against fp64, over
     sequences of every chunk count modulo 4 (the gate regimes of the cases above forget most of the state within a
     chunk or two: a four-chunk step tried on 2026-11-30 whose last chunk took the state decayed over one chunk too
     few passed every one of them, and failed here)."""
@@ -238,6 +242,24 @@ def test_reference_pairs_in_range(cfg):
     assert worst < 96.0 / 4, worst
     errs, _ = prefill_errors(inputs, lengths, dict(cfg, diag_form="reference"))
     assert max(errs) < TOL, errs
+
+
+def test_chunk_windows_cover_every_chunk_once():
+    """The windows of ``overlap_windows``: consecutive, even-sized but the last, every chunk in exactly one."""
+    for n, w in [(1, 1), (25, 3), (2048, 8), (7, 8), (64, 5)]:
+        wins = chunk_windows(n, w)
+        assert len(wins) <= w and wins[0][0] == 0 and wins[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(wins, wins[1:]))
+        assert all((hi - lo) % 2 == 0 for lo, hi in wins[:-1])
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, "4"])
+def test_overlap_windows_rejects_bad_counts(bad):
+    gen = torch.Generator().manual_seed(3)
+    lengths = [20]
+    inputs, _ = small_decay_batch(16, lengths, gen)
+    with pytest.raises(ValueError, match="overlap_windows"):
+        prefill_errors(inputs, lengths, dict(chunk=16, overlap_windows=bad))
 
 
 @pytest.mark.parametrize("ref", ["row", "balanced"])
