@@ -91,7 +91,8 @@ PREFILL_CASES = [
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
-# running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
+# running sum or product, or with its sums on tensor cores, "fallback_form"; the walk on tensor cores for every block;
+# the reference of the tensor-core pairs, "diag_ref": the middle row or
 # halfway between the first and last rows' decays; the parallel and sequential launches in windows of chunks,
 # "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
 # (sequences of every chunk count modulo 4).
@@ -110,7 +111,9 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
            dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product"),
            dict(chunk=16, overlap_windows=3),
-           dict(chunk=16, overlap_windows=5, inter_form="rows")]
+           dict(chunk=16, fallback_form="walk_mma"),
+           dict(chunk=64, diag_form="walk_mma", inter_form="rows"),
+           dict(chunk=16, overlap_windows=5, inter_form="rows", overlap_diag=True)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
