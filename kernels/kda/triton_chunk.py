@@ -1,18 +1,20 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
 Four launches for 16-token chunks, the default (``_config["chunk"]``; the diagonal kernel's two: see 1; plus a few
-tiny device-side index ops; no device-to-host sync, CUDA-graph safe); 64-token chunks, below, are an
-option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
+tiny device-side index ops; no device-to-host sync, CUDA-graph safe; with ``overlap_windows`` > 1 the chunk and
+sequential kernels launch once a window, the sequential ones on a second stream forked from and joined back to the
+current one); 64-token chunks, below, are an option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
-   "reference"): from the sub-block's middle row p on tensor cores, [k_r 2^(G_r - G_p)] [k_c 2^(G_p - G_c)]^T,
+   "reference"): through a reference m per key channel on tensor cores, [k_r 2^(G_r - m)] [k_c 2^(m - G_c)]^T,
    where every factor of the block stays within 2^+-96 (``diag_range``; exact in fp32 there), and in a second
    launch the column walk for the other blocks (the first launch stops at a block's first key slice out of
    range, ``diag_early_out``). The walk ("walk"; "product" carries the decays as a running
    product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element. ``diag_ref``: the reference of the tensor-core pairs, "row" (the
-   sub-block's middle row) or "balanced" (per key channel halfway between the decays of its first and last rows).
+   log2 decays <= 0, one exp2 per element ("walk_mma", opt-in: the same walk with its sums on tensor cores).
+   ``diag_ref``: the reference m, "balanced" (the default: halfway between the decays of the sub-block's first and
+   last rows, so |E| is at most half its decay) or "row" (its middle row p, m = G_p).
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
    softplus(g_raw + dt_bias)`` (log2 domain) with its prefix / suffix sums inside the chunk, the row norms of q and
    k, the 16x16 inverse of ``L = I + diag(beta) A`` and per chunk: W = L^-1 diag(beta) (2^G * k_n),
@@ -239,7 +241,8 @@ def _balanced_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a
     """E_r = G_r - m per key channel for a BC-row sub-block, with the reference m halfway between the decays of its
     first and last rows (``diag_ref="balanced"``): |E| <= half the sub-block's total decay, the least any one
     reference allows. G_r is the fp32 prefix sum of the decays of rows 1..r (row 0's own decay is in no pair), a
-    sum of non-positive terms, so E carries no cancellation beyond the rounding of sums bounded by the range check.
+    sum of non-positive terms; E = G_r - G_last / 2 subtracts, with an absolute error of a few ulp of |G_last|, which
+    is at most 2 * RANGE wherever the block is used (about 1e-5 in the exponent: the middle-row form's order).
     One gate tile (no successor tile) and one scan."""
     dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
     g2 = _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a)
@@ -262,8 +265,8 @@ def _sub_block_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_
 
 @triton.jit
 def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
-    """The pair blocks from one reference row on tensor cores: 2^(G_r - G_c) = 2^(G_r - G_p) 2^(G_p - G_c), so
-    [k_r 2^E_r] [k_c 2^-E_c]^T (and the same with q_r), kept for c <= r. Exact in fp32 as long as no factor
+    """The pair blocks from one reference per key channel on tensor cores: 2^(G_r - G_c) = 2^(G_r - m) 2^(m - G_c),
+    so [k_r 2^E_r] [k_c 2^-E_c]^T (and the same with q_r), kept for c <= r. Exact in fp32 as long as no factor
     leaves fp32's range, which the caller checks (|E| <= RANGE); the pairs past the diagonal may overflow and are
     dropped."""
     up = tl.exp2(E)
@@ -621,7 +624,8 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
         tb = ta + BT
         o_base = o_ptr + h * s_oh + vc[:, None]
         tl.store(o_base + ta[None, :].to(tl.int64) * s_ot, ota.to(o_ptr.dtype.element_ty), mask=(ta < eos)[None, :])
-        tl.store(o_base + tb[None, :].to(tl.int64) * s_ot, otb.to(o_ptr.dtype.element_ty), mask=(tb < eos)[None, :])
+        tl.store(o_base + tb[None, :].to(tl.int64) * s_ot, otb.to(o_ptr.dtype.element_ty),
+                 mask=((tb < eos) & has_b)[None, :])            # a window may end inside the sequence
         S = S * gla[None, :] + tl.dot((vta * rka[None, :]).to(DOT_DT), ka, input_precision=PREC)
         S = S * glb[None, :] + tl.dot((vtb * rkb[None, :]).to(DOT_DT), kb, input_precision=PREC)
     return S
@@ -833,6 +837,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     N = state_indices.shape[0]
     dev = q.device
     cfg = dict(_EXACT if q.dtype == torch.float32 else _FAST)
+    unknown = set(_config or ()) - set(cfg) - {"skip_inter"}
+    if unknown:
+        raise ValueError(f"_config keys {sorted(unknown)} are not prefill settings: expected some of {sorted(cfg)}")
     if _config:
         cfg.update(_config)
     assert K in (16, 32, 64, 128, 256) and V in (16, 32, 64, 128, 256), "K and V must be powers of two"
@@ -848,6 +855,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if bt not in (BC, BT):
         raise ValueError(f"chunk={bt!r}: expected {BT} or {BC} tokens")
     bk, bvi = min(cfg["BK"], K), min(_per_chunk(cfg["BVI"], bt), V)
+    _check_diag_settings(cfg, K, bt)              # before any launch (and before the windows' stream fork)
     cu = cu_seqlens.to(torch.int32)
     nch = (cu[1:] - cu[:-1] + bt - 1) // bt
     chunk_off = torch.zeros(N + 1, dtype=torch.int32, device=dev)
@@ -885,9 +893,11 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
                          f"{BC}-token chunks only)")
     n_win = cfg["overlap_windows"]
-    if not isinstance(n_win, int) or n_win < 1 or (n_win > 1 and bt != BC):
+    if not isinstance(n_win, int) or isinstance(n_win, bool) or n_win < 1 or (n_win > 1 and bt != BC):
         raise ValueError(f"overlap_windows={n_win!r}: expected a whole number >= 1 (above 1 with {BC}-token chunks "
                          f"only)")
+    if recurrent_state.dtype != torch.float32:
+        n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
 
     def sequential(lo, hi):
         if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
@@ -924,8 +934,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
 
 def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of global chunk indices splitting ``n_chunks`` into at most ``n_windows`` windows of an even
-    number of chunks each (the pair step's steps stay aligned), the last one shorter."""
+    """[lo, hi) ranges of global chunk indices splitting ``n_chunks`` (the host's bound on the chunk count, so with
+    many short sequences the last windows may hold few real chunks) into at most ``n_windows`` windows of an even
+    number of chunks each, the last one shorter (a sequence starting at an even chunk then steps in whole pairs)."""
     size = -(-n_chunks // n_windows)
     size += size % 2
     return [(lo, min(lo + size, n_chunks)) for lo in range(0, n_chunks, size)]
@@ -946,16 +957,20 @@ def _in_windows(dev, windows, parallel, sequential):
             sequential(lo, hi)
         return
     main = torch.cuda.current_stream(dev)
-    side = _SIDE_STREAMS.setdefault(dev.index, torch.cuda.Stream(dev))
+    if dev.index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[dev.index] = torch.cuda.Stream(dev)
+    side = _SIDE_STREAMS[dev.index]
     side.wait_stream(main)                   # inputs, workspace and slots as the current stream left them
-    for lo, hi in windows:
-        parallel(lo, hi)
-        done = torch.cuda.Event()
-        done.record(main)
-        side.wait_event(done)
-        with torch.cuda.stream(side):
-            sequential(lo, hi)
-    main.wait_stream(side)
+    try:
+        for lo, hi in windows:
+            parallel(lo, hi)
+            done = torch.cuda.Event()
+            done.record(main)
+            side.wait_event(done)
+            with torch.cuda.stream(side):
+                sequential(lo, hi)
+    finally:
+        main.wait_stream(side)               # joined even when a launch raises (a capture must not end forked)
 
 
 def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
@@ -989,16 +1004,9 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, bt,
     ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
     then ``fallback_form`` for the rest)."""
     H, K = q.shape[1:]
-    form = _diag_form(cfg["diag_form"])
+    form, fallback = _diag_form(cfg["diag_form"]), _diag_form(cfg["fallback_form"])
     per_chunk = (bt // BC) * H
-    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)
-    if bkd < 16 or K % bkd or bkd & (bkd - 1):
-        raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    fallback = _diag_form(cfg["fallback_form"])
-    if fallback not in (0, 1, 2):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'walk_mma'")
-    if cfg["diag_ref"] not in ("row", "balanced"):
-        raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
+    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)      # also the key slice of "walk_mma"
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[((hi - lo) * per_chunk,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
@@ -1007,6 +1015,20 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, bt,
             BKD=bkd if f in (2, 3) else K,   # the elementwise walks take whole rows
             EARLY_OUT=cfg["diag_early_out"] and f == 3, BALANCED=cfg["diag_ref"] == "balanced",
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
+
+
+def _check_diag_settings(cfg, K, bt):
+    """The diagonal kernel's settings, checked (ValueError naming the bad value and what is allowed)."""
+    _diag_form(cfg["diag_form"])
+    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)
+    if bkd < 16 or K % bkd or bkd & (bkd - 1):
+        raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
+    if _diag_form(cfg["fallback_form"]) not in (0, 1, 2):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'walk_mma'")
+    if cfg["diag_ref"] not in ("row", "balanced"):
+        raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
+    if cfg["overlap_diag"] and bt != BC:
+        raise ValueError(f"overlap_diag=True: the overlap windows take {BC}-token chunks only (chunk={bt})")
 
 
 def _per_chunk(value, bt):

@@ -19,7 +19,8 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from kernels.kda.chunk import chunk_kda                                    # noqa: E402
 from kernels.kda.reference import kda_gate, l2_normalize, recurrent_kda    # noqa: E402
-from kernels.kda.triton_chunk import chunk_kda_prefill, chunk_windows      # noqa: E402
+from kernels.kda.triton_chunk import (_FAST, _diag_pairs, _diag_workspace, chunk_kda_prefill,  # noqa: E402
+                                      chunk_windows)
 from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,8 +86,8 @@ PREFILL_CASES = [
 ]
 
 
-# Prefill designs (``_config``): the default ({}: 16-token chunks, pairs from a reference row in 32-column slices
-# stopping at the first slice out of range, the sequential walk two chunks a step), and with either chunk length
+# Prefill designs (``_config``): the default ({}: 16-token chunks, pairs through the balanced reference in 32-column
+# slices stopping at the first slice out of range, the sequential walk two chunks a step), and with either chunk length
 # (64 and 16) every sequential-step layout ("inter_form"; the pair forms over 16-token chunks only) and every
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
@@ -106,7 +107,8 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_bk=16, fallback_form="product"),
            dict(chunk=16, inter_form="rows", diag_form="reference", diag_early_out=False),
            dict(chunk=16, inter_form="pairs", diag_form="walk", BV=16, inter16_warps=2, inter16_stages=4),
-           dict(chunk=16, diag_ref="balanced"),
+           dict(chunk=16, diag_ref="row"),
+           dict(chunk=64, inter_form="rows", diag_ref="row", diag_bk=32),
            dict(chunk=16, inter_form="pairs", diag_form="product"),
            dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
            dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product"),
@@ -256,13 +258,78 @@ def test_chunk_windows_cover_every_chunk_once():
         assert all((hi - lo) % 2 == 0 for lo, hi in wins[:-1])
 
 
-@pytest.mark.parametrize("bad", [0, 2.5, "4"])
+def test_prefill_rejects_unknown_settings():
+    gen = torch.Generator().manual_seed(5)
+    inputs, _ = small_decay_batch(16, [20], gen)
+    with pytest.raises(ValueError, match="chunk16_maxnreg"):
+        prefill_errors(inputs, [20], dict(chunk16_maxnreg=96))
+    with pytest.raises(ValueError, match="overlap_diag"):
+        prefill_errors(inputs, [20], dict(chunk=64, overlap_diag=True))
+
+
+def test_overlap_windows_keep_bf16_slots_in_one_window():
+    """bf16 state slots: windows would round the carried state to bf16 at each boundary, so the prefill keeps one
+    window there (the same outputs and slots with and without the setting)."""
+    gen = torch.Generator().manual_seed(9)
+    lengths = [70, 40]
+    inputs, _ = small_decay_batch(16, lengths, gen)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32).to(DEV)
+    outs = []
+    for wins in (1, 3):
+        st = (torch.randn(3, H, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.3).bfloat16().to(DEV)
+        o = chunk_kda_prefill(*dev(*inputs), 0.25, st, torch.tensor([1, 2], dtype=torch.int32, device=DEV),
+                              torch.tensor([True, False], device=DEV), cu,
+                              _config=dict(chunk=16, overlap_windows=wins)).cpu()
+        outs.append((o, st.cpu()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("bad", [0, 2.5, "4", True])
 def test_overlap_windows_rejects_bad_counts(bad):
     gen = torch.Generator().manual_seed(3)
     lengths = [20]
     inputs, _ = small_decay_batch(16, lengths, gen)
     with pytest.raises(ValueError, match="overlap_windows"):
         prefill_errors(inputs, lengths, dict(chunk=16, overlap_windows=bad))
+
+
+@pytest.mark.parametrize("ref", ["row", "balanced"])
+def test_reference_range_decision_follows_the_exponents(ref):
+    """Which sub-blocks the reference form keeps (its ``done`` flags) against the largest |E| computed in fp64 from
+    the gates: the middle row's (the decays of rows 1..7, and of rows 8..15) or the balanced reference's (half the
+    decay of rows 1..15), with decays that put many blocks on either side of the 2^96 bound."""
+    gen = torch.Generator().manual_seed(41)
+    K, lengths = 32, [48, 37, 16]
+    q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
+    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(5, 9, generator=gen))
+    dt_bias = torch.randn(H * K, generator=gen) * 0.5
+    g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    cfg = dict(_FAST, diag_ref=ref, diag_bk=16, prec_d="ieee")
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    N, T = len(lengths), sum(lengths)
+    chunk_off = torch.tensor([0] + [-(-n // 16) for n in lengths]).cumsum(0).to(torch.int32)
+    nchb = T // 16 + N
+    chunk_seq = torch.searchsorted(chunk_off[1:], torch.arange(nchb, dtype=torch.int32), right=True, out_int32=True)
+    dd, done = _diag_workspace(nchb, H, 16, cfg, DEV)
+    qd, kd, gd, Ad, dbd = dev(q, k, g, A_log.reshape(-1), dt_bias)
+    _diag_pairs(qd, kd, gd, Ad, dbd, cu.to(DEV), torch.arange(1, N + 1, dtype=torch.int32, device=DEV),
+                chunk_seq.to(DEV), chunk_off.to(DEV), N, 16, cfg, dd, done, 0, nchb)
+    done = done.cpu()
+    kept, expected, margins = [], [], []
+    for n, (s, L) in enumerate(zip(cu[:-1].tolist(), lengths)):
+        for i in range(0, L, 16):
+            blk = g2[s + i:s + min(i + 16, L)]                  # [rows, H, K]
+            if ref == "balanced":
+                big = blk[1:].sum(0).amax(-1) / 2
+            else:
+                big = torch.maximum(blk[1:8].sum(0), blk[8:].sum(0)).amax(-1)
+            for h in range(H):
+                kept.append(bool(done[(chunk_off[n].item() + i // 16) * H + h]))
+                expected.append(big[h].item() <= 96.0)
+                margins.append(abs(big[h].item() - 96.0))
+    assert min(margins) > 1e-3, margins            # no block on the bound itself
+    assert kept == expected, (kept, expected)
+    assert any(expected) and not all(expected)
 
 
 @pytest.mark.parametrize("ref", ["row", "balanced"])
