@@ -876,11 +876,11 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                g_raw.stride(0), g_raw.stride(1), beta.stride(0), beta.stride(1))
     # The sequential step's layout ("inter_form": "pairs" two 16-token chunks a step, value rows first, the default
-    # over 16-token chunks; "rows" value rows first, the default
-    # over 64-token chunks; "cols" token rows first; "cols_kmajor" token rows first with the state key-major) and
-    # operand types ("inter_dot" for the products with the state, "inter_av" for Aqk v_new). bf16 state products
-    # measured on the H100: o error unchanged (1.98e-3), final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk
-    # v_new products gave wrong outputs with the "cols" layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
+    # over 16-token chunks; "rows" value rows first, the default over 64-token chunks; "cols" token rows first;
+    # "cols_kmajor" token rows first with the state key-major) and operand types ("inter_dot" for the products with
+    # the state, "inter_av" for Aqk v_new). bf16 state products measured on the H100: o error unchanged (1.98e-3),
+    # final state 1.75e-3 (tf32: 8.6e-4; vLLM 2.7e-3). bf16 Aqk v_new products gave wrong outputs with the "cols"
+    # layout (Triton 3.6, not root-caused), so "inter_av" stays fp32.
     if bt == BC:
         bv, warps, stages = _inter16_launch(N * H, V, num_sms(dev), cfg)
     else:
@@ -890,12 +890,14 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     forms = {"cols": 0, "rows": 1, "cols_kmajor": 2, "pairs": 3}
     form = forms.get(cfg["inter_form"] or ("pairs" if bt == BC else "rows"))
     if form is None or (form == 3 and bt != BC):
-        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} (the pair forms with "
+        raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} ('pairs' with "
                          f"{BC}-token chunks only)")
     n_win = cfg["overlap_windows"]
     if not isinstance(n_win, int) or isinstance(n_win, bool) or n_win < 1 or (n_win > 1 and bt != BC):
         raise ValueError(f"overlap_windows={n_win!r}: expected a whole number >= 1 (above 1 with {BC}-token chunks "
                          f"only)")
+    if cfg["overlap_diag"] and bt != BC:
+        raise ValueError(f"overlap_diag=True: the overlap windows take {BC}-token chunks only (chunk={bt})")
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
 
@@ -1006,7 +1008,7 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, bt,
     H, K = q.shape[1:]
     form, fallback = _diag_form(cfg["diag_form"]), _diag_form(cfg["fallback_form"])
     per_chunk = (bt // BC) * H
-    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)      # also the key slice of "walk_mma"
+    bkd = _diag_key_slice(cfg, K, bt)                      # also the key slice of "walk_mma"
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
         _chunk_diag_kernel[((hi - lo) * per_chunk,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
@@ -1017,18 +1019,22 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, bt,
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
 
 
+def _diag_key_slice(cfg, K, bt):
+    """The key columns the diagonal kernel's reference pass (and "walk_mma") takes at a time: ``diag_bk`` for this
+    chunk length, None meaning the whole key width."""
+    return min(_per_chunk(cfg["diag_bk"], bt) or K, K)
+
+
 def _check_diag_settings(cfg, K, bt):
     """The diagonal kernel's settings, checked (ValueError naming the bad value and what is allowed)."""
     _diag_form(cfg["diag_form"])
-    bkd = min(_per_chunk(cfg["diag_bk"], bt) or K, K)
+    bkd = _diag_key_slice(cfg, K, bt)
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
     if _diag_form(cfg["fallback_form"]) not in (0, 1, 2):
         raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'walk_mma'")
     if cfg["diag_ref"] not in ("row", "balanced"):
         raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
-    if cfg["overlap_diag"] and bt != BC:
-        raise ValueError(f"overlap_diag=True: the overlap windows take {BC}-token chunks only (chunk={bt})")
 
 
 def _per_chunk(value, bt):

@@ -93,10 +93,9 @@ PREFILL_CASES = [
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
 # running sum or product, or with its sums on tensor cores, "fallback_form"; the walk on tensor cores for every block;
-# the reference of the tensor-core pairs, "diag_ref": the middle row or
-# halfway between the first and last rows' decays; the parallel and sequential launches in windows of chunks,
-# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
-# (sequences of every chunk count modulo 4).
+# the reference of the tensor-core pairs, "diag_ref": the middle row or halfway between the first and last rows'
+# decays; the parallel and sequential launches in windows of chunks, "overlap_windows", whose walks carry the state
+# from window to window through the slots) run on every case (sequences of every chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
