@@ -234,15 +234,10 @@ PREFILL_CONFIGS = {
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
     "row_ref": dict(diag_ref="row"),                         # the tenth session's reference: the middle row
     "fb_product_w2": dict(fallback_form="product", fallback_warps=2),
-    "fb_mma": dict(fallback_form="walk_mma"),                # untimed: the walk's sums on tensor cores, 32 channels
-    "fb_mma_w1": dict(fallback_form="walk_mma", fallback_warps=1),                    # at a time, 4 / 1 / 2 warps
-    "fb_mma_w2": dict(fallback_form="walk_mma", fallback_warps=2),
-    "win4": dict(overlap_windows=4),                         # untimed: the sequential walk beside the next window's
-    "win8": dict(overlap_windows=8),                         # chunk kernel on a second stream
-    "win16": dict(overlap_windows=16),
-    "win8_diag": dict(overlap_windows=8, overlap_diag=True),                          # the diagonal kernel too
-    "win8_bv32": dict(overlap_windows=8, BV=32, inter16_warps=4, inter16_stages=3),   # one walk program an SM
-    "win8_bv16_s3": dict(overlap_windows=8, inter16_stages=3),                        # less shared memory a walk
+    "win1": dict(overlap_windows=1),                         # no overlap windows (the eleventh session's default)
+    "win4": dict(overlap_windows=4),                         # the sequential walk beside the next window's chunk
+    "win16": dict(overlap_windows=16),                       # kernel on a second stream, 4 / 16 windows everywhere
+    "side_hi": dict(side_priority=-1),                       # untimed: the windows' second stream at high priority
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
     "bvi64": dict(BVI=64),                                   # U in 64 value columns at a time (tenth session's)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step

@@ -1,9 +1,9 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
 Four launches for 16-token chunks, the default (``_config["chunk"]``; the diagonal kernel's two: see 1; plus a few
-tiny device-side index ops; no device-to-host sync, CUDA-graph safe; with ``overlap_windows`` > 1 the chunk and
-sequential kernels launch once a window, the sequential ones on a second stream forked from and joined back to the
-current one); 64-token chunks, below, are an option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
+tiny device-side index ops; no device-to-host sync, CUDA-graph safe; in overlap windows, the default for one long
+sequence (``overlap_window_count``), the chunk and sequential kernels launch once a window, the sequential ones on a
+second stream forked from and joined back to the current one); 64-token chunks, below, are an option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
@@ -12,7 +12,7 @@ current one); 64-token chunks, below, are an option (``VLLM_KIMILINEAR_KDA_CHUNK
    launch the column walk for the other blocks (the first launch stops at a block's first key slice out of
    range, ``diag_early_out``). The walk ("walk"; "product" carries the decays as a running
    product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element ("walk_mma", opt-in: the same walk with its sums on tensor cores).
+   log2 decays <= 0, one exp2 per element.
    ``diag_ref``: the reference m, "balanced" (the default: halfway between the decays of the sub-block's first and
    last rows, so |E| is at most half its decay) or "row" (its middle row p, m = G_p).
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
@@ -148,42 +148,6 @@ def _segment_gates(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K
 
 
 @triton.jit
-def _reverse_walk_mma(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
-                      K: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr, PREC: tl.constexpr):
-    """The column walk of ``_reverse_walk`` (running sum of log2 decays, one exp2 per element, every exponent <= 0)
-    with its sums over the key channels on tensor cores ("walk_mma"; opt-in, untimed), BKD key channels at a time:
-    at column c, [k_r 2^(G_r - G_c)] and [q_r 2^(G_r - G_c)] times the sub-block's keys as columns, of which column c
-    is kept (sixteen columns computed for one, but no reduction across lanes, and the keys' tile is the same every
-    step). PREC "ieee" keeps it exact in fp32; tf32 rounds the factors' products as the reference form does."""
-    ci = tl.arange(0, BC)
-    live = (t0 + ri < eos)[:, None]
-    d_kk = tl.zeros([BC, BC], dtype=tl.float32)
-    d_qk = tl.zeros([BC, BC], dtype=tl.float32)
-    for k0 in range(0, K, BKD):
-        cols = k0 + tl.arange(0, BKD)
-        dtb = tl.load(dtb_ptr + h * K + cols)
-        qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
-        ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-        qs = qs.to(tl.float32)
-        ks = ks.to(tl.float32)
-        kt = tl.trans(ks)                                    # [BKD, BC]: the sub-block's keys as columns
-        D = tl.zeros([BC, BKD], dtype=tl.float32)           # the running sum of decays, from 0
-        for step in range(0, BC):
-            col = BC - 1 - step
-            tc = t0 + col
-            ok = tc < eos
-            x = tl.load(g_ptr + tc * s_gt + h * s_gh + cols, mask=ok, other=0.0).to(tl.float32) + dtb
-            gcol = tl.where(ok, neg_a * _softplus(x), 0.0)[None, :]
-            on = (ri >= col)[:, None]
-            e = tl.exp2(D)                                   # rows r < col hold D = 0: dropped below
-            keep = on & (ci[None, :] == col)
-            d_kk = tl.where(keep, d_kk + tl.dot(ks * e, kt, input_precision=PREC), d_kk)
-            d_qk = tl.where(keep, d_qk + tl.dot(qs * e, kt, input_precision=PREC), d_qk)
-            D = tl.where(on, D + gcol, 0.0)
-    return d_kk, d_qk
-
-
-@triton.jit
 def _reverse_walk(qs, ks, k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a, s_kt, s_kh, s_gt, s_gh,
                   BC: tl.constexpr, PRODUCT: tl.constexpr):
     """The pair blocks of the sub-block starting at token t0, one column at a time, last column to first. Row r
@@ -277,30 +241,29 @@ def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
     return d_kk, d_qk
 
 
-@triton.jit(do_not_specialize=["N", "item_lo"])
+@triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
     q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
-    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N, item_lo,
+    s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
     RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
     EARLY_OUT: tl.constexpr, BALANCED: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
-    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 2: the walk with
-    its sums on tensor cores (``_reverse_walk_mma``; opt-in, untimed); FORM 3: the
+    c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
     reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0, 1 or 2, ``fallback_form``, SKIP_DONE) does the rest
+    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
     (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
     BKD < K (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width
     on sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
     largest |E| (with EARLY_OUT skipping the slices after the first one out of range), and decides at the end
     whether the block is in range (out-of-range blocks may hold inf / NaN in the accumulators; they are not
     stored). BALANCED: the reference halfway between the first and last rows' decays instead of the middle row
-    (``_sub_block_exponents``). BT is the chunk length (16, whose chunks are one sub-block, or 64). The launch covers
-    the items from item_lo on (heads first, then sub-blocks, then chunks: a window of chunks is a run of items)."""
+    (``_sub_block_exponents``). BT is the chunk length (16, whose chunks are one sub-block, or 64). Items: heads
+    first, then sub-blocks, then chunks."""
     NC: tl.constexpr = BT // BC
-    item = item_lo + tl.program_id(0)
+    item = tl.program_id(0)
     h = item % H
     c = item // H // NC
     j = (item // H) % NC
@@ -351,11 +314,6 @@ def _chunk_diag_kernel(
                 tl.store(full, tl.where(lower, a_kk, 0.0))
                 tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
             tl.store(done_ptr + item, ok.to(tl.int8))
-        elif FORM == 2:
-            d_kk, d_qk = _reverse_walk_mma(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh,
-                                           s_gt, s_gh, K, BC, BKD, PREC)
-            tl.store(full, d_kk)
-            tl.store(full + BT * BC, d_qk)
         else:
             cols = tl.arange(0, K)
             dtb = tl.load(dtb_ptr + h * K + cols)
@@ -732,10 +690,10 @@ def as_heads(x, H, D):
 # diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
 # launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
 # chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
-# 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" > 1 (opt-in, untimed; 16-token chunks)
-# launches the chunk kernel and the sequential walk in that many windows of chunks, each window's walk on a second
-# stream beside the next window's chunk kernel (``_in_windows``); "overlap_diag" puts the diagonal kernel's launches
-# in the windows too (else they run first, over every chunk).
+# 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
+# ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
+# window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
+# first, over every chunk), "side_priority" that stream's CUDA priority.
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -743,11 +701,12 @@ def as_heads(x, H, D):
 # diagonal kernel, 32 key columns at a time (ninth session); the reference-row launch on 1 warp stopping at the
 # first key slice out of range, and the sequential walk two chunks a step with its launch by batch shape (tenth
 # session; the 64-token path keeps its own measured settings); the reference of the tensor-core pairs halfway
-# between a sub-block's first and last rows' decays and U in one 128-column product (eleventh session).
+# between a sub-block's first and last rows' decays and U in one 128-column product (eleventh session); overlap
+# windows where the walks fit one wave (twelfth session).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
              diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="balanced",
              diag_range=96.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
-             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=1, overlap_diag=False,
+             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None, side_priority=0,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
@@ -760,7 +719,7 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
-    forms = {"walk": 0, "product": 1, "walk_mma": 2, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -795,6 +754,17 @@ def _inter16_launch(n_walks: int, V: int, sms: int, cfg: dict) -> tuple[int, int
         bv = min(cfg["BV"], V)
         warps = warps if bv <= 16 else max(warps, 4)
     return bv, cfg["inter16_warps"] or warps, cfg["inter16_stages"] or stages
+
+
+def overlap_window_count(n_walks: int, V: int, sms: int, n_chunks: int) -> int:
+    """Windows of 16-token chunks for ``overlap_windows=None`` (the default): while the sequential walks fit one wave
+    (``inter16_launch``'s latency-bound case: one long sequence at H = 32), up to 8 windows of at least 128 chunks,
+    each window's walk beside the next window's chunk kernel; else 1 (the walks fill the GPU themselves). H200,
+    2026-11-30 (twelfth session), 1x32768: 4.883 -> 4.701 ms with the anchors' gates, 3.741 -> 3.536 with fla-init
+    gates (16 windows the same); 8x4096: 3.79 -> 5.33 ms with 8 windows."""
+    if n_walks * max(V // 32, 1) > sms:
+        return 1
+    return max(1, min(8, n_chunks // 128))
 
 
 def prefill_variant_batches(H: int, V: int, device, chunk: int | None = None) -> list[int]:
@@ -893,11 +863,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         raise ValueError(f"inter_form={cfg['inter_form']!r}: expected one of {sorted(forms)} ('pairs' with "
                          f"{BC}-token chunks only)")
     n_win = cfg["overlap_windows"]
-    if not isinstance(n_win, int) or isinstance(n_win, bool) or n_win < 1 or (n_win > 1 and bt != BC):
-        raise ValueError(f"overlap_windows={n_win!r}: expected a whole number >= 1 (above 1 with {BC}-token chunks "
-                         f"only)")
-    if cfg["overlap_diag"] and bt != BC:
-        raise ValueError(f"overlap_diag=True: the overlap windows take {BC}-token chunks only (chunk={bt})")
+    if n_win is not None and (not isinstance(n_win, int) or isinstance(n_win, bool) or n_win < 1 or
+                              (n_win > 1 and bt != BC)):
+        raise ValueError(f"overlap_windows={n_win!r}: expected None (by batch shape) or a whole number >= 1 (above 1 "
+                         f"with {BC}-token chunks only)")
+    prio = cfg["side_priority"]
+    if not isinstance(prio, int) or isinstance(prio, bool) or prio > 0:
+        raise ValueError(f"side_priority={prio!r}: expected a CUDA stream priority, 0 (normal) or below (higher)")
+    if n_win is None:
+        n_win = overlap_window_count(N * H, V, num_sms(dev), nchb) if bt == BC else 1
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
 
@@ -912,22 +886,15 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
-
-        def diag(lo, hi):
-            _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, BC, cfg, dd, done, lo, hi)
-
-        if not cfg["overlap_diag"]:
-            diag(0, nchb)
+        _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg, dd, done)
 
         def parallel(lo, hi):
-            if cfg["overlap_diag"]:
-                diag(lo, hi)
             _chunk16_kernel[(hi - lo, H)](
                 q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
                 *strides, N, float(scale), lo, H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"],
                 PREC_O=cfg["prec_o"], num_warps=cfg["chunk16_warps"])
 
-        _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential)
+        _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential, prio)
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                         strides, N, scale, nchb, cfg, bk, bvi)
@@ -947,21 +914,23 @@ def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:
 _SIDE_STREAMS: dict = {}
 
 
-def _in_windows(dev, windows, parallel, sequential):
+def _in_windows(dev, windows, parallel, sequential, priority=0):
     """``parallel(lo, hi)`` for each window of chunks in order on the current stream, and ``sequential(lo, hi)`` for
     each on a second stream once its window's parallel work is done, so that the sequential walk over one window runs
     beside the parallel kernels of the next (``overlap_windows``; the walks of a window start from the states the
     previous window's walks left in the slots, so the second stream keeps them in order). The current stream waits
-    for the second at the end; graph capture sees a fork and a join. One window, or a CPU: both in turn."""
+    for the second at the end; graph capture sees a fork and a join. One window, or a CPU: both in turn.
+    ``priority``: the second stream's CUDA priority (below 0: its blocks are dispatched first when an SM frees)."""
     if dev.type != "cuda" or len(windows) == 1:
         for lo, hi in windows:
             parallel(lo, hi)
             sequential(lo, hi)
         return
     main = torch.cuda.current_stream(dev)
-    if dev.index not in _SIDE_STREAMS:
-        _SIDE_STREAMS[dev.index] = torch.cuda.Stream(dev)
-    side = _SIDE_STREAMS[dev.index]
+    key = (dev.index, priority)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(dev, priority=priority)
+    side = _SIDE_STREAMS[key]
     side.wait_stream(main)                   # inputs, workspace and slots as the current stream left them
     try:
         for lo, hi in windows:
@@ -983,7 +952,7 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
     dev = q.device
     ek = torch.empty(nchb, H, BT, K, dtype=cfg["ek_dtype"], device=dev)      # 2^G k, pass 1 -> pass 2
     dd, done = _diag_workspace(nchb, H, BT, cfg, dev)
-    _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, BT, cfg, dd, done, 0, nchb)
+    _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BT, cfg, dd, done)
     _chunk_intra_kernel[(nchb, H)](
         q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off,
         w, u, qg, kg, aqk, gl, ek, rn, dd, *strides,
@@ -1001,26 +970,26 @@ def _diag_workspace(nchb, H, bt, cfg, device):
     return dd, done
 
 
-def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, bt, cfg, dd, done, lo, hi):
-    """The pairs inside every 16-token sub-block of the chunks lo..hi-1 (of ``bt`` tokens) into ``dd``:
+def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg, dd, done):
+    """The pairs inside every 16-token sub-block of the ``nchb`` chunks (of ``bt`` tokens) into ``dd``:
     ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
     then ``fallback_form`` for the rest)."""
     H, K = q.shape[1:]
     form, fallback = _diag_form(cfg["diag_form"]), _diag_form(cfg["fallback_form"])
     per_chunk = (bt // BC) * H
-    bkd = _diag_key_slice(cfg, K, bt)                      # also the key slice of "walk_mma"
+    bkd = _diag_key_slice(cfg, K, bt)
     for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
-        _chunk_diag_kernel[((hi - lo) * per_chunk,)](
+        _chunk_diag_kernel[(nchb * per_chunk,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N, lo * per_chunk,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd if f in (2, 3) else K,   # the elementwise walks take whole rows
+            BKD=bkd if f == 3 else K,   # the elementwise walks take whole rows
             EARLY_OUT=cfg["diag_early_out"] and f == 3, BALANCED=cfg["diag_ref"] == "balanced",
             num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
 
 
 def _diag_key_slice(cfg, K, bt):
-    """The key columns the diagonal kernel's reference pass (and "walk_mma") takes at a time: ``diag_bk`` for this
+    """The key columns the diagonal kernel's reference pass takes at a time: ``diag_bk`` for this
     chunk length, None meaning the whole key width."""
     return min(_per_chunk(cfg["diag_bk"], bt) or K, K)
 
@@ -1031,8 +1000,8 @@ def _check_diag_settings(cfg, K, bt):
     bkd = _diag_key_slice(cfg, K, bt)
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    if _diag_form(cfg["fallback_form"]) not in (0, 1, 2):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'walk_mma'")
+    if _diag_form(cfg["fallback_form"]) not in (0, 1):
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
     if cfg["diag_ref"] not in ("row", "balanced"):
         raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
 

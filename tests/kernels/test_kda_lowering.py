@@ -33,9 +33,8 @@ def check(label, k):
 for form, bt, bkd, prec, bal in ((0, BT, 128, "tf32", False), (1, BT, 128, "tf32", False), (3, BT, 128, "tf32", False),
                                  (3, BT, 32, "tf32", False), (0, BC, 128, "tf32", False), (3, BC, 128, "tf32", False),
                                  (3, BC, 32, "tf32", False), (3, BC, 32, "ieee", False), (3, BC, 32, "tf32", True),
-                                 (3, BC, 128, "ieee", True), (2, BC, 32, "tf32", False), (2, BC, 32, "ieee", False),
-                                 (3, BT, 128, "tf32", True)):
-    const = dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC=prec, SKIP_DONE=form in (0, 1, 2), BKD=bkd,
+                                 (3, BC, 128, "ieee", True), (3, BT, 128, "tf32", True)):
+    const = dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC=prec, SKIP_DONE=form in (0, 1), BKD=bkd,
                  EARLY_OUT=form == 3 and bt == BC and _FAST["diag_early_out"], BALANCED=bal)
     nw = _per_chunk(_FAST["diag_warps" if form == 3 else "fallback_warps"], bt)
     check(f"diag form={form} BT {bt} BKD {bkd} {prec} balanced={bal}",
@@ -74,4 +73,4 @@ print("LOWERED", len(done))
 
 
 def test_kda_kernels_lower_for_sm90(tmp_path):
-    assert "LOWERED 30" in run_lowering_script(_LOWER, tmp_path, timeout=1200)
+    assert "LOWERED 28" in run_lowering_script(_LOWER, tmp_path, timeout=1200)

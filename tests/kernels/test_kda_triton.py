@@ -20,7 +20,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 from kernels.kda.chunk import chunk_kda                                    # noqa: E402
 from kernels.kda.reference import kda_gate, l2_normalize, recurrent_kda    # noqa: E402
 from kernels.kda.triton_chunk import (_FAST, _diag_pairs, _diag_workspace, chunk_kda_prefill,  # noqa: E402
-                                      chunk_windows)
+                                      chunk_windows, overlap_window_count)
 from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,10 +92,9 @@ PREFILL_CASES = [
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
-# running sum or product, or with its sums on tensor cores, "fallback_form"; the walk on tensor cores for every block;
-# the reference of the tensor-core pairs, "diag_ref": the middle row or halfway between the first and last rows'
-# decays; the parallel and sequential launches in windows of chunks, "overlap_windows", whose walks carry the state
-# from window to window through the slots) run on every case (sequences of every chunk count modulo 4).
+# running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
+# halfway between the first and last rows' decays; the chunk kernel and the sequential walk in windows of chunks,
+# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case (sequences of every chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -112,9 +111,7 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
            dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product"),
            dict(chunk=16, overlap_windows=3),
-           dict(chunk=16, fallback_form="walk_mma"),
-           dict(chunk=64, diag_form="walk_mma", inter_form="rows"),
-           dict(chunk=16, overlap_windows=5, inter_form="rows", overlap_diag=True)]
+           dict(chunk=16, overlap_windows=5, inter_form="rows", side_priority=-1)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -263,7 +260,7 @@ def test_prefill_rejects_unknown_settings():
     with pytest.raises(ValueError, match="chunk16_maxnreg"):
         prefill_errors(inputs, [20], dict(chunk16_maxnreg=96))
     with pytest.raises(ValueError, match="overlap_diag"):
-        prefill_errors(inputs, [20], dict(chunk=64, overlap_diag=True))
+        prefill_errors(inputs, [20], dict(overlap_diag=True))            # removed in the twelfth session
 
 
 def test_overlap_windows_keep_bf16_slots_in_one_window():
@@ -283,13 +280,26 @@ def test_overlap_windows_keep_bf16_slots_in_one_window():
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
-@pytest.mark.parametrize("bad", [0, 2.5, "4", True])
-def test_overlap_windows_rejects_bad_counts(bad):
+@pytest.mark.parametrize("key,bad", [("overlap_windows", 0), ("overlap_windows", 2.5), ("overlap_windows", "4"),
+                                     ("overlap_windows", True), ("side_priority", 1), ("side_priority", "high"),
+                                     ("side_priority", None)])
+def test_overlap_settings_reject_bad_values(key, bad):
     gen = torch.Generator().manual_seed(3)
     lengths = [20]
     inputs, _ = small_decay_batch(16, lengths, gen)
-    with pytest.raises(ValueError, match="overlap_windows"):
-        prefill_errors(inputs, lengths, dict(chunk=16, overlap_windows=bad))
+    with pytest.raises(ValueError, match=key):
+        prefill_errors(inputs, lengths, {"chunk": 16, key: bad})
+
+
+def test_overlap_windows_by_batch_shape():
+    """The default window count: windows only while the sequential walks fit one wave (one long sequence at H = 32
+    on 132 SMs), at least 128 chunks a window, at most 8."""
+    assert overlap_window_count(32, 128, 132, 2048) == 8            # 1x32768: measured faster
+    assert overlap_window_count(32, 128, 132, 512) == 4
+    assert overlap_window_count(32, 128, 132, 200) == 1
+    assert overlap_window_count(16, 128, 132, 4096) == 8            # TP=2 halves the heads
+    assert overlap_window_count(8 * 32, 128, 132, 2048) == 1        # 8x4096: measured slower
+    assert overlap_window_count(34, 128, 132, 4096) == 1            # 34 x 4 programs of 32 rows > 132
 
 
 @pytest.mark.parametrize("ref", ["row", "balanced"])
@@ -312,7 +322,7 @@ def test_reference_range_decision_follows_the_exponents(ref):
     dd, done = _diag_workspace(nchb, H, 16, cfg, DEV)
     qd, kd, gd, Ad, dbd = dev(q, k, g, A_log.reshape(-1), dt_bias)
     _diag_pairs(qd, kd, gd, Ad, dbd, cu.to(DEV), torch.arange(1, N + 1, dtype=torch.int32, device=DEV),
-                chunk_seq.to(DEV), chunk_off.to(DEV), N, 16, cfg, dd, done, 0, nchb)
+                chunk_seq.to(DEV), chunk_off.to(DEV), N, nchb, 16, cfg, dd, done)
     done = done.cpu()
     kept, expected, margins = [], [], []
     for n, (s, L) in enumerate(zip(cu[:-1].tolist(), lengths)):
