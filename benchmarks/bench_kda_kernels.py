@@ -230,7 +230,10 @@ PREFILL_CONFIGS = {
     "bk16": dict(diag_bk=16),
     "diag_w2": dict(diag_warps=2),                           # the reference-row launch on 2 warps (ninth session's)
     "all_slices": dict(diag_early_out=False),                # the reference-row pass through every key slice
-    "range120": dict(diag_range=120.0),                      # fewer fallbacks; raw |k| must stay below 2^8
+    "range96": dict(diag_range=96.0),                        # the reference range (96: the default so far)
+    "range112": dict(diag_range=112.0),                      # fewer fallbacks (blocks whose raw |q|, |k| times 2^|E|
+    "range120": dict(diag_range=120.0),                      # would pass 2^126 take the walk, whatever the range)
+    "range124": dict(diag_range=124.0),
     "fb_product": dict(fallback_form="product"),             # out-of-range blocks by the running-product walk
     "row_ref": dict(diag_ref="row"),                         # the tenth session's reference: the middle row
     "fb_product_w2": dict(fallback_form="product", fallback_warps=2),

@@ -23,4 +23,4 @@ def test_fp8_latent_cache_matches_fp8_storage_reference(tiny_dir, in_process):
     # The plugin rounds float32 latents to fp8, the reference float64 ones: a value on an fp8 rounding
     # boundary can land one fp8 step apart, which the random tiny model amplifies to ~1e-3 at most.
     assert statistics.median(errs) < 1e-4, errs
-    assert max(errs) < 5e-3, errs
+    assert all(e < 5e-3 for e in errs), errs

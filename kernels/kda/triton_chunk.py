@@ -228,10 +228,21 @@ def _sub_block_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_
 
 
 @triton.jit
+def _in_range(big, mx, RANGE: tl.constexpr):
+    """Whether a block's reference factors stay finite: its largest |E| (``big``) within RANGE and its largest raw
+    |q|, |k| (``mx``) times 2^big below 2^126 (q and k are not yet normalised; a block of large raw values takes the
+    walk instead of overflowing). NaN in either fails the test (the walk then carries it as the inputs would).
+    RANGE inf switches the check off (tests show what it prevents)."""
+    if RANGE > 1e30:
+        return big <= RANGE
+    return (big <= RANGE) & (big + tl.log2(tl.maximum(mx, 1e-30)) <= 126.0)
+
+
+@triton.jit
 def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
     """The pair blocks from one reference per key channel on tensor cores: 2^(G_r - G_c) = 2^(G_r - m) 2^(m - G_c),
     so [k_r 2^E_r] [k_c 2^-E_c]^T (and the same with q_r), kept for c <= r. Exact in fp32 as long as no factor
-    leaves fp32's range, which the caller checks (|E| <= RANGE); the pairs past the diagonal may overflow and are
+    leaves fp32's range, which the caller checks (``_in_range``); the pairs past the diagonal may overflow and are
     dropped."""
     up = tl.exp2(E)
     kc = ks * tl.exp2(-E)
@@ -284,7 +295,8 @@ def _chunk_diag_kernel(
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
             ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC, BALANCED)
-            ok = tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE
+            mx = tl.maximum(tl.abs(qs.to(tl.float32)), tl.abs(ks.to(tl.float32)))
+            ok = _in_range(tl.max(tl.max(tl.abs(E), axis=1), axis=0), tl.max(tl.max(mx, axis=1), axis=0), RANGE)
             if ok:
                 d_kk, d_qk = _reference_pairs(qs.to(tl.float32), ks.to(tl.float32), E, ri, PREC)
                 tl.store(full, d_kk)
@@ -293,22 +305,25 @@ def _chunk_diag_kernel(
         elif FORM == 3:
             a_kk = tl.zeros([BC, BC], dtype=tl.float32)
             a_qk = tl.zeros([BC, BC], dtype=tl.float32)
-            big = tl.zeros([BC, BKD], dtype=tl.float32)
+            big = tl.zeros([BC, BKD], dtype=tl.float32)                # |E| so far
+            mx = tl.full([], 0.0, tl.float32)                          # the largest raw |q|, |k| so far
             for k0 in range(0, K, BKD):
                 # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
                 # remaining slices are skipped
-                if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
+                if not EARLY_OUT or _in_range(tl.max(tl.max(big, axis=1), axis=0), mx, RANGE):
                     kc = k0 + tl.arange(0, BKD)
                     E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K, BC,
                                              BALANCED)
                     big = tl.maximum(big, tl.abs(E))
                     qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
                     ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
+                    ax = tl.maximum(tl.abs(qs.to(tl.float32)), tl.abs(ks.to(tl.float32)))
+                    mx = tl.maximum(mx, tl.max(tl.max(ax, axis=1), axis=0))
                     up = tl.exp2(E)
                     kd = ks.to(tl.float32) * tl.exp2(-E)
                     a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
                     a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
-            ok = tl.max(tl.max(big, axis=1), axis=0) <= RANGE
+            ok = _in_range(tl.max(tl.max(big, axis=1), axis=0), mx, RANGE)
             if ok:
                 lower = ri[:, None] >= ri[None, :]
                 tl.store(full, tl.where(lower, a_kk, 0.0))
@@ -712,7 +727,7 @@ _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallba
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
              intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
-              prec_o="ieee",
+              prec_o="ieee", diag_range=96.0,       # factors far from 2^-126 (no subnormal ever near a kept pair)
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
               inter16_warps=4, inter16_stages=3)   # fp32 state products spill already at 4 warps; 2 would spill more
 
