@@ -228,22 +228,22 @@ def _sub_block_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_
 
 
 @triton.jit
-def _in_range(big, mx, RANGE: tl.constexpr):
-    """Whether a block's reference factors stay finite: its largest |E| (``big``) within RANGE and its largest raw
-    |q|, |k| (``mx``) times 2^big below 2^126 (q and k are not yet normalised; a block of large raw values takes the
-    walk instead of overflowing). NaN in either fails the test (the walk then carries it as the inputs would).
-    RANGE inf switches the check off (tests show what it prevents)."""
+def _all_finite(d_kk, d_qk, RANGE: tl.constexpr):
+    """Whether the kept pairs of a reference-form block are finite: a factor that overflowed fp32 (raw q, k are not
+    yet normalised, so |x| 2^|E| may pass 2^128 with |E| <= RANGE) reaches its row's diagonal pair as inf or NaN,
+    and such a block takes the walk instead. The dropped pairs hold zeros here. RANGE inf switches the check off
+    (tests show what it prevents)."""
     if RANGE > 1e30:
-        return big <= RANGE
-    return (big <= RANGE) & (big + tl.log2(tl.maximum(mx, 1e-30)) <= 126.0)
+        return True
+    return tl.min(tl.min(((tl.abs(d_kk) + tl.abs(d_qk)) < float("inf")).to(tl.int32), axis=1), axis=0) == 1
 
 
 @triton.jit
 def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
     """The pair blocks from one reference per key channel on tensor cores: 2^(G_r - G_c) = 2^(G_r - m) 2^(m - G_c),
     so [k_r 2^E_r] [k_c 2^-E_c]^T (and the same with q_r), kept for c <= r. Exact in fp32 as long as no factor
-    leaves fp32's range, which the caller checks (``_in_range``); the pairs past the diagonal may overflow and are
-    dropped."""
+    leaves fp32's range, which the caller checks (|E| <= RANGE before, ``_all_finite`` after); the pairs past the
+    diagonal may overflow and are dropped."""
     up = tl.exp2(E)
     kc = ks * tl.exp2(-E)
     lower = ri[:, None] >= ri[None, :]
@@ -295,39 +295,39 @@ def _chunk_diag_kernel(
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
             ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
             E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, cols, h, s_gt, s_gh, neg_a, K, BC, BALANCED)
-            mx = tl.maximum(tl.abs(qs.to(tl.float32)), tl.abs(ks.to(tl.float32)))
-            ok = _in_range(tl.max(tl.max(tl.abs(E), axis=1), axis=0), tl.max(tl.max(mx, axis=1), axis=0), RANGE)
+            ok = tl.max(tl.max(tl.abs(E), axis=1), axis=0) <= RANGE
             if ok:
                 d_kk, d_qk = _reference_pairs(qs.to(tl.float32), ks.to(tl.float32), E, ri, PREC)
-                tl.store(full, d_kk)
-                tl.store(full + BT * BC, d_qk)
+                ok = _all_finite(d_kk, d_qk, RANGE)
+                if ok:
+                    tl.store(full, d_kk)
+                    tl.store(full + BT * BC, d_qk)
             tl.store(done_ptr + item, ok.to(tl.int8))
         elif FORM == 3:
             a_kk = tl.zeros([BC, BC], dtype=tl.float32)
             a_qk = tl.zeros([BC, BC], dtype=tl.float32)
-            big = tl.zeros([BC, BKD], dtype=tl.float32)                # |E| so far
-            mx = tl.full([], 0.0, tl.float32)                          # the largest raw |q|, |k| so far
+            big = tl.zeros([BC, BKD], dtype=tl.float32)
             for k0 in range(0, K, BKD):
                 # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
                 # remaining slices are skipped
-                if not EARLY_OUT or _in_range(tl.max(tl.max(big, axis=1), axis=0), mx, RANGE):
+                if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
                     kc = k0 + tl.arange(0, BKD)
                     E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K, BC,
                                              BALANCED)
                     big = tl.maximum(big, tl.abs(E))
                     qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
                     ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
-                    ax = tl.maximum(tl.abs(qs.to(tl.float32)), tl.abs(ks.to(tl.float32)))
-                    mx = tl.maximum(mx, tl.max(tl.max(ax, axis=1), axis=0))
                     up = tl.exp2(E)
                     kd = ks.to(tl.float32) * tl.exp2(-E)
                     a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
                     a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
-            ok = _in_range(tl.max(tl.max(big, axis=1), axis=0), mx, RANGE)
+            lower = ri[:, None] >= ri[None, :]
+            a_kk = tl.where(lower, a_kk, 0.0)
+            a_qk = tl.where(lower, a_qk, 0.0)
+            ok = (tl.max(tl.max(big, axis=1), axis=0) <= RANGE) & _all_finite(a_kk, a_qk, RANGE)
             if ok:
-                lower = ri[:, None] >= ri[None, :]
-                tl.store(full, tl.where(lower, a_kk, 0.0))
-                tl.store(full + BT * BC, tl.where(lower, a_qk, 0.0))
+                tl.store(full, a_kk)
+                tl.store(full + BT * BC, a_qk)
             tl.store(done_ptr + item, ok.to(tl.int8))
         else:
             cols = tl.arange(0, K)

@@ -315,7 +315,7 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
     """Which sub-blocks the reference form keeps (its ``done`` flags) against the largest |E| computed in fp64 from
     the gates: the middle row's (the decays of rows 1..7, and of rows 8..15) or the balanced reference's (half the
     decay of rows 1..15), with decays that put many blocks on either side of the bound; with large raw q, k
-    (``big_raw``) a block is kept only while its largest raw |q|, |k| times 2^|E| stays below 2^126 as well."""
+    (``big_raw``) a block is kept only while every factor |x| 2^(+-E) stays below fp32's 2^128 as well."""
     gen = torch.Generator().manual_seed(41)
     K, lengths = 32, [48, 37, 16]
     q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
@@ -324,7 +324,7 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
     A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(5, 9, generator=gen))
     dt_bias = torch.randn(H * K, generator=gen) * 0.5
     g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
-    raw = torch.maximum(q.abs(), k.abs()).double()
+    lq, lk = torch.log2(q.abs().double()), torch.log2(k.abs().double())
     cfg = dict(_FAST, diag_ref=ref, diag_bk=16, prec_d="ieee", diag_range=rng)
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     N, T = len(lengths), sum(lengths)
@@ -344,12 +344,16 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
                 big = blk[1:].sum(0).amax(-1) / 2
             else:
                 big = torch.maximum(blk[1:8].sum(0), blk[8:].sum(0)).amax(-1)
-            mx = torch.log2(raw[s + i:s + min(i + 16, L)].amax(dim=(0, 2)))      # [H]
+            S = torch.cumsum(torch.cat([torch.zeros_like(blk[:1]), blk[1:]]), 0)  # decays of rows 1..r, [rows, H, K]
+            p = min(7, S.shape[0] - 1)                          # rows past the sequence's end decay by nothing
+            E = S[-1:] / 2 - S if ref == "balanced" else S[p:p + 1] - S           # G_r - m
+            rows = slice(s + i, s + min(i + 16, L))
+            F = torch.stack([E + lq[rows], E + lk[rows], lk[rows] - E]).amax(dim=(0, 1, 3))  # log2 of the factors
             for h in range(H):
                 kept.append(bool(done[(chunk_off[n].item() + i // 16) * H + h]))
-                expected.append(big[h].item() <= rng and big[h].item() + mx[h].item() <= 126.0)
+                expected.append(big[h].item() <= rng and F[h].item() < 128.0)
                 by_raw += big[h].item() <= rng and not expected[-1]
-                margins += [abs(big[h].item() - rng), abs(big[h].item() + mx[h].item() - 126.0)]
+                margins += [abs(big[h].item() - rng)] + ([abs(F[h].item() - 128.0)] if big[h].item() <= rng else [])
     assert min(margins) > 1e-3, margins            # no block on a bound itself
     assert kept == expected, (kept, expected)
     assert any(expected) and not all(expected)
