@@ -240,7 +240,6 @@ PREFILL_CONFIGS = {
     "win1": dict(overlap_windows=1),                         # no overlap windows (the eleventh session's default)
     "win4": dict(overlap_windows=4),                         # the sequential walk beside the next window's chunk
     "win16": dict(overlap_windows=16),                       # kernel on a second stream, 4 / 16 windows everywhere
-    "side_hi": dict(side_priority=-1),                       # untimed: the windows' second stream at high priority
     "bvi32": dict(BVI=32),                                   # U in 32 value columns at a time (ninth session's)
     "bvi64": dict(BVI=64),                                   # U in 64 value columns at a time (tenth session's)
     "rows": dict(inter_form="rows"),                         # the sequential walk one chunk a step

@@ -52,7 +52,6 @@ CONFIGS = {
     "walk launch as a running product": dict(fallback_form="product"),
     "reference from the middle row (the tenth session's)": dict(diag_ref="row"),
     "no overlap windows (the eleventh session's default)": dict(overlap_windows=1),
-    "overlap windows' second stream at high priority": dict(side_priority=-1),
     "reference-row pass through every key slice": dict(diag_early_out=False),
     "reference-row launch on 2 warps": dict(diag_warps=2),
     "sequential walk one chunk a step": dict(inter_form="rows"),

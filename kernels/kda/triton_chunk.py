@@ -3,7 +3,8 @@
 Four launches for 16-token chunks, the default (``_config["chunk"]``; the diagonal kernel's two: see 1; plus a few
 tiny device-side index ops; no device-to-host sync, CUDA-graph safe; in overlap windows, the default for one long
 sequence (``overlap_window_count``), the chunk and sequential kernels launch once a window, the sequential ones on a
-second stream forked from and joined back to the current one); 64-token chunks, below, are an option (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
+second stream forked from and joined back to the current one); 64-token chunks, below, are an option
+(``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
@@ -709,7 +710,7 @@ def as_heads(x, H, D):
 # 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
 # ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
 # window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
-# first, over every chunk), "side_priority" that stream's CUDA priority.
+# first, over every chunk).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -723,7 +724,7 @@ def as_heads(x, H, D):
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
              diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="balanced",
              diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
-             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None, side_priority=0,
+             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
@@ -884,9 +885,6 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
                               (n_win > 1 and bt != BC)):
         raise ValueError(f"overlap_windows={n_win!r}: expected None (by batch shape) or a whole number >= 1 (above 1 "
                          f"with {BC}-token chunks only)")
-    prio = cfg["side_priority"]
-    if not isinstance(prio, int) or isinstance(prio, bool) or prio > 0:
-        raise ValueError(f"side_priority={prio!r}: expected a CUDA stream priority, 0 (normal) or below (higher)")
     if n_win is None:
         n_win = overlap_window_count(N * H, V, num_sms(dev), nchb) if bt == BC else 1
     if recurrent_state.dtype != torch.float32:
@@ -911,7 +909,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
                 *strides, N, float(scale), lo, H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"],
                 PREC_O=cfg["prec_o"], num_warps=cfg["chunk16_warps"])
 
-        _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential, prio)
+        _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential)
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                         strides, N, scale, nchb, cfg, bk, bvi)
@@ -931,23 +929,22 @@ def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:
 _SIDE_STREAMS: dict = {}
 
 
-def _in_windows(dev, windows, parallel, sequential, priority=0):
+def _in_windows(dev, windows, parallel, sequential):
     """``parallel(lo, hi)`` for each window of chunks in order on the current stream, and ``sequential(lo, hi)`` for
     each on a second stream once its window's parallel work is done, so that the sequential walk over one window runs
     beside the parallel kernels of the next (``overlap_windows``; the walks of a window start from the states the
     previous window's walks left in the slots, so the second stream keeps them in order). The current stream waits
-    for the second at the end; graph capture sees a fork and a join. One window, or a CPU: both in turn.
-    ``priority``: the second stream's CUDA priority (below 0: its blocks are dispatched first when an SM frees)."""
+    for the second at the end; graph capture sees a fork and a join. One window, or a CPU: both in turn. (The second
+    stream at high priority was no faster: H200, 2026-11-30, twelfth session.)"""
     if dev.type != "cuda" or len(windows) == 1:
         for lo, hi in windows:
             parallel(lo, hi)
             sequential(lo, hi)
         return
     main = torch.cuda.current_stream(dev)
-    key = (dev.index, priority)
-    if key not in _SIDE_STREAMS:
-        _SIDE_STREAMS[key] = torch.cuda.Stream(dev, priority=priority)
-    side = _SIDE_STREAMS[key]
+    if dev.index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[dev.index] = torch.cuda.Stream(dev)
+    side = _SIDE_STREAMS[dev.index]
     side.wait_stream(main)                   # inputs, workspace and slots as the current stream left them
     try:
         for lo, hi in windows:
