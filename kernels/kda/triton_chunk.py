@@ -97,10 +97,11 @@ def _neg_a(alog_ptr, h):
 
 
 @triton.jit
-def _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a):
-    """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos); dtb: dt_bias of the columns [1, cols]."""
-    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=(tok < eos)[:, None], other=0.0)
-    return tl.where((tok < eos)[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
+def _gates(g_ptr, dtb, tok, live, cols, h, s_gt, s_gh, neg_a):
+    """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 where ``live`` is false: past eos, say); dtb:
+    dt_bias of the columns [1, cols]."""
+    x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=live[:, None], other=0.0)
+    return tl.where(live[:, None], neg_a * _softplus(x.to(tl.float32) + dtb), 0.0)
 
 
 @triton.jit
@@ -109,10 +110,8 @@ def _gates_and_successors(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, n
     """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos), and each row's successor's gate (0 on
     the last row of every BC-row segment and past eos): the two tiles the prefix / suffix sums are scanned from."""
     dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
-    g2 = _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a)
-    nmask = (tok + 1 < eos) & ((rows % BC) != BC - 1)
-    xn = tl.load(g_ptr + (tok + 1)[:, None] * s_gt + h * s_gh + cols[None, :], mask=nmask[:, None], other=0.0)
-    gn = tl.where(nmask[:, None], neg_a * _softplus(xn.to(tl.float32) + dtb), 0.0)
+    g2 = _gates(g_ptr, dtb, tok, tok < eos, cols, h, s_gt, s_gh, neg_a)
+    gn = _gates(g_ptr, dtb, tok + 1, (tok + 1 < eos) & ((rows % BC) != BC - 1), cols, h, s_gt, s_gh, neg_a)
     return g2, gn
 
 
@@ -211,7 +210,7 @@ def _balanced_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a
     is at most 2 * RANGE wherever the block is used (about 1e-5 in the exponent: the middle-row form's order).
     One gate tile (no successor tile) and one scan."""
     dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
-    g2 = _gates(g_ptr, dtb, tok, eos, cols, h, s_gt, s_gh, neg_a)
+    g2 = _gates(g_ptr, dtb, tok, tok < eos, cols, h, s_gt, s_gh, neg_a)
     G = tl.cumsum(tl.where(ri[:, None] == 0, 0.0, g2), axis=0)
     return G - 0.5 * tl.min(G, axis=0)[None, :]
 
@@ -758,9 +757,15 @@ def inter16_launch(n_walks: int, V: int, sms: int) -> tuple[int, int, int]:
     While the walks at 32 value rows a program fit in one wave (latency-bound: one long sequence at H = 32), 16 rows
     on 2 warps with 4 stages (twice the programs, two an SM): 1x32768 4.81 ms against 5.36 at 32 rows on 2 warps
     (H200, 2026-11-30, tenth session; "pairs" form, anchors' gates); else 64 rows on 4 warps with 3 stages."""
-    if n_walks * max(V // 32, 1) <= sms:
+    if _walks_fit_one_wave(n_walks, V, sms):
         return min(16, V), 2, 4
     return min(64, V), 4, 3
+
+
+def _walks_fit_one_wave(n_walks: int, V: int, sms: int) -> bool:
+    """Whether the sequential walks at 32 value rows a program fit in one wave: the latency-bound case (one long
+    sequence at H = 32) that ``inter16_launch`` and ``overlap_window_count`` treat apart."""
+    return n_walks * max(V // 32, 1) <= sms
 
 
 def _inter16_launch(n_walks: int, V: int, sms: int, cfg: dict) -> tuple[int, int, int]:
@@ -780,7 +785,7 @@ def overlap_window_count(n_walks: int, V: int, sms: int, n_chunks: int) -> int:
     each window's walk beside the next window's chunk kernel; else 1 (the walks fill the GPU themselves). H200,
     2026-11-30 (twelfth session), 1x32768: 4.883 -> 4.701 ms with the anchors' gates, 3.741 -> 3.536 with fla-init
     gates (16 windows the same); 8x4096: 3.79 -> 5.33 ms with 8 windows."""
-    if n_walks * max(V // 32, 1) > sms:
+    if not _walks_fit_one_wave(n_walks, V, sms):
         return 1
     return max(1, min(8, n_chunks // 128))
 

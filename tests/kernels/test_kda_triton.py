@@ -94,7 +94,8 @@ PREFILL_CASES = [
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
 # running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
 # halfway between the first and last rows' decays; the chunk kernel and the sequential walk in windows of chunks,
-# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case (sequences of every chunk count modulo 4).
+# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
+# (sequences of every chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -338,13 +339,10 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
     for n, (s, L) in enumerate(zip(cu[:-1].tolist(), lengths)):
         for i in range(0, L, 16):
             blk = g2[s + i:s + min(i + 16, L)]                  # [rows, H, K]
-            if ref == "balanced":
-                big = blk[1:].sum(0).amax(-1) / 2
-            else:
-                big = torch.maximum(blk[1:8].sum(0), blk[8:].sum(0)).amax(-1)
             S = torch.cumsum(torch.cat([torch.zeros_like(blk[:1]), blk[1:]]), 0)  # decays of rows 1..r, [rows, H, K]
             p = min(7, S.shape[0] - 1)                          # rows past the sequence's end decay by nothing
             E = S[-1:] / 2 - S if ref == "balanced" else S[p:p + 1] - S           # G_r - m
+            big = E.abs().amax(dim=(0, 2))                      # [H]
             rows = slice(s + i, s + min(i + 16, L))
             F = torch.stack([E + lq[rows], E + lk[rows], lk[rows] - E]).amax(dim=(0, 1, 3))  # log2 of the factors
             for h in range(H):
@@ -381,7 +379,7 @@ def test_reference_pairs_with_exponents_near_the_range(ref):
 @pytest.mark.parametrize("chunk", [64, 16])
 def test_reference_pairs_with_large_raw_inputs(chunk):
     """Raw q, k up to 2^40 (their norm comes later) with the reference range at 2^+-124: blocks whose factors would
-    pass fp32's range take the walk (``_in_range``), so the outputs stay exact against fp64 where a check of the
+    pass fp32's range take the walk (``_all_finite``), so the outputs stay exact against fp64 where a check of the
     exponents alone would overflow."""
     gen = torch.Generator().manual_seed(29)
     lengths = [37, 70]
