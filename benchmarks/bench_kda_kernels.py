@@ -248,6 +248,13 @@ PREFILL_CONFIGS = {
     "pairs_w8": dict(inter16_warps=8),
     "rows_bv16": dict(inter_form="rows", BV=16, inter16_warps=2, inter16_stages=4),
     "bf16ws": dict(u_dtype=torch.bfloat16, aqk_dtype=torch.bfloat16),
+    # thirteenth session: the pairs by halves (inside each half through its own reference, across through the row
+    # between the halves): the default's second launch, for the blocks out of the whole block's range (then the walk
+    # for the rest); "fb_walk": the walk for all of those (the twelfth session's default); "halves": halves in the
+    # first launch for every block (then the walk)
+    "fb_walk": dict(fallback_form="walk"),
+    "halves": dict(diag_form="halves", fallback_form="walk"),
+    "halves_bk16": dict(diag_form="halves", fallback_form="walk", diag_bk=16),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

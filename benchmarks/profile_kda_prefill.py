@@ -24,10 +24,15 @@ from kernels.kda.triton_chunk import chunk_kda_prefill                       # n
 from profiling import gpu_time_by_kernel                                     # noqa: E402
 
 # Settings relative to the defaults (16-token chunks; pairs from a balanced reference, 32 key columns at a time on 1
-# warp, stopping at the first slice out of range, the walk on 4 warps for out-of-range blocks; the sequential walk two
-# chunks a step). Timed on the H200 on 2026-11-30 and dropped (eleventh session): "halves" for out-of-range blocks
-# (11.2 against 4.8 ms at 1x32768, anchors' gates), the chunk kernel's register cap, the pair step with chunk a's
-# decay on W_b, QG_b; (tenth session): the "cube" for out-of-range blocks
+# warp, stopping at the first slice out of range, then by halves, then the walk on 4 warps for the blocks out of
+# range; the sequential walk two chunks a step). Timed on the H200 on 2026-11-30 and dropped (eleventh session):
+# "halves" with column walks inside the halves for out-of-range blocks (11.2 against 4.8 ms at 1x32768, anchors'
+# gates; the thirteenth session's halves take the pairs inside each half on tensor cores too, and became the
+# default's second launch), the chunk kernel's register cap, the pair step with chunk a's decay on W_b, QG_b;
+# (thirteenth session) halves with the walk inline in the same launch (4.23-4.70 ms at 1x32768 on 1-4 warps against
+# 3.91 for halves and the walk in launches of their own, anchors' gates), and "auto", the whole block's reference or
+# halves in one launch as the first key slice decides (4.25 / 3.74 ms, anchors' / init gates, against 3.91 / 3.53);
+# (tenth session): the "cube" for out-of-range blocks
 # (all pairs of a block at once; 5.11 against 4.49 ms, 8x4096, anchors' gates), the pair step with its operands
 # assembled into 32-row tiles (5.92 against 4.39), the chunk kernel on 2 or 8 warps. Earlier: the intra kernel's W
 # and U steps unrolled (3.44 against 3.41 ms for the loops), the intra kernel capped at 168 registers (4.52 ms); the
@@ -57,6 +62,8 @@ CONFIGS = {
     "sequential walk one chunk a step": dict(inter_form="rows"),
     "16-token chunks, sequential kernel at 8 warps": dict(inter16_warps=8),
     "U in bf16": dict(u_dtype=torch.bfloat16),
+    "walk for every block out of the whole block's range (the twelfth session's default)": dict(fallback_form="walk"),
+    "pairs by halves first, the walk for the rest": dict(diag_form="halves", fallback_form="walk"),
 }
 
 

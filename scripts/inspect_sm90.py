@@ -115,10 +115,12 @@ def kda_prefill():
                                     (BT, 3, "reference", 32, 2), (BT, 3, "reference", 16, 2),
                                     (BC, 3, "reference", 32, 2), (BC, 0, "walk", 128, 4),
                                     (BC, 3, "reference, early out", 32, 2), (BC, 3, "reference, early out", 32, 1),
-                                    (BC, 3, "reference, early out, balanced", 32, 1)):
+                                    (BC, 3, "reference, early out, balanced", 32, 1),
+                                    (BC, 4, "halves, early out", 32, 1), (BC, 4, "halves, early out", 32, 2),
+                                    (BC, 4, "halves, early out, fallback", 32, 1)):
         k = compile_kernel(_chunk_diag_kernel, dict(ptrs, done_ptr="*i8"),
                            dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC="tf32",
-                                SKIP_DONE=form in (0, 1), BKD=bkd, EARLY_OUT="early" in name,
+                                SKIP_DONE=form in (0, 1) or "fallback" in name, BKD=bkd, EARLY_OUT="early" in name,
                                 BALANCED="balanced" in name), div16=div16, num_warps=nw)
         report(f"kda diag kernel, {bt}-token chunks ({name}, key slices {bkd}, {nw} warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:

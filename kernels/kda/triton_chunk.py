@@ -10,11 +10,17 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    ``sum_d k_r k_c 2^(G_r - G_c)`` and the same with q_r (c <= r). Default (``_config["diag_form"]``
    "reference"): through a reference m per key channel on tensor cores, [k_r 2^(G_r - m)] [k_c 2^(m - G_c)]^T,
    where every exponent of the block stays within +-124 (``diag_range``; 96 on the fp32 path) and every factor
-   comes out finite (raw q, k are not yet normalised: ``_all_finite``), and in a second
-   launch the column walk for the other blocks (the first launch stops at a block's first key slice out of
-   range, ``diag_early_out``). The walk ("walk"; "product" carries the decays as a running
-   product) takes one column at a time on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of
-   log2 decays <= 0, one exp2 per element.
+   comes out finite (raw q, k are not yet normalised: ``_all_finite``; the first launch stops at a block's first key
+   slice out of range, ``diag_early_out``). Then (``fallback_form`` "halves", the default) a second launch takes
+   the other blocks by halves on tensor cores: the pairs inside each 8-row half through the half's own balanced
+   reference (the same range, now for half the decay), the pairs across the halves through the row between them
+   (both factors <= 1 for any gate); and a third launch the column walk for the blocks out of that range too
+   (decays past ~2^-248 within 8 tokens: gates near raw -1e4). H200, 2026-11-30 (thirteenth session), anchors'
+   gates: 1x32768 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560, where about half the blocks had taken the walk;
+   fla-init gates (no block out of range) within 0.02 ms. "halves" as the first launch (``diag_form``) is faster
+   still with the anchors' gates (3.766 ms) and 0.2 ms slower with fla-init gates. The walk ("walk";
+   "product" carries the decays as a running product) takes one column at a time on raw q, k, last to first,
+   with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per element.
    ``diag_ref``: the reference m, "balanced" (the default: halfway between the decays of the sub-block's first and
    last rows, so |E| is at most half its decay) or "row" (its middle row p, m = G_p).
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
@@ -229,6 +235,100 @@ def _sub_block_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_
 
 
 @triton.jit
+def _halves_exponents(g_ptr, dtb_ptr, tok, ri, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr, BC: tl.constexpr):
+    """The exponents of the pairs by halves (``"halves"``) for a BC-row sub-block's key columns ``cols``, from one gate
+    tile and one scan. Rows 0..HB-1 and HB..BC-1 (HB = BC/2) are the halves, p = HB - 1 the row between them.
+    E: the pairs inside each half through a reference halfway between the decays of the half's first and last rows
+    (the balanced reference of ``_balanced_exponents`` per half: |E| at most half the half's decay). X: the pairs
+    across the halves through row p, G_r - G_p on the upper half's rows and G_p - G_c on the lower's, both <= 0 for
+    any gate (no range to check; an underflow stands for a pair that is zero in fp32 anyway). Q, the scan, sums the
+    decays of each half's rows after its first (row HB's own decay, which only the pairs across take, is added to
+    X apart), so a huge decay between the halves never cancels inside a half; the upper half's Q subtracts the lower
+    half's total, with an absolute error of a few ulp of the block's decay where the block is used (<= 4 * RANGE).
+    half_decay: per column, the larger half's decay / 2, which bounds |E|."""
+    HB: tl.constexpr = BC // 2
+    dtb = tl.load(dtb_ptr + h * K + cols)[None, :]
+    g2 = _gates(g_ptr, dtb, tok, tok < eos, cols, h, s_gt, s_gh, neg_a)
+    upper = (ri >= HB)[:, None]
+    C = tl.cumsum(tl.where((ri % HB == 0)[:, None], 0.0, g2), axis=0)
+    lo = tl.min(tl.where(upper, 0.0, C), axis=0)[None, :]           # decays of rows 1..p (<= 0)
+    hi = tl.min(C, axis=0)[None, :] - lo                             # decays of rows HB+1..BC-1
+    g_hb = tl.sum(tl.where((ri == HB)[:, None], g2, 0.0), axis=0)[None, :]
+    Q = tl.where(upper, C - lo, C)
+    E = Q - 0.5 * tl.where(upper, hi, lo)
+    X = tl.where(upper, Q + g_hb, lo - Q)
+    return E, X, -0.5 * tl.minimum(lo, hi)
+
+
+@triton.jit
+def _sliced_reference_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                            K: tl.constexpr, BC: tl.constexpr, BKD: tl.constexpr, RANGE: tl.constexpr,
+                            PREC: tl.constexpr, EARLY_OUT: tl.constexpr, BALANCED: tl.constexpr,
+                            HALVES: tl.constexpr):
+    """A sub-block's pair blocks on tensor cores, BKD key columns at a time: through one reference per key channel
+    (``_reference_pairs``'s form; BALANCED picks the reference) or, with HALVES, by halves (``_halves_exponents``:
+    the pairs inside each half through its own reference, those across through the row between the halves).
+    Accumulates both products and the largest |E| (EARLY_OUT skips the slices after the first one out of range) and
+    returns them with whether the block is in range (out-of-range blocks may hold inf / NaN: not to be stored)."""
+    HB: tl.constexpr = BC // 2
+    live = (t0 + ri < eos)[:, None]
+    a_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    a_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    x_kk = tl.zeros([BC, BC], dtype=tl.float32)      # HALVES: the pairs across the halves
+    x_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    big = tl.zeros([BC, BKD], dtype=tl.float32)
+    for k0 in range(0, K, BKD):
+        # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
+        # remaining slices are skipped
+        if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
+            kc = k0 + tl.arange(0, BKD)
+            qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
+            ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
+            qs = qs.to(tl.float32)
+            ks = ks.to(tl.float32)
+            if HALVES:
+                E, X, half_decay = _halves_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K,
+                                                     BC)
+                big = tl.maximum(big, half_decay)
+                fx = tl.exp2(X)
+                upper = (ri >= HB)[:, None]
+                kx = tl.where(upper, 0.0, ks * fx)
+                fu = tl.where(upper, fx, 0.0)
+                x_kk = tl.dot(ks * fu, tl.trans(kx), x_kk, input_precision=PREC)
+                x_qk = tl.dot(qs * fu, tl.trans(kx), x_qk, input_precision=PREC)
+            else:
+                E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K, BC,
+                                         BALANCED)
+                big = tl.maximum(big, tl.abs(E))
+            up = tl.exp2(E)
+            kd = ks * tl.exp2(-E)
+            a_kk = tl.dot(ks * up, tl.trans(kd), a_kk, input_precision=PREC)
+            a_qk = tl.dot(qs * up, tl.trans(kd), a_qk, input_precision=PREC)
+    if HALVES:
+        same = (ri[:, None] >= HB) == (ri[None, :] >= HB)
+        a_kk = tl.where(same, a_kk, x_kk)
+        a_qk = tl.where(same, a_qk, x_qk)
+    lower = ri[:, None] >= ri[None, :]
+    a_kk = tl.where(lower, a_kk, 0.0)
+    a_qk = tl.where(lower, a_qk, 0.0)
+    ok = (tl.max(tl.max(big, axis=1), axis=0) <= RANGE) & _all_finite(a_kk, a_qk, RANGE)
+    return a_kk, a_qk, ok
+
+
+@triton.jit
+def _walk_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh, s_gt, s_gh,
+                K: tl.constexpr, BC: tl.constexpr, PRODUCT: tl.constexpr):
+    """A sub-block's pair blocks by the column walk over the whole key width (``_reverse_walk``)."""
+    cols = tl.arange(0, K)
+    live = (t0 + ri < eos)[:, None]
+    dtb = tl.load(dtb_ptr + h * K + cols)
+    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
+    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
+    return _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb, neg_a,
+                         s_kt, s_kh, s_gt, s_gh, BC, PRODUCT)
+
+
+@triton.jit
 def _all_finite(d_kk, d_qk, RANGE: tl.constexpr):
     """Whether the kept pairs of a reference-form block are finite: a factor that overflowed fp32 (raw q, k are not
     yet normalised, so |x| 2^|E| may pass 2^128 with |E| <= RANGE) reaches its row's diagonal pair as inf or NaN,
@@ -264,16 +364,17 @@ def _chunk_diag_kernel(
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
     c <= r. FORM 0 / 1: the column walk (``_reverse_walk``; 1: decays as a running product); FORM 3: the
-    reference-row form split over two launches: this one does the blocks within RANGE (``_reference_pairs``) and
-    marks them in ``done``, then a walk launch (FORM 0 or 1, ``fallback_form``, SKIP_DONE) does the rest
-    (measured on an H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
+    reference-row form; FORM 4: the same by halves (``_halves_exponents``). A reference form does the blocks within
+    RANGE and marks them in ``done``; launches with SKIP_DONE take only the blocks still unmarked (``_diag_launches``:
+    after the whole block's reference, halves and then the walk, the default, or the walk alone; measured on an
+    H200: 2.21 ms against 2.26 with the walk inline in one launch, 1x32768, anchors' gates). With
     BKD < K (``_config["diag_bk"]``; 32 by default for 16-token chunks, 96 registers against 168 for the whole width
-    on sm_90a) the reference pass takes the key width BKD columns at a time, accumulating both products and the
-    largest |E| (with EARLY_OUT skipping the slices after the first one out of range), and decides at the end
-    whether the block is in range (out-of-range blocks may hold inf / NaN in the accumulators; they are not
-    stored). BALANCED: the reference halfway between the first and last rows' decays instead of the middle row
-    (``_sub_block_exponents``). BT is the chunk length (16, whose chunks are one sub-block, or 64). Items: heads
-    first, then sub-blocks, then chunks."""
+    on sm_90a) the reference pass takes the key width BKD columns at a time (``_sliced_reference_pairs``; always
+    for halves), accumulating both products and the largest |E| (with EARLY_OUT skipping the slices after the first
+    one out of range), and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN
+    in the accumulators; they are not stored). BALANCED: the whole block's reference halfway between the first and
+    last rows' decays instead of the middle row (``_sub_block_exponents``). BT is the chunk length (16, whose chunks
+    are one sub-block, or 64). Items: heads first, then sub-blocks, then chunks."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -304,39 +405,17 @@ def _chunk_diag_kernel(
                     tl.store(full, d_kk)
                     tl.store(full + BT * BC, d_qk)
             tl.store(done_ptr + item, ok.to(tl.int8))
-        elif FORM == 3:
-            a_kk = tl.zeros([BC, BC], dtype=tl.float32)
-            a_qk = tl.zeros([BC, BC], dtype=tl.float32)
-            big = tl.zeros([BC, BKD], dtype=tl.float32)
-            for k0 in range(0, K, BKD):
-                # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
-                # remaining slices are skipped
-                if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
-                    kc = k0 + tl.arange(0, BKD)
-                    E = _sub_block_exponents(g_ptr, dtb_ptr, t0 + ri, ri, eos, kc, h, s_gt, s_gh, neg_a, K, BC,
-                                             BALANCED)
-                    big = tl.maximum(big, tl.abs(E))
-                    qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
-                    ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + kc[None, :], mask=live, other=0.0)
-                    up = tl.exp2(E)
-                    kd = ks.to(tl.float32) * tl.exp2(-E)
-                    a_kk = tl.dot(ks.to(tl.float32) * up, tl.trans(kd), a_kk, input_precision=PREC)
-                    a_qk = tl.dot(qs.to(tl.float32) * up, tl.trans(kd), a_qk, input_precision=PREC)
-            lower = ri[:, None] >= ri[None, :]
-            a_kk = tl.where(lower, a_kk, 0.0)
-            a_qk = tl.where(lower, a_qk, 0.0)
-            ok = (tl.max(tl.max(big, axis=1), axis=0) <= RANGE) & _all_finite(a_kk, a_qk, RANGE)
+        elif FORM >= 3:
+            a_kk, a_qk, ok = _sliced_reference_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh,
+                                                     s_kt, s_kh, s_gt, s_gh, K, BC, BKD, RANGE, PREC, EARLY_OUT,
+                                                     BALANCED, FORM == 4)
             if ok:
                 tl.store(full, a_kk)
                 tl.store(full + BT * BC, a_qk)
-            tl.store(done_ptr + item, ok.to(tl.int8))
+            tl.store(done_ptr + item, ok.to(tl.int8))     # (a SKIP_DONE launch runs only where it was 0)
         else:
-            cols = tl.arange(0, K)
-            dtb = tl.load(dtb_ptr + h * K + cols)
-            qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + cols[None, :], mask=live, other=0.0)
-            ks = tl.load(k_ptr + (t0 + ri)[:, None] * s_kt + h * s_kh + cols[None, :], mask=live, other=0.0)
-            d_kk, d_qk = _reverse_walk(qs.to(tl.float32), ks.to(tl.float32), k_ptr, g_ptr, t0, eos, h, ri, cols, dtb,
-                                       neg_a, s_kt, s_kh, s_gt, s_gh, BC, FORM == 1)
+            d_kk, d_qk = _walk_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a, s_qt, s_qh, s_kt, s_kh,
+                                     s_gt, s_gh, K, BC, FORM == 1)
             tl.store(full, d_kk)
             tl.store(full + BT * BC, d_qk)
 
@@ -703,9 +782,8 @@ def as_heads(x, H, D):
 
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
-# diagonal kernel's reference-row launch), "fallback_warps" (its walk launches: the walk forms, or the second
-# launch of "reference") and "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token
-# chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
+# diagonal kernel's reference launches: the whole block's and by halves), "fallback_warps" (its walk launches) and
+# "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
 # 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
 # ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
 # window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
@@ -719,9 +797,11 @@ def as_heads(x, H, D):
 # session; the 64-token path keeps its own measured settings); the reference of the tensor-core pairs halfway
 # between a sub-block's first and last rows' decays and U in one 128-column product (eleventh session); overlap
 # windows where the walks fit one wave and the reference pairs' exponents to +-124 with the finite check (twelfth
-# session: anchors' gates 64x512 4.341 -> 4.143 ms, 1x32768 4.695 -> 4.489; o error 2.16e-3 -> 2.24e-3).
+# session: anchors' gates 64x512 4.341 -> 4.143 ms, 1x32768 4.695 -> 4.489; o error 2.16e-3 -> 2.24e-3); the pairs by
+# halves for the blocks out of the whole block's range before the walk (thirteenth session: anchors' gates 1x32768
+# 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
-             diag_form="reference", fallback_form="walk", diag_early_out=True, diag_ref="balanced",
+             diag_form="reference", fallback_form="halves", diag_early_out=True, diag_ref="balanced",
              diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None,
              ek_dtype=torch.float16,
@@ -736,7 +816,7 @@ _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="iee
 
 def _diag_form(form: str) -> int:
     """``_config["diag_form"]`` as the diagonal kernel's FORM flag."""
-    forms = {"walk": 0, "product": 1, "reference": 3}
+    forms = {"walk": 0, "product": 1, "reference": 3, "halves": 4}
     if form not in forms:
         raise ValueError(f"diag_form={form!r}: expected one of {sorted(forms)}")
     return forms[form]
@@ -985,26 +1065,37 @@ def _diag_workspace(nchb, H, bt, cfg, device):
     qk) and, for the reference form, its per-item in-range flags."""
     dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=device)
     items = nchb * (bt // BC) * H
-    done = torch.empty(items if _diag_form(cfg["diag_form"]) == 3 else 1, dtype=torch.int8, device=device)
+    done = torch.empty(items if _diag_form(cfg["diag_form"]) >= 3 else 1, dtype=torch.int8, device=device)
     return dd, done
 
 
 def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg, dd, done):
     """The pairs inside every 16-token sub-block of the ``nchb`` chunks (of ``bt`` tokens) into ``dd``:
-    ``_chunk_diag_kernel`` in the configured form; the reference-row form launches twice (the blocks in range,
-    then ``fallback_form`` for the rest)."""
+    ``_chunk_diag_kernel`` in the configured form; a reference form launches again for the blocks it left out of
+    range (``_diag_launches``)."""
     H, K = q.shape[1:]
     form, fallback = _diag_form(cfg["diag_form"]), _diag_form(cfg["fallback_form"])
     per_chunk = (bt // BC) * H
     bkd = _diag_key_slice(cfg, K, bt)
-    for f, skip_done in [(form, False)] + ([(fallback, True)] if form == 3 else []):
+    for f, skip_done in _diag_launches(form, fallback):
         _chunk_diag_kernel[(nchb * per_chunk,)](
             q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
-            BKD=bkd if f == 3 else K,   # the elementwise walks take whole rows
-            EARLY_OUT=cfg["diag_early_out"] and f == 3, BALANCED=cfg["diag_ref"] == "balanced",
-            num_warps=_per_chunk(cfg["diag_warps" if f == 3 else "fallback_warps"], bt))
+            BKD=bkd if f >= 3 else K,   # the elementwise walks take whole rows
+            EARLY_OUT=cfg["diag_early_out"] and f >= 3, BALANCED=cfg["diag_ref"] == "balanced",
+            num_warps=_per_chunk(cfg["diag_warps" if f >= 3 else "fallback_warps"], bt))
+
+
+def _diag_launches(form: int, fallback: int) -> list[tuple[int, bool]]:
+    """The diagonal kernel's launches as (FORM, SKIP_DONE): a walk form alone; a reference form (3, or 4 "halves"),
+    then its fallback for the blocks it left out of range. The "halves" fallback after the whole block's reference
+    is itself a reference form: the walk follows it for the blocks out of the halves' range too."""
+    if form < 3:
+        return [(form, False)]
+    if fallback == 4:
+        return [(form, False), (4, True), (0, True)]
+    return [(form, False), (fallback, True)]
 
 
 def _diag_key_slice(cfg, K, bt):
@@ -1019,8 +1110,9 @@ def _check_diag_settings(cfg, K, bt):
     bkd = _diag_key_slice(cfg, K, bt)
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    if _diag_form(cfg["fallback_form"]) not in (0, 1):
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk' or 'product'")
+    if _diag_form(cfg["fallback_form"]) not in (0, 1, 4) or cfg["diag_form"] == cfg["fallback_form"] == "halves":
+        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'halves' (this one "
+                         f"after diag_form='reference' only)")
     if cfg["diag_ref"] not in ("row", "balanced"):
         raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
 

@@ -92,7 +92,8 @@ PREFILL_CASES = [
 # form of the sub-block pairs ("walk", "product", and "reference", which falls back to the walk in blocks whose
 # decays leave its range: both branches run in these cases; its key width whole or in 16-column slices, "diag_bk",
 # stopping at the first slice out of range or not, "diag_early_out"; the out-of-range blocks by the walk with a
-# running sum or product, "fallback_form"; the reference of the tensor-core pairs, "diag_ref": the middle row or
+# running sum or product, "fallback_form", or by halves first and then the walk, the default; the pairs by halves
+# in the first launch, "diag_form" "halves"; the reference of the tensor-core pairs, "diag_ref": the middle row or
 # halfway between the first and last rows' decays; the chunk kernel and the sequential walk in windows of chunks,
 # "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
 # (sequences of every chunk count modulo 4).
@@ -112,7 +113,10 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_ref="balanced", diag_bk=32),
            dict(chunk=16, diag_ref="balanced", diag_bk=None, fallback_form="product"),
            dict(chunk=16, overlap_windows=3),
-           dict(chunk=16, overlap_windows=5, inter_form="rows")]
+           dict(chunk=16, overlap_windows=5, inter_form="rows"),
+           dict(chunk=16, fallback_form="walk"),
+           dict(chunk=16, diag_form="halves", fallback_form="walk", diag_bk=16),
+           dict(chunk=64, inter_form="rows", diag_form="halves", fallback_form="product")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -262,6 +266,8 @@ def test_prefill_rejects_unknown_settings():
         prefill_errors(inputs, [20], dict(chunk16_maxnreg=96))
     with pytest.raises(ValueError, match="overlap_diag"):
         prefill_errors(inputs, [20], dict(overlap_diag=True))            # removed in the twelfth session
+    with pytest.raises(ValueError, match="fallback_form='halves'"):
+        prefill_errors(inputs, [20], dict(diag_form="halves"))           # halves after halves: pick the walk
 
 
 def test_overlap_windows_keep_bf16_slots_in_one_window():
@@ -301,6 +307,35 @@ def test_overlap_windows_by_batch_shape():
     assert overlap_window_count(34, 128, 132, 4096) == 1            # 34 x 4 programs of 32 rows > 132
 
 
+def diag_done_flags(q, k, g, A_log, dt_bias, lengths, cfg):
+    """The diagonal kernel alone over 16-token chunks with ``cfg``: its ``done`` flags per (chunk, head) on the CPU,
+    with cu_seqlens and each sequence's first chunk."""
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    N, T = len(lengths), sum(lengths)
+    chunk_off = torch.tensor([0] + [-(-n // 16) for n in lengths]).cumsum(0).to(torch.int32)
+    nchb = T // 16 + N
+    chunk_seq = torch.searchsorted(chunk_off[1:], torch.arange(nchb, dtype=torch.int32), right=True, out_int32=True)
+    dd, done = _diag_workspace(nchb, H, 16, cfg, DEV)
+    qd, kd, gd, Ad, dbd = dev(q, k, g, A_log.reshape(-1), dt_bias)
+    _diag_pairs(qd, kd, gd, Ad, dbd, cu.to(DEV), torch.arange(1, N + 1, dtype=torch.int32, device=DEV),
+                chunk_seq.to(DEV), chunk_off.to(DEV), N, nchb, 16, cfg, dd, done)
+    return done.cpu(), cu, chunk_off
+
+
+def decision_inputs(seed, lengths, a_range, raw_top):
+    """Inputs for the range-decision tests (K = 32, mild raw gates, A uniform in ``a_range``; with ``raw_top`` about
+    a third of the q, k tokens scaled by up to 2^raw_top): q, k, g, A_log, dt_bias, the fp64 decays in log2 units
+    (positive) and log2 |q|, log2 |k|."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g, beta = make_tokens(sum(lengths), 32, 32, "mild", gen)
+    if raw_top:
+        q, k = _scale_some_tokens(q, gen, raw_top), _scale_some_tokens(k, gen, raw_top)
+    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(*a_range, generator=gen))
+    dt_bias = torch.randn(H * 32, generator=gen) * 0.5
+    g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    return q, k, g, A_log, dt_bias, g2, torch.log2(q.abs().double()), torch.log2(k.abs().double())
+
+
 def _scale_some_tokens(x, gen, top):
     """x with about a third of its tokens scaled by 2^u, u uniform in [0, top] (raw q, k before their norm)."""
     T = x.shape[0]
@@ -315,26 +350,10 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
     the gates: the middle row's (the decays of rows 1..7, and of rows 8..15) or the balanced reference's (half the
     decay of rows 1..15), with decays that put many blocks on either side of the bound; with large raw q, k
     (``big_raw``) a block is kept only while every factor |x| 2^(+-E) stays below fp32's 2^128 as well."""
-    gen = torch.Generator().manual_seed(41)
-    K, lengths = 32, [48, 37, 16]
-    q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
-    if big_raw:
-        q, k = _scale_some_tokens(q, gen, 30.0), _scale_some_tokens(k, gen, 30.0)
-    A_log = torch.log(torch.empty(1, 1, H, 1).uniform_(5, 9, generator=gen))
-    dt_bias = torch.randn(H * K, generator=gen) * 0.5
-    g2 = -kda_gate(g.double(), A_log.double(), dt_bias.double()) / torch.log(torch.tensor(2.0, dtype=torch.float64))
-    lq, lk = torch.log2(q.abs().double()), torch.log2(k.abs().double())
-    cfg = dict(_FAST, diag_ref=ref, diag_bk=16, prec_d="ieee", diag_range=rng)
-    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    N, T = len(lengths), sum(lengths)
-    chunk_off = torch.tensor([0] + [-(-n // 16) for n in lengths]).cumsum(0).to(torch.int32)
-    nchb = T // 16 + N
-    chunk_seq = torch.searchsorted(chunk_off[1:], torch.arange(nchb, dtype=torch.int32), right=True, out_int32=True)
-    dd, done = _diag_workspace(nchb, H, 16, cfg, DEV)
-    qd, kd, gd, Ad, dbd = dev(q, k, g, A_log.reshape(-1), dt_bias)
-    _diag_pairs(qd, kd, gd, Ad, dbd, cu.to(DEV), torch.arange(1, N + 1, dtype=torch.int32, device=DEV),
-                chunk_seq.to(DEV), chunk_off.to(DEV), N, nchb, 16, cfg, dd, done)
-    done = done.cpu()
+    lengths = [48, 37, 16]
+    q, k, g, A_log, dt_bias, g2, lq, lk = decision_inputs(41, lengths, (5, 9), 30.0 if big_raw else None)
+    cfg = dict(_FAST, diag_ref=ref, diag_bk=16, prec_d="ieee", diag_range=rng, fallback_form="walk")
+    done, cu, chunk_off = diag_done_flags(q, k, g, A_log, dt_bias, lengths, cfg)
     kept, expected, margins, by_raw = [], [], [], 0
     for n, (s, L) in enumerate(zip(cu[:-1].tolist(), lengths)):
         for i in range(0, L, 16):
@@ -354,6 +373,62 @@ def test_reference_range_decision_follows_the_exponents(ref, rng, big_raw):
     assert kept == expected, (kept, expected)
     assert any(expected) and not all(expected)
     assert (by_raw > 0) == big_raw, by_raw          # the raw magnitudes decide some blocks where they are large
+
+
+@pytest.mark.parametrize("rng,big_raw", [(96.0, False), (110.0, True)])
+def test_halves_range_decision_follows_the_exponents(rng, big_raw):
+    """Which sub-blocks the pairs by halves keep (``diag_form="halves"``, its ``done`` flags) against fp64 from the
+    gates: each 8-row half's largest |E| about its own balanced reference (half the decay of its rows after the
+    first) within the range, and with large raw q, k every factor |x| 2^(+-E) below fp32's 2^128 (the factors
+    across the halves are <= |x|, whatever the decay between them). Decays that put blocks on either side, and
+    blocks kept whose whole-block decay is past the range (the blocks halves exist for)."""
+    lengths = [48, 37, 16, 29]
+    q, k, g, A_log, dt_bias, g2, lq, lk = decision_inputs(47, lengths, (6, 20), 40.0 if big_raw else None)
+    cfg = dict(_FAST, diag_form="halves", fallback_form="walk", diag_bk=16, prec_d="ieee", diag_range=rng)
+    done, cu, chunk_off = diag_done_flags(q, k, g, A_log, dt_bias, lengths, cfg)
+    kept, expected, margins, by_raw, whole_out = [], [], [], 0, 0
+    for n, (s, L) in enumerate(zip(cu[:-1].tolist(), lengths)):
+        for i in range(0, L, 16):
+            big = torch.zeros(H, dtype=torch.float64)
+            F = torch.full((H,), -1e9, dtype=torch.float64)
+            for a in range(s + i, s + min(i + 16, L), 8):                 # the block's halves
+                rows = slice(a, min(a + 8, s + min(i + 16, L)))
+                half = g2[rows]                                          # [rows, H, K]
+                S = torch.cumsum(torch.cat([torch.zeros_like(half[:1]), half[1:]]), 0)
+                E = S[-1:] / 2 - S                                       # G_r - m of the half's reference
+                big = torch.maximum(big, E.abs().amax(dim=(0, 2)))
+                F = torch.maximum(F, torch.stack([E + lq[rows], E + lk[rows], lk[rows] - E]).amax(dim=(0, 1, 3)))
+            blk = g2[s + i:s + min(i + 16, L)]
+            whole = blk[1:].sum(0).amax(dim=-1) / 2                       # the whole block's reference: half its decay
+            for h in range(H):
+                kept.append(bool(done[(chunk_off[n].item() + i // 16) * H + h]))
+                expected.append(big[h].item() <= rng and F[h].item() < 128.0)
+                by_raw += big[h].item() <= rng and not expected[-1]
+                whole_out += expected[-1] and whole[h].item() > rng
+                margins += [abs(big[h].item() - rng)] + ([abs(F[h].item() - 128.0)] if big[h].item() <= rng else [])
+    assert min(margins) > 1e-3, margins            # no block on a bound itself
+    assert kept == expected, (kept, expected)
+    assert any(expected) and not all(expected)
+    assert whole_out > 0, whole_out                 # kept by halves, out of the whole block's range
+    assert (by_raw > 0) == big_raw, by_raw
+
+
+def test_halves_keep_the_decay_between_the_halves_apart():
+    """A decay of 2^-300 at a half's first row (row 8 of a sub-block) and mild decays elsewhere: the pairs by halves
+    keep the block (each half's own decay is small; the decay between the halves only enters the factors across,
+    which are <= 1) and stay exact against fp64, with pairs across the halves that underflow to zero."""
+    gen = torch.Generator().manual_seed(47)
+    K, lengths = 32, [40, 21]
+    q, k, v, g, beta = make_tokens(sum(lengths), K, K, "mild", gen)
+    A_log = torch.zeros(1, 1, H, 1)                                      # A = 1
+    dt_bias = torch.zeros(H * K)
+    for s in (0, 16, 40):
+        g[s + 8] = 300.0 * 0.6931471805599453                            # softplus(x) ~ x: a decay of 2^-300
+    cfg = dict(chunk=16, diag_form="halves", fallback_form="walk", diag_bk=16, diag_range=96.0)
+    done, _, _ = diag_done_flags(q, k, g, A_log, dt_bias, lengths, dict(_FAST, **cfg))
+    assert done.all(), done                     # every block by halves (the whole block's range would drop three)
+    errs, _ = prefill_errors((q, k, v, g, beta, A_log, dt_bias), lengths, cfg)
+    assert all(e < TOL for e in errs), errs      # (max() would pass over a NaN)
 
 
 @pytest.mark.parametrize("ref", ["row", "balanced"])
