@@ -255,6 +255,15 @@ PREFILL_CONFIGS = {
     "fb_walk": dict(fallback_form="walk"),
     "halves": dict(diag_form="halves", fallback_form="walk"),
     "halves_bk16": dict(diag_form="halves", fallback_form="walk", diag_bk=16),
+    # thirteenth session, untimed: the sequential walk in segments at once (each after a warm-up from zero once the
+    # state-transfer bound falls below 2^-96, else waiting for the previous segment's state), without windows or
+    # inside the default windows, and with more value rows a program
+    "seg4": dict(inter_segments=4, overlap_windows=1),
+    "seg8": dict(inter_segments=8, overlap_windows=1),
+    "seg16": dict(inter_segments=16, overlap_windows=1),
+    "seg4_win": dict(inter_segments=4),
+    "seg8_bv32": dict(inter_segments=8, overlap_windows=1, BV=32, inter16_warps=4, inter16_stages=3),
+    "seg8_bv64": dict(inter_segments=8, overlap_windows=1, BV=64, inter16_warps=4, inter16_stages=3),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

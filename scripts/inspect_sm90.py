@@ -109,7 +109,7 @@ def kda_prefill():
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
-                state_ptr=f32, init_ptr="*i1")
+                state_ptr=f32, init_ptr="*i1", lb_ptr=f32, seg_ptr=f32, flag_ptr="*i32")
     for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
                                     (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),
                                     (BT, 3, "reference", 32, 2), (BT, 3, "reference", 16, 2),
@@ -129,15 +129,17 @@ def kda_prefill():
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw, bvi in ((4, 64), (4, 32), (4, 128), (8, 64)):
-        const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32")
-        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time",
+    for nw, bvi, bound in ((4, 64, False), (4, 32, False), (4, 128, False), (8, 64, False), (4, 128, True)):
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32", BOUND=bound)
+        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time" + (", bound" if bound else ""),
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for form, bv, nw, ns in [(1, 32, 2, 3), (1, 64, 4, 3), (3, 16, 2, 4), (3, 16, 2, 3), (3, 16, 4, 3), (3, 32, 2, 3),
-                             (3, 32, 4, 3), (3, 64, 4, 3), (3, 64, 8, 3)]:
-        const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form)
-        name = {1: "rows", 3: "pairs"}[form]
+    for form, bv, nw, ns, seg in [(1, 32, 2, 3, 1), (1, 64, 4, 3, 1), (3, 16, 2, 4, 1), (3, 16, 2, 3, 1),
+                                  (3, 16, 4, 3, 1), (3, 32, 2, 3, 1), (3, 32, 4, 3, 1), (3, 64, 4, 3, 1),
+                                  (3, 64, 8, 3, 1), (3, 16, 2, 4, 8), (3, 64, 4, 3, 8)]:
+        const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form,
+                     SEG=seg)
+        name = {1: "rows", 3: "pairs"}[form] + (f", {seg} segments" if seg > 1 else "")
         report(f"kda inter {name} bf16/fp32, 16-token chunks, BV {bv} warps {nw} stages {ns}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=ns))
     for form in ("cols", "rows", "cols_kmajor"):
@@ -145,7 +147,7 @@ def kda_prefill():
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:
                 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
                 const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=dts[av], PREC="tf32",
-                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form])
+                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form], SEG=1)
                 try:
                     k = compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2)
                     report(f"kda inter {form} {dot}/{av} BV {bv} warps {nw}", k)

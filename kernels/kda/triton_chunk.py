@@ -39,7 +39,11 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    rows first), "rows" (the default over 64-token chunks: value rows first, the state and v_new^T on the left),
    "cols" (token rows first) and "cols_kmajor" (the state held key-major, so that with 64-token chunks every
    product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
-   Aqk v_new ("inter_av") are options.
+   Aqk v_new ("inter_av") are options. ``inter_segments`` (opt-in, untimed; "pairs" only) splits each window's walk
+   into that many segments walked at once: a segment starts from zero a few chunks early once the bound on those
+   chunks' state transfer (per token the slowest key channel's decay: every step is a contraction times its decays)
+   falls below 2^-96, which gates that forget quickly (the anchors') allow within a few chunks; otherwise it takes
+   the previous segment's final state as soon as that one publishes it.
 
 64-token chunks: the diagonal kernel as in 1 for the chunk's four sub-blocks, then ``_chunk_intra_kernel``, one
 program per (64-token chunk, head), in place of 2: the same outputs for 64 rows, with the pairs across sub-blocks
@@ -68,6 +72,7 @@ import triton.language as tl
 from kernels.device import num_sms
 
 BT = 64          # the optional long chunk length (``_config["chunk"] = 64``)
+SEG_FORGET = tl.constexpr(96.0)   # inter_segments: a warm-up from zero once the state transfer's bound is below 2^-96
 BC = 16          # sub-block length, and the default chunk length
 
 
@@ -562,11 +567,11 @@ def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.co
 def _chunk16_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
     cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr,
+    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr, lb_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     N, scale, c_lo,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
-    PREC_M: tl.constexpr, PREC_O: tl.constexpr,
+    PREC_M: tl.constexpr, PREC_O: tl.constexpr, BOUND: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``, the default): one program per (chunk, head) does the rest of
     the parallel work of its chunk, which is a single sub-block: with the pairs from the diagonal kernel's ``dd``, the
@@ -574,7 +579,9 @@ def _chunk16_kernel(
     2^G_last in the layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64
     inverse; the sequential kernel takes four times as many (smaller) steps. (The pairs computed inside this
     kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.) The launch
-    covers the chunks from c_lo on (a window of them, ``overlap_windows``)."""
+    covers the chunks from c_lo on (a window of them, ``overlap_windows``). BOUND (``inter_segments``): also the
+    log2 of a bound on the norm of the chunk's state transfer, the sum over its tokens of the largest decay of any
+    key channel (each token's step is a contraction, I - beta k k^T, times its decays), into lb [chunks, H]."""
     c = c_lo + tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -606,6 +613,8 @@ def _chunk16_kernel(
     tl.store(qg_ptr + off, (qs * eg * scale).to(wsd))
     tl.store(kg_ptr + off, (ks * tl.exp2(X)).to(wsd))
     tl.store(gl_ptr + base * K + cols, tl.exp2(tl.sum(g2, axis=0)))
+    if BOUND:
+        tl.store(lb_ptr + base, tl.sum(tl.max(g2, axis=1), axis=0))
     rr = ri[:, None]
     cc = ri[None, :]
     tl.store(aqk_ptr + base * BC * BC + rr * BC + cc,
@@ -626,9 +635,9 @@ def _chunk16_kernel(
 
 
 @triton.jit
-def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot,
-                s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr):
+def _pair_steps(S, c0, c1, c_out, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr,
+                s_ot, s_oh, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, WARM_UP: tl.constexpr):
     """The sequential walk two chunks a, b at a time ("pairs", value rows first; the state S [BV, K] in registers),
     so that the state's path has three products per 2 BT tokens instead of four. With v_a = U_a - W_a S^T and
     S_a = S 2^Gl_a + (r_a v_a)^T KG_a (r: 1/|k|), chunk b's v_b = U_b - W_b S_a^T is
@@ -636,7 +645,8 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
     outputs take QG_b (S 2^Gl_a)^T + (QG_b KG_a^T) (r_a v_a): the 16 x 16 corrections come from the loaded operands
     alone, off the state's path, and no exponential is evaluated. A sequence's odd last chunk runs as a pair whose
     second chunk is masked out (zero operands, decay 1). (Scaling W_b and QG_b by 2^Gl_a instead of the state, so
-    that the state reaches a product operand once a step, was slower: H200, 2026-11-30, eleventh session.)"""
+    that the state reaches a product operand once a step, was slower: H200, 2026-11-30, eleventh session.) Chunks
+    before c_out (a segment's warm-up, ``inter_segments``; WARM_UP) update the state without writing outputs."""
     rows = tl.arange(0, BT)
     for c in range(c0, c1, 2):
         has_b = c + 1 < c1
@@ -676,28 +686,42 @@ def _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aq
         ta = bos + (c - c0) * BT + rows
         tb = ta + BT
         o_base = o_ptr + h * s_oh + vc[:, None]
-        tl.store(o_base + ta[None, :].to(tl.int64) * s_ot, ota.to(o_ptr.dtype.element_ty), mask=(ta < eos)[None, :])
-        tl.store(o_base + tb[None, :].to(tl.int64) * s_ot, otb.to(o_ptr.dtype.element_ty),
-                 mask=((tb < eos) & has_b)[None, :])            # a window may end inside the sequence
+        keep_a = ta < eos
+        keep_b = (tb < eos) & has_b                 # a window may end inside the sequence
+        if WARM_UP:
+            keep_a = keep_a & (c >= c_out)
+            keep_b = keep_b & (c + 1 >= c_out)
+        tl.store(o_base + ta[None, :].to(tl.int64) * s_ot, ota.to(o_ptr.dtype.element_ty), mask=keep_a[None, :])
+        tl.store(o_base + tb[None, :].to(tl.int64) * s_ot, otb.to(o_ptr.dtype.element_ty), mask=keep_b[None, :])
         S = S * gla[None, :] + tl.dot((vta * rka[None, :]).to(DOT_DT), ka, input_precision=PREC)
         S = S * glb[None, :] + tl.dot((vtb * rkb[None, :]).to(DOT_DT), kb, input_precision=PREC)
     return S
 
 
-@triton.jit(do_not_specialize=["win_lo", "win_hi"])
+@triton.jit(do_not_specialize=["win_lo", "win_hi", "epoch", "warm_max"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr,
-    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi,
+    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, seg_ptr, flag_ptr,
+    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, epoch, warm_max,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-    DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr,
+    DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
 ):
     """One program per (sequence, head, block of value rows) walks the sequence's chunks inside the window of global
     chunk indices [win_lo, win_hi) (all of them in a launch without windows): the state starts from the slot when
     the window begins after the sequence's first chunk (an earlier window's launch left it there), else from the
     slot or zeros as ``init_ptr`` says, and goes back into the slot at the window's end. A sequence with no chunk in
-    the window is left alone (an empty sequence is handled by every window alike)."""
-    n = tl.program_id(0)
+    the window is left alone (an empty sequence is handled by every window alike).
+
+    SEG > 1 (``inter_segments``, "pairs" only): SEG programs per (sequence, head, block of value rows) split the
+    window's chunks into segments walked at once. Segment s > 0 looks back from its first chunk over the per-chunk
+    bounds lb (log2 of a bound on the norm of the chunk's state transfer, ``_chunk16_kernel``) for at most warm_max
+    chunks: once their sum reaches -SEG_FORGET the state at its first chunk depends on the state before them by
+    less than 2^-SEG_FORGET of its norm, so it walks them from zero (a warm-up, no outputs); reaching the window's
+    first chunk it starts from the slot as segment 0 does; otherwise it waits for segment s - 1's final state
+    (``seg_ptr``, published with ``flag_ptr`` = epoch; a lower block index, so it runs first or beside it). The
+    window's last segment writes the slot."""
+    n = tl.program_id(0) // SEG
+    sg = tl.program_id(0) % SEG
     h = tl.program_id(1)
     vb = tl.program_id(2)
     c_first = tl.load(chunk_off_ptr + n)
@@ -706,15 +730,27 @@ def _chunk_inter_kernel(
     c1 = tl.minimum(c_end, win_hi)
     if (c0 >= c1) & (c_first < c_end):
         return
+    s_lo = c0                                            # this program's chunks [s_lo, s_hi)
+    s_hi = c1
+    if SEG > 1:
+        if c0 < c1:
+            seg_len = (c1 - c0 + SEG - 1) // SEG
+            seg_len += seg_len % 2
+            s_lo = tl.minimum(c0 + sg * seg_len, c1)
+            s_hi = tl.minimum(s_lo + seg_len, c1)
+            if (sg > 0) & (s_lo >= s_hi):
+                return
+        elif sg > 0:
+            return                                       # an empty sequence: its first segment keeps the slot
     slot = tl.load(slot_ptr + n)
     eos = tl.load(cu_ptr + n + 1)
-    bos = tl.load(cu_ptr + n) + (c0 - c_first) * BT     # the window's first token of the sequence
+    bos = tl.load(cu_ptr + n) + (s_lo - c_first) * BT     # the first token of the program's chunks
     rows = tl.arange(0, BT)
     vc = vb * BV + tl.arange(0, BV)
     kc = tl.arange(0, K)
     o_base = o_ptr + h * s_oh + vc[None, :]
     if slot <= 0:
-        for t0 in range(bos, tl.minimum(eos, bos + (c1 - c0) * BT), BT):
+        for t0 in range(bos, tl.minimum(eos, bos + (s_hi - s_lo) * BT), BT):
             tok = t0 + rows
             tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, tl.zeros([BT, BV], dtype=o_ptr.dtype.element_ty),
                      mask=(tok < eos)[:, None])
@@ -725,11 +761,28 @@ def _chunk_inter_kernel(
         S = tl.zeros([K, BV], dtype=tl.float32)
     else:
         S = tl.zeros([BV, K], dtype=tl.float32)
-    if (tl.load(init_ptr + n) != 0) | (c0 > c_first):
-        S = tl.load(state_ptr + s_off).to(tl.float32)
+    start = s_lo                                         # where the walk starts: s_lo, or before it (warm-up)
+    if SEG > 1:
+        forgot = 0.0
+        while (start > c0) & (forgot > -SEG_FORGET) & (s_lo - start < warm_max):
+            start -= 1
+            forgot += tl.load(lb_ptr + start * H + h)
+        if (start > c0) & (forgot > -SEG_FORGET):
+            # the look-back ended before the state was forgotten: segment sg - 1's final state
+            start = s_lo
+            NVB: tl.constexpr = V // BV
+            flag = flag_ptr + ((n * SEG + sg - 1) * H + h) * NVB + vb
+            seen = tl.atomic_add(flag, 0, sem="acquire")
+            while seen < epoch:
+                seen = tl.atomic_add(flag, 0, sem="acquire")
+            ws = seg_ptr + ((n * SEG + sg - 1) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
+            S = tl.load(ws, cache_modifier=".cg")
+    if start == c0:
+        if (tl.load(init_ptr + n) != 0) | (c0 > c_first):
+            S = tl.load(state_ptr + s_off).to(tl.float32)
     if FORM == 3:
-        S = _pair_steps(S, c0, c1, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-                        o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC)
+        S = _pair_steps(S, start, s_hi, s_lo, bos - (s_lo - start) * BT, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr,
+                        kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, SEG > 1)
     else:
         for c in range(c0, c1):
             base = (c * H + h).to(tl.int64)
@@ -772,7 +825,17 @@ def _chunk_inter_kernel(
                          mask=(tok < eos)[:, None])
                 vk = (v_new * rk[:, None]).to(DOT_DT)                             # KG holds raw k: fold its norm here
                 S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
-    tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
+    if SEG > 1:
+        if s_hi < c1:
+            # a segment before the window's last: publish the final state for the next one
+            ws = seg_ptr + ((n * SEG + sg) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
+            tl.store(ws, S)
+            tl.debug_barrier()
+            tl.atomic_xchg(flag_ptr + ((n * SEG + sg) * H + h) * (V // BV) + vb, epoch, sem="release")
+        else:
+            tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
+    else:
+        tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
 
 
 def as_heads(x, H, D):
@@ -787,7 +850,8 @@ def as_heads(x, H, D):
 # 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
 # ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
 # window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
-# first, over every chunk).
+# first, over every chunk); "inter_segments" (1: off) and "segment_warmup" (the most chunks a segment looks back):
+# the walk in segments (``_chunk_inter_kernel``).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -807,7 +871,7 @@ _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallba
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
-             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2)
+             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2, inter_segments=1, segment_warmup=64)
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
               prec_o="ieee", diag_range=96.0,       # factors far from 2^-126 (no subnormal ever near a kept pair)
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
@@ -974,15 +1038,20 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         n_win = overlap_window_count(N * H, V, num_sms(dev), nchb) if bt == BC else 1
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
+    n_seg, warm_max = _segment_settings(cfg, form)
+    lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.float32, device=dev)
+    seg_states = torch.empty(N * n_seg if n_seg > 1 else 1, H, V, K, dtype=torch.float32, device=dev)
+    flags = torch.zeros(N * n_seg * H * (V // bv) if n_seg > 1 else 1, dtype=torch.int32, device=dev)
+    epochs = iter(range(1, n_win + 1))       # a window's walks publish their states as its epoch (no re-zeroing)
 
     def sequential(lo, hi):
         if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
-            _chunk_inter_kernel[(N, H, V // bv)](
-                w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
-                o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
-                recurrent_state.stride(2), lo, hi,
+            _chunk_inter_kernel[(N * n_seg, H, V // bv)](
+                w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off, lb, seg_states,
+                flags, o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
+                recurrent_state.stride(2), lo, hi, next(epochs), warm_max,
                 H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-                PREC=cfg["inter_prec"], FORM=form, num_warps=warps, num_stages=stages)
+                PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, num_warps=warps, num_stages=stages)
 
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
@@ -990,9 +1059,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
         def parallel(lo, hi):
             _chunk16_kernel[(hi - lo, H)](
-                q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
+                q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd, lb,
                 *strides, N, float(scale), lo, H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"],
-                PREC_O=cfg["prec_o"], num_warps=cfg["chunk16_warps"])
+                PREC_O=cfg["prec_o"], BOUND=n_seg > 1, num_warps=cfg["chunk16_warps"])
 
         _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential)
     else:
@@ -1000,6 +1069,18 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
                         strides, N, scale, nchb, cfg, bk, bvi)
         sequential(0, nchb)
     return o
+
+
+def _segment_settings(cfg: dict, form: int) -> tuple[int, int]:
+    """``inter_segments`` (the sequential walk split into that many segments per sequence, walked at once; 1: off)
+    and ``segment_warmup`` (the most chunks a segment looks back for a warm-up from zero), checked."""
+    n_seg, warm = cfg["inter_segments"], cfg["segment_warmup"]
+    if not isinstance(n_seg, int) or isinstance(n_seg, bool) or n_seg < 1 or (n_seg > 1 and form != 3):
+        raise ValueError(f"inter_segments={n_seg!r}: expected a whole number >= 1 (above 1 with inter_form 'pairs' "
+                         f"only)")
+    if not isinstance(warm, int) or isinstance(warm, bool) or warm < 0:
+        raise ValueError(f"segment_warmup={warm!r}: expected a whole number of chunks >= 0")
+    return n_seg, warm
 
 
 def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:

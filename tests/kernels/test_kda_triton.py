@@ -22,8 +22,11 @@ from kernels.kda.reference import kda_gate, l2_normalize, recurrent_kda    # noq
 from kernels.kda.triton_chunk import (_FAST, _diag_pairs, _diag_workspace, chunk_kda_prefill,  # noqa: E402
                                       chunk_windows, overlap_window_count)
 from kernels.kda.triton_decode import recurrent_kda_decode, recurrent_kda_verify  # noqa: E402
+from kernels.kda import triton_chunk                                        # noqa: E402
+import triton.language as tl                                                # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 H = 2
 TOL = 2e-5          # fp32 kernels vs float64 truth, relative (norm of the difference / norm of the truth)
 
@@ -95,8 +98,10 @@ PREFILL_CASES = [
 # running sum or product, "fallback_form", or by halves first and then the walk, the default; the pairs by halves
 # in the first launch, "diag_form" "halves"; the reference of the tensor-core pairs, "diag_ref": the middle row or
 # halfway between the first and last rows' decays; the chunk kernel and the sequential walk in windows of chunks,
-# "overlap_windows", whose walks carry the state from window to window through the slots) run on every case
-# (sequences of every chunk count modulo 4).
+# "overlap_windows", whose walks carry the state from window to window through the slots; the sequential walk in
+# segments at once, "inter_segments", each after a warm-up from zero, from the slot or from the previous segment's
+# published state, which "segment_warmup" 0 makes every later segment wait for) run on every case (sequences of every
+# chunk count modulo 4).
 DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=64, inter_form="cols", diag_form="product"),
            dict(chunk=64, inter_form="cols_kmajor", diag_form="reference", diag_bk=16),
@@ -116,7 +121,9 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, overlap_windows=5, inter_form="rows"),
            dict(chunk=16, fallback_form="walk"),
            dict(chunk=16, diag_form="halves", fallback_form="walk", diag_bk=16),
-           dict(chunk=64, inter_form="rows", diag_form="halves", fallback_form="product")]
+           dict(chunk=64, inter_form="rows", diag_form="halves", fallback_form="product"),
+           dict(chunk=16, inter_segments=3, segment_warmup=64),
+           dict(chunk=16, inter_segments=4, segment_warmup=0, overlap_windows=3)]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
@@ -294,6 +301,33 @@ def test_overlap_windows_rejects_bad_counts(bad):
     inputs, _ = small_decay_batch(16, lengths, gen)
     with pytest.raises(ValueError, match="overlap_windows"):
         prefill_errors(inputs, lengths, dict(chunk=16, overlap_windows=bad))
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="patches a constexpr global, which the interpreter reads at each call")
+def test_segments_need_their_warm_up(monkeypatch):
+    """The sequential walk in segments (``inter_segments``) is exact because a segment starts from zero only after
+    looking back over chunks whose state-transfer bound has fallen below 2^-SEG_FORGET; with no look-back at all
+    (SEG_FORGET < 0: every later segment starts from zero at its first chunk) the outputs are visibly wrong, so the
+    zero start is a path the kernel takes, and the warm-up is what makes it exact."""
+    gen = torch.Generator().manual_seed(53)
+    lengths = [200, 130]
+    q, k, v, g, beta = make_tokens(sum(lengths), 32, 32, "mild", gen)
+    A_log, dt_bias = make_params(32, gen)
+    inputs = (q, k, v, g, beta, A_log, dt_bias)
+    errs, _ = prefill_errors(inputs, lengths, dict(chunk=16, inter_segments=4))
+    assert all(e < TOL for e in errs), errs      # (max() would pass over a NaN)
+    monkeypatch.setattr(triton_chunk, "SEG_FORGET", tl.constexpr(-1.0))
+    errs, _ = prefill_errors(inputs, lengths, dict(chunk=16, inter_segments=4))
+    assert all(e > 1e-3 for e in errs), errs
+
+
+@pytest.mark.parametrize("bad", [dict(inter_segments=0), dict(inter_segments=2.0), dict(inter_segments=True),
+                                 dict(inter_segments=2, inter_form="rows"), dict(segment_warmup=-1)])
+def test_segments_reject_bad_settings(bad):
+    gen = torch.Generator().manual_seed(3)
+    inputs, _ = small_decay_batch(16, [20], gen)
+    with pytest.raises(ValueError, match="inter_segments|segment_warmup"):
+        prefill_errors(inputs, [20], dict(chunk=16, **bad))
 
 
 def test_overlap_windows_by_batch_shape():
