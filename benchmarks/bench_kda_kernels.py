@@ -264,6 +264,13 @@ PREFILL_CONFIGS = {
     "seg4_win": dict(inter_segments=4),
     "seg8_bv32": dict(inter_segments=8, overlap_windows=1, BV=32, inter16_warps=4, inter16_stages=3),
     "seg8_bv64": dict(inter_segments=8, overlap_windows=1, BV=64, inter16_warps=4, inter16_stages=3),
+    # the one-sequence walk is latency-bound at 2 programs an SM (96 KB of shared memory each at 4 stages); segments
+    # add programs, which only run at once with fewer stages: 3 stages 67 KB (3 an SM), 2 stages 38 KB (4 an SM, the
+    # register limit at 255 x 64 threads)
+    "seg8_s2": dict(inter_segments=8, overlap_windows=1, inter16_stages=2),
+    "seg16_s2": dict(inter_segments=16, overlap_windows=1, inter16_stages=2),
+    "seg8_s3": dict(inter_segments=8, overlap_windows=1, inter16_stages=3),
+    "seg4_win_s2": dict(inter_segments=4, inter16_stages=2),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

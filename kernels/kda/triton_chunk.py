@@ -1041,7 +1041,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     n_seg, warm_max = _segment_settings(cfg, form)
     lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.float32, device=dev)
     seg_states = torch.empty(N * n_seg if n_seg > 1 else 1, H, V, K, dtype=torch.float32, device=dev)
-    flags = torch.zeros(N * n_seg * H * (V // bv) if n_seg > 1 else 1, dtype=torch.int32, device=dev)
+    flags = (torch.zeros(N * n_seg * H * (V // bv), dtype=torch.int32, device=dev) if n_seg > 1 else
+             torch.empty(1, dtype=torch.int32, device=dev))     # (no memset launch while segments are off)
     epochs = iter(range(1, n_win + 1))       # a window's walks publish their states as its epoch (no re-zeroing)
 
     def sequential(lo, hi):
