@@ -11,11 +11,11 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    "reference"): through a reference m per key channel on tensor cores, [k_r 2^(G_r - m)] [k_c 2^(m - G_c)]^T,
    where every exponent of the block stays within +-124 (``diag_range``; 96 on the fp32 path) and every factor
    comes out finite (raw q, k are not yet normalised: ``_all_finite``; the first launch stops at a block's first key
-   slice out of range, ``diag_early_out``). Then (``fallback_form`` "halves", the default) a second launch takes
-   the other blocks by halves on tensor cores: the pairs inside each 8-row half through the half's own balanced
-   reference (the same range, now for half the decay), the pairs across the halves through the row between them
-   (both factors <= 1 for any gate); and a third launch the column walk for the blocks out of that range too
-   (decays past ~2^-248 within 8 tokens: gates near raw -1e4). H200, 2026-11-30 (thirteenth session), anchors'
+   slice out of range, ``diag_early_out``). Then (``fallback_form`` "halves", the default over 16-token chunks; the
+   64-token path keeps the walk) a second launch takes the other blocks by halves on tensor cores: the pairs
+   inside each 8-row half through the half's own balanced reference (the same range, now for half the decay), the
+   pairs across the halves through the row between them (both factors <= 1 for any gate); and a third launch the
+   column walk for the blocks out of that range too (decays past ~2^-248 within 8 tokens: gates near raw -1e4). H200, 2026-11-30 (thirteenth session), anchors'
    gates: 1x32768 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560, where about half the blocks had taken the walk;
    fla-init gates (no block out of range) within 0.02 ms. "halves" as the first launch (``diag_form``) is faster
    still with the anchors' gates (3.766 ms) and 0.2 ms slower with fla-init gates. The walk ("walk";
@@ -698,10 +698,18 @@ def _pair_steps(S, c0, c1, c_out, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_
     return S
 
 
+@triton.jit
+def _wait_for(flag, epoch):
+    """Spin until the segment flag ``flag`` holds ``epoch`` (acquire: what its segment stored before is visible)."""
+    seen = tl.atomic_add(flag, 0, sem="acquire")
+    while seen < epoch:
+        seen = tl.atomic_add(flag, 0, sem="acquire")
+
+
 @triton.jit(do_not_specialize=["win_lo", "win_hi", "epoch", "warm_max"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, seg_ptr, flag_ptr,
+    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, seg_ptr, flag_ptr, ticket_ptr,
     s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, epoch, warm_max,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
@@ -718,12 +726,23 @@ def _chunk_inter_kernel(
     chunks: once their sum reaches -SEG_FORGET the state at its first chunk depends on the state before them by
     less than 2^-SEG_FORGET of its norm, so it walks them from zero (a warm-up, no outputs); reaching the window's
     first chunk it starts from the slot as segment 0 does; otherwise it waits for segment s - 1's final state
-    (``seg_ptr``, published with ``flag_ptr`` = epoch; a lower block index, so it runs first or beside it). The
-    window's last segment writes the slot."""
-    n = tl.program_id(0) // SEG
-    sg = tl.program_id(0) % SEG
-    h = tl.program_id(1)
-    vb = tl.program_id(2)
+    (``seg_ptr``, published with ``flag_ptr`` = epoch). Programs take their (sequence, segment, head, value block)
+    from a ticket in the order they start (``ticket_ptr``, one counter per window), so a segment only ever waits for
+    one that has started: no assumption on the order the GPU starts blocks in. The window's last segment writes the
+    slot, once every earlier segment has published (each read the slot, if at all, before)."""
+    NVB: tl.constexpr = V // BV
+    if SEG > 1:
+        ticket = tl.atomic_add(ticket_ptr + epoch - 1, 1)
+        g0 = tl.num_programs(0)
+        pid0 = ticket % g0
+        h = (ticket // g0) % H
+        vb = ticket // (g0 * H)
+    else:
+        pid0 = tl.program_id(0)
+        h = tl.program_id(1)
+        vb = tl.program_id(2)
+    n = pid0 // SEG
+    sg = pid0 % SEG
     c_first = tl.load(chunk_off_ptr + n)
     c_end = tl.load(chunk_off_ptr + n + 1)
     c0 = tl.maximum(c_first, win_lo)
@@ -770,11 +789,7 @@ def _chunk_inter_kernel(
         if (start > c0) & (forgot > -SEG_FORGET):
             # the look-back ended before the state was forgotten: segment sg - 1's final state
             start = s_lo
-            NVB: tl.constexpr = V // BV
-            flag = flag_ptr + ((n * SEG + sg - 1) * H + h) * NVB + vb
-            seen = tl.atomic_add(flag, 0, sem="acquire")
-            while seen < epoch:
-                seen = tl.atomic_add(flag, 0, sem="acquire")
+            _wait_for(flag_ptr + ((n * SEG + sg - 1) * H + h) * NVB + vb, epoch)
             ws = seg_ptr + ((n * SEG + sg - 1) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
             S = tl.load(ws, cache_modifier=".cg")
     if start == c0:
@@ -831,8 +846,10 @@ def _chunk_inter_kernel(
             ws = seg_ptr + ((n * SEG + sg) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
             tl.store(ws, S)
             tl.debug_barrier()
-            tl.atomic_xchg(flag_ptr + ((n * SEG + sg) * H + h) * (V // BV) + vb, epoch, sem="release")
+            tl.atomic_xchg(flag_ptr + ((n * SEG + sg) * H + h) * NVB + vb, epoch, sem="release")
         else:
+            for j in range(0, sg):        # the earlier segments are done with the slot
+                _wait_for(flag_ptr + ((n * SEG + j) * H + h) * NVB + vb, epoch)
             tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
     else:
         tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
@@ -845,8 +862,9 @@ def as_heads(x, H, D):
 
 
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
-# diagonal kernel's reference launches: the whole block's and by halves), "fallback_warps" (its walk launches) and
-# "BVI" take one value or one per chunk length. "inter_form" None: "pairs" over 16-token chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
+# diagonal kernel's reference launches: the whole block's and by halves), "fallback_form" (by halves over 16-token
+# chunks, where it was measured; the walk over 64), "fallback_warps" (its walk launches) and "BVI" take one value or
+# one per chunk length. "inter_form" None: "pairs" over 16-token chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
 # 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
 # ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
 # window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
@@ -865,7 +883,7 @@ def as_heads(x, H, D):
 # halves for the blocks out of the whole block's range before the walk (thirteenth session: anchors' gates 1x32768
 # 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
-             diag_form="reference", fallback_form="halves", diag_early_out=True, diag_ref="balanced",
+             diag_form="reference", fallback_form={BC: "halves", BT: "walk"}, diag_early_out=True, diag_ref="balanced",
              diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
              ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None,
              ek_dtype=torch.float16,
@@ -1040,16 +1058,17 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
     n_seg, warm_max = _segment_settings(cfg, form)
     lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.float32, device=dev)
-    seg_states = torch.empty(N * n_seg if n_seg > 1 else 1, H, V, K, dtype=torch.float32, device=dev)
-    flags = (torch.zeros(N * n_seg * H * (V // bv), dtype=torch.int32, device=dev) if n_seg > 1 else
-             torch.empty(1, dtype=torch.int32, device=dev))     # (no memset launch while segments are off)
+    seg_states = torch.empty(N * n_seg * H * V * K if n_seg > 1 else 1, dtype=torch.float32, device=dev)
+    # the segments' flags, then one ticket counter per window (no memset launch while segments are off)
+    flags = (torch.zeros(N * n_seg * H * (V // bv) + n_win, dtype=torch.int32, device=dev) if n_seg > 1 else
+             torch.empty(1, dtype=torch.int32, device=dev))
     epochs = iter(range(1, n_win + 1))       # a window's walks publish their states as its epoch (no re-zeroing)
 
     def sequential(lo, hi):
         if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
             _chunk_inter_kernel[(N * n_seg, H, V // bv)](
                 w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off, lb, seg_states,
-                flags, o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
+                flags, flags[-n_win:], o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
                 recurrent_state.stride(2), lo, hi, next(epochs), warm_max,
                 H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
                 PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, num_warps=warps, num_stages=stages)
@@ -1156,7 +1175,7 @@ def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nch
     ``_chunk_diag_kernel`` in the configured form; a reference form launches again for the blocks it left out of
     range (``_diag_launches``)."""
     H, K = q.shape[1:]
-    form, fallback = _diag_form(cfg["diag_form"]), _diag_form(cfg["fallback_form"])
+    form, fallback = _diag_form(cfg["diag_form"]), _diag_form(_per_chunk(cfg["fallback_form"], bt))
     per_chunk = (bt // BC) * H
     bkd = _diag_key_slice(cfg, K, bt)
     for f, skip_done in _diag_launches(form, fallback):
@@ -1192,9 +1211,10 @@ def _check_diag_settings(cfg, K, bt):
     bkd = _diag_key_slice(cfg, K, bt)
     if bkd < 16 or K % bkd or bkd & (bkd - 1):
         raise ValueError(f"diag_bk={bkd!r}: expected a power of two from 16 to the key width {K} (or None: all of it)")
-    if _diag_form(cfg["fallback_form"]) not in (0, 1, 4) or cfg["diag_form"] == cfg["fallback_form"] == "halves":
-        raise ValueError(f"fallback_form={cfg['fallback_form']!r}: expected 'walk', 'product' or 'halves' (this one "
-                         f"after diag_form='reference' only)")
+    fallback = _per_chunk(cfg["fallback_form"], bt)
+    if _diag_form(fallback) not in (0, 1, 4) or cfg["diag_form"] == fallback == "halves":
+        raise ValueError(f"fallback_form={fallback!r}: expected 'walk', 'product' or 'halves' (this one after "
+                         f"diag_form='reference' only)")
     if cfg["diag_ref"] not in ("row", "balanced"):
         raise ValueError(f"diag_ref={cfg['diag_ref']!r}: expected 'row' or 'balanced'")
 

@@ -20,7 +20,7 @@ ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, 
             slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf, kg_ptr=bf,
             aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf, state_ptr=f32, init_ptr="*i1",
             init_slot_ptr="*i32", idx_ptr="*i32", x_ptr=bf, y_ptr=bf, done_ptr="*i8", lb_ptr=f32, seg_ptr=f32,
-            flag_ptr="*i32")
+            flag_ptr="*i32", ticket_ptr="*i32")
 done = []
 
 def check(label, k):

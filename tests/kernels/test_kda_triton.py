@@ -123,7 +123,8 @@ DESIGNS = [{}, dict(chunk=64, inter_form="rows", diag_form="walk"),
            dict(chunk=16, diag_form="halves", fallback_form="walk", diag_bk=16),
            dict(chunk=64, inter_form="rows", diag_form="halves", fallback_form="product"),
            dict(chunk=16, inter_segments=3, segment_warmup=64),
-           dict(chunk=16, inter_segments=4, segment_warmup=0, overlap_windows=3)]
+           dict(chunk=16, inter_segments=4, segment_warmup=0, overlap_windows=3),
+           dict(chunk=64, diag_bk=32, fallback_form="halves")]
 DESIGN_IDS = ["-".join(str(v) for v in d.values()) or "default" for d in DESIGNS]
 
 
