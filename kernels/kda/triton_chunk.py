@@ -15,12 +15,13 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    64-token path keeps the walk) a second launch takes the other blocks by halves on tensor cores: the pairs
    inside each 8-row half through the half's own balanced reference (the same range, now for half the decay), the
    pairs across the halves through the row between them (both factors <= 1 for any gate); and a third launch the
-   column walk for the blocks out of that range too (decays past ~2^-248 within 8 tokens: gates near raw -1e4). H200, 2026-11-30 (thirteenth session), anchors'
-   gates: 1x32768 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560, where about half the blocks had taken the walk;
-   fla-init gates (no block out of range) within 0.02 ms. "halves" as the first launch (``diag_form``) is faster
-   still with the anchors' gates (3.766 ms) and 0.2 ms slower with fla-init gates. The walk ("walk";
-   "product" carries the decays as a running product) takes one column at a time on raw q, k, last to first,
-   with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per element.
+   column walk for the blocks out of that range too (decays past ~2^-248 within 8 tokens: gates near raw -1e4).
+   H200, 2026-11-30 (thirteenth session), anchors' gates: 1x32768 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560, where
+   about half the blocks had taken the walk; fla-init gates (no block out of range) within 0.02 ms. "halves" as
+   the first launch (``diag_form``) is faster still with the anchors' gates (3.766 ms) and 0.2 ms slower with
+   fla-init gates. The walk ("walk"; "product" carries the decays as a running product) takes one column at a time
+   on raw q, k, last to first, with 2^(G_r - G_c) from a running fp32 sum of log2 decays <= 0, one exp2 per
+   element.
    ``diag_ref``: the reference m, "balanced" (the default: halfway between the decays of the sub-block's first and
    last rows, so |E| is at most half its decay) or "row" (its middle row p, m = G_p).
 2. ``_chunk16_kernel``, one program per (16-token chunk, head): Kimi's gate ``g = -exp(A_log) *
@@ -283,8 +284,8 @@ def _sliced_reference_pairs(q_ptr, k_ptr, g_ptr, dtb_ptr, t0, eos, h, ri, neg_a,
     x_qk = tl.zeros([BC, BC], dtype=tl.float32)
     big = tl.zeros([BC, BKD], dtype=tl.float32)
     for k0 in range(0, K, BKD):
-        # EARLY_OUT (the default): once a slice has left the range the block goes to the walk, so the
-        # remaining slices are skipped
+        # EARLY_OUT (the default): once a slice has left the range the block goes to the next launch (halves or
+        # the walk), so the remaining slices are skipped
         if not EARLY_OUT or tl.max(tl.max(big, axis=1), axis=0) <= RANGE:
             kc = k0 + tl.arange(0, BKD)
             qs = tl.load(q_ptr + (t0 + ri)[:, None] * s_qt + h * s_qh + kc[None, :], mask=live, other=0.0)
@@ -699,6 +700,19 @@ def _pair_steps(S, c0, c1, c_out, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_
 
 
 @triton.jit
+def _segment_flag(flag_ptr, n, sg, h, vb, SEG: tl.constexpr, H: tl.constexpr, NVB: tl.constexpr):
+    """The published-state flag of segment ``sg`` of sequence ``n`` for (head, value block)."""
+    return flag_ptr + ((n * SEG + sg) * H + h) * NVB + vb
+
+
+@triton.jit
+def _segment_state(seg_ptr, n, sg, h, vc, kc, SEG: tl.constexpr, H: tl.constexpr, V: tl.constexpr,
+                   K: tl.constexpr):
+    """Where segment ``sg`` of sequence ``n`` publishes its final state rows ``vc`` of head h ([BV, K] addresses)."""
+    return seg_ptr + ((n * SEG + sg) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
+
+
+@triton.jit
 def _wait_for(flag, epoch):
     """Spin until the segment flag ``flag`` holds ``epoch`` (acquire: what its segment stored before is visible)."""
     seen = tl.atomic_add(flag, 0, sem="acquire")
@@ -789,9 +803,8 @@ def _chunk_inter_kernel(
         if (start > c0) & (forgot > -SEG_FORGET):
             # the look-back ended before the state was forgotten: segment sg - 1's final state
             start = s_lo
-            _wait_for(flag_ptr + ((n * SEG + sg - 1) * H + h) * NVB + vb, epoch)
-            ws = seg_ptr + ((n * SEG + sg - 1) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
-            S = tl.load(ws, cache_modifier=".cg")
+            _wait_for(_segment_flag(flag_ptr, n, sg - 1, h, vb, SEG, H, NVB), epoch)
+            S = tl.load(_segment_state(seg_ptr, n, sg - 1, h, vc, kc, SEG, H, V, K), cache_modifier=".cg")
     if start == c0:
         if (tl.load(init_ptr + n) != 0) | (c0 > c_first):
             S = tl.load(state_ptr + s_off).to(tl.float32)
@@ -843,13 +856,12 @@ def _chunk_inter_kernel(
     if SEG > 1:
         if s_hi < c1:
             # a segment before the window's last: publish the final state for the next one
-            ws = seg_ptr + ((n * SEG + sg) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
-            tl.store(ws, S)
+            tl.store(_segment_state(seg_ptr, n, sg, h, vc, kc, SEG, H, V, K), S)
             tl.debug_barrier()
-            tl.atomic_xchg(flag_ptr + ((n * SEG + sg) * H + h) * NVB + vb, epoch, sem="release")
+            tl.atomic_xchg(_segment_flag(flag_ptr, n, sg, h, vb, SEG, H, NVB), epoch, sem="release")
         else:
             for j in range(0, sg):        # the earlier segments are done with the slot
-                _wait_for(flag_ptr + ((n * SEG + j) * H + h) * NVB + vb, epoch)
+                _wait_for(_segment_flag(flag_ptr, n, j, h, vb, SEG, H, NVB), epoch)
             tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
     else:
         tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
@@ -864,12 +876,12 @@ def as_heads(x, H, D):
 # Launch settings per input dtype; the benchmark may override them through ``_config``. "diag_bk", "diag_warps" (the
 # diagonal kernel's reference launches: the whole block's and by halves), "fallback_form" (by halves over 16-token
 # chunks, where it was measured; the walk over 64), "fallback_warps" (its walk launches) and "BVI" take one value or
-# one per chunk length. "inter_form" None: "pairs" over 16-token chunks, "rows" over 64; "BV", "inter16_warps", "inter16_stages" None: by batch shape (``inter16_launch`` over
-# 16-token chunks, ``inter_block_v`` for "BV" over 64); "overlap_windows" (16-token chunks; None: by batch shape,
-# ``overlap_window_count``) launches the chunk kernel and the sequential walk in that many windows of chunks, each
-# window's walk on a second stream beside the next window's chunk kernel (``_in_windows``; the diagonal kernel runs
-# first, over every chunk); "inter_segments" (1: off) and "segment_warmup" (the most chunks a segment looks back):
-# the walk in segments (``_chunk_inter_kernel``).
+# one per chunk length. "inter_form" None: "pairs" over 16-token chunks, "rows" over 64; "BV", "inter16_warps",
+# "inter16_stages" None: by batch shape (``inter16_launch`` over 16-token chunks, ``inter_block_v`` for "BV" over
+# 64); "overlap_windows" (16-token chunks; None: by batch shape, ``overlap_window_count``) launches the chunk kernel
+# and the sequential walk in that many windows of chunks, each window's walk on a second stream beside the next
+# window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off)
+# and "segment_warmup" (the most chunks a segment looks back): the walk in segments (``_chunk_inter_kernel``).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -883,9 +895,9 @@ def as_heads(x, H, D):
 # halves for the blocks out of the whole block's range before the walk (thirteenth session: anchors' gates 1x32768
 # 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
-             diag_form="reference", fallback_form={BC: "halves", BT: "walk"}, diag_early_out=True, diag_ref="balanced",
-             diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32}, BV=None,
-             ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None,
+             diag_form="reference", fallback_form={BC: "halves", BT: "walk"}, diag_early_out=True,
+             diag_ref="balanced", diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32},
+             BV=None, ws_dtype=None, inter16_warps=None, inter16_stages=None, overlap_windows=None,
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
@@ -1163,7 +1175,7 @@ def _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chun
 
 def _diag_workspace(nchb, H, bt, cfg, device):
     """The diagonal kernel's outputs for ``nchb`` chunks of ``bt`` tokens: the pair blocks [nchb, H, 2, bt, BC] (kk,
-    qk) and, for the reference form, its per-item in-range flags."""
+    qk) and, for the reference forms, their per-item in-range flags."""
     dd = torch.empty(nchb, H, 2, bt, BC, dtype=torch.float32, device=device)
     items = nchb * (bt // BC) * H
     done = torch.empty(items if _diag_form(cfg["diag_form"]) >= 3 else 1, dtype=torch.int8, device=device)
