@@ -109,7 +109,7 @@ def kda_prefill():
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
-                state_ptr=f32, init_ptr="*i1", lb_ptr=f32, seg_ptr=f32, flag_ptr="*i32",
+                state_ptr=f32, init_ptr="*i1", lb_ptr="*i32", flag_ptr="*i32",
                 ticket_ptr="*i32")
     for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
                                     (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),
@@ -135,12 +135,13 @@ def kda_prefill():
         report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time" + (", bound" if bound else ""),
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
-    for form, bv, nw, ns, seg in [(1, 32, 2, 3, 1), (1, 64, 4, 3, 1), (3, 16, 2, 4, 1), (3, 16, 2, 3, 1),
-                                  (3, 16, 4, 3, 1), (3, 32, 2, 3, 1), (3, 32, 4, 3, 1), (3, 64, 4, 3, 1),
-                                  (3, 64, 8, 3, 1), (3, 16, 2, 4, 8), (3, 64, 4, 3, 8)]:
+    for form, bv, nw, ns, seg, role in [(1, 32, 2, 3, 1, 0), (1, 64, 4, 3, 1, 0), (3, 16, 2, 4, 1, 0),
+                                        (3, 16, 2, 3, 1, 0), (3, 16, 4, 3, 1, 0), (3, 32, 2, 3, 1, 0),
+                                        (3, 32, 4, 3, 1, 0), (3, 64, 4, 3, 1, 0), (3, 64, 8, 3, 1, 0),
+                                        (3, 16, 2, 4, 4, 1), (3, 64, 4, 3, 4, 2), (3, 32, 4, 3, 4, 2)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form,
-                     SEG=seg)
-        name = {1: "rows", 3: "pairs"}[form] + (f", {seg} segments" if seg > 1 else "")
+                     SEG=seg, WARM=64, ROLE=role)
+        name = {1: "rows", 3: "pairs"}[form] + {0: "", 1: f", plain beside {seg} segments", 2: f", {seg} segments"}[role]
         report(f"kda inter {name} bf16/fp32, 16-token chunks, BV {bv} warps {nw} stages {ns}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=ns))
     for form in ("cols", "rows", "cols_kmajor"):

@@ -74,6 +74,8 @@ from kernels.device import num_sms
 
 BT = 64          # the optional long chunk length (``_config["chunk"] = 64``)
 SEG_FORGET = tl.constexpr(96.0)   # inter_segments: a warm-up from zero once the state transfer's bound is below 2^-96
+LB_SCALE = tl.constexpr(256.0)    # the per-chunk bounds in fixed point (1/256 of a log2 unit: exact sums in any order)
+LB_FLOOR = tl.constexpr(-128.0)   # ... clamped from below (any chunk past -SEG_FORGET alone is enough; no overflow)
 BC = 16          # sub-block length, and the default chunk length
 
 
@@ -582,7 +584,8 @@ def _chunk16_kernel(
     kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.) The launch
     covers the chunks from c_lo on (a window of them, ``overlap_windows``). BOUND (``inter_segments``): also the
     log2 of a bound on the norm of the chunk's state transfer, the sum over its tokens of the largest decay of any
-    key channel (each token's step is a contraction, I - beta k k^T, times its decays), into lb [chunks, H]."""
+    key channel (each token's step is a contraction, I - beta k k^T, times its decays), into lb [chunks, H] (int32,
+    in units of 1/LB_SCALE, rounded up, at least LB_FLOOR).""" 
     c = c_lo + tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -615,7 +618,9 @@ def _chunk16_kernel(
     tl.store(kg_ptr + off, (ks * tl.exp2(X)).to(wsd))
     tl.store(gl_ptr + base * K + cols, tl.exp2(tl.sum(g2, axis=0)))
     if BOUND:
-        tl.store(lb_ptr + base, tl.sum(tl.max(g2, axis=1), axis=0))
+        # rounded up and clamped from below: still a bound, and integer sums that any launch adds up alike
+        lb = tl.maximum(tl.sum(tl.max(g2, axis=1), axis=0), LB_FLOOR)
+        tl.store(lb_ptr + base, tl.ceil(lb * LB_SCALE).to(tl.int32))
     rr = ri[:, None]
     cc = ri[None, :]
     tl.store(aqk_ptr + base * BC * BC + rr * BC + cc,
@@ -700,33 +705,67 @@ def _pair_steps(S, c0, c1, c_out, bos, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr, kg_
 
 
 @triton.jit
-def _segment_flag(flag_ptr, n, sg, h, vb, SEG: tl.constexpr, H: tl.constexpr, NVB: tl.constexpr):
-    """The published-state flag of segment ``sg`` of sequence ``n`` for (head, value block)."""
-    return flag_ptr + ((n * SEG + sg) * H + h) * NVB + vb
+def _warm_up_start(lb_ptr, b, c_first, h, warm_max, H: tl.constexpr, WARM: tl.constexpr):
+    """Where a segment whose outputs start at chunk b walks from zero: the latest chunk j of at most warm_max chunks
+    before b (not before the sequence's first, c_first) whose bounds lb over [j, b) sum to -SEG_FORGET or less (the
+    state at b then depends on the state at j by less than 2^-SEG_FORGET of its norm); -1 if there is none (the
+    segment depends on the one before: that segment's walk goes on through it). The integer bounds make the sum,
+    and so the answer, the same in every program that asks."""
+    i = tl.arange(0, WARM)
+    j = b - WARM + i
+    ok = (j >= c_first) & (i >= WARM - warm_max)
+    x = tl.load(lb_ptr + j * H + h, mask=ok, other=0)
+    suffix = tl.sum(x, axis=0) - tl.cumsum(x, axis=0) + x            # the bounds' sum over [j, b)
+    last = tl.max(tl.where(ok & (suffix.to(tl.float32) <= -SEG_FORGET * LB_SCALE), i, -1), axis=0)
+    return tl.where(last >= 0, b - WARM + last, -1)
 
 
 @triton.jit
-def _segment_state(seg_ptr, n, sg, h, vc, kc, SEG: tl.constexpr, H: tl.constexpr, V: tl.constexpr,
-                   K: tl.constexpr):
-    """Where segment ``sg`` of sequence ``n`` publishes its final state rows ``vc`` of head h ([BV, K] addresses)."""
-    return seg_ptr + ((n * SEG + sg) * H + h).to(tl.int64) * V * K + vc[:, None] * K + kc[None, :]
+def _segment_bound(c0, c1, k, SEG: tl.constexpr):
+    """The first chunk of segment k of the window's chunks [c0, c1) (c1 past the last; an even length each, so
+    that the pair steps of a segment's outputs start where the previous segment's end)."""
+    seg_len = (c1 - c0 + SEG - 1) // SEG
+    seg_len += seg_len % 2
+    return tl.minimum(c0 + k * seg_len, c1)
+
+
+@triton.jit
+def _slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM: tl.constexpr):
+    """The addresses of the state rows ``vc`` of head h in ``slot``: [BV, K], or [K, BV] key-major (FORM 2)."""
+    if FORM == 2:
+        rows = vc[None, :] * s_sv + kc[:, None]
+    else:
+        rows = vc[:, None] * s_sv + kc[None, :]
+    return state_ptr + slot.to(tl.int64) * s_ss + h * s_sh + rows
 
 
 @triton.jit
 def _wait_for(flag, epoch):
-    """Spin until the segment flag ``flag`` holds ``epoch`` (acquire: what its segment stored before is visible)."""
+    """Spin until ``flag`` holds ``epoch`` (acquire)."""
     seen = tl.atomic_add(flag, 0, sem="acquire")
     while seen < epoch:
         seen = tl.atomic_add(flag, 0, sem="acquire")
 
 
+@triton.jit
+def _splits(lb_ptr, c0, c1, c_first, h, warm_max, H: tl.constexpr, SEG: tl.constexpr, WARM: tl.constexpr):
+    """Whether any segment after the first of the window's chunks [c0, c1), split in SEG, starts on its own (its
+    look-back finds the state before it forgotten, ``_warm_up_start``): the same answer in every program."""
+    found = c0 < 0
+    for k in tl.static_range(1, SEG):
+        b = _segment_bound(c0, c1, k, SEG)
+        found = found | ((b < c1) & (_warm_up_start(lb_ptr, b, c_first, h, warm_max, H, WARM) >= 0))
+    return found
+
+
 @triton.jit(do_not_specialize=["win_lo", "win_hi", "epoch", "warm_max"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, seg_ptr, flag_ptr, ticket_ptr,
+    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, flag_ptr, ticket_ptr,
     s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, epoch, warm_max,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
+    WARM: tl.constexpr, ROLE: tl.constexpr,
 ):
     """One program per (sequence, head, block of value rows) walks the sequence's chunks inside the window of global
     chunk indices [win_lo, win_hi) (all of them in a launch without windows): the state starts from the slot when
@@ -734,48 +773,70 @@ def _chunk_inter_kernel(
     slot or zeros as ``init_ptr`` says, and goes back into the slot at the window's end. A sequence with no chunk in
     the window is left alone (an empty sequence is handled by every window alike).
 
-    SEG > 1 (``inter_segments``, "pairs" only): SEG programs per (sequence, head, block of value rows) split the
-    window's chunks into segments walked at once. Segment s > 0 looks back from its first chunk over the per-chunk
-    bounds lb (log2 of a bound on the norm of the chunk's state transfer, ``_chunk16_kernel``) for at most warm_max
-    chunks: once their sum reaches -SEG_FORGET the state at its first chunk depends on the state before them by
-    less than 2^-SEG_FORGET of its norm, so it walks them from zero (a warm-up, no outputs); reaching the window's
-    first chunk it starts from the slot as segment 0 does; otherwise it waits for segment s - 1's final state
-    (``seg_ptr``, published with ``flag_ptr`` = epoch). Programs take their (sequence, segment, head, value block)
-    from a ticket in the order they start (``ticket_ptr``, one counter per window), so a segment only ever waits for
-    one that has started: no assumption on the order the GPU starts blocks in. The window's last segment writes the
-    slot, once every earlier segment has published (each read the slot, if at all, before)."""
+    The walk in segments (``inter_segments`` = SEG > 1, "pairs" only) takes two launches, each for the (sequence,
+    head) pairs the data give it (``_splits``, from the per-chunk bounds lb): ROLE 1 walks the pairs whose window
+    does not split, as above (ROLE 0: every pair, no segments); ROLE 2 the others, with SEG programs per (sequence,
+    head, block of value rows), one per segment. A segment s > 0 whose look-back (``_warm_up_start``, at most
+    warm_max chunks, may reach into earlier windows) finds the state before it forgotten walks from zero from there
+    (a warm-up, no outputs) and then its own chunks: such segments run at once. A segment whose look-back finds no
+    such chunk ends its program at once, and the walk before it goes on through its chunks: no program waits for
+    another's walk. Only segment 0 reads the slot; the program whose walk reaches the window's end writes it, after
+    segment 0 has said it read it (``flag_ptr`` = epoch; ROLE 2 programs take their (sequence, segment, head, value
+    block) from a ticket in the order they start, ``ticket_ptr``, so segment 0 has started by then, whatever order
+    the GPU starts blocks in). Data whose decays are too slow for any warm-up thus keep the plain walk's launch (a
+    long sequence's walk is latency-bound: many programs of few value rows), and those that allow one take the
+    segments (fewer value rows' loads per row)."""
     NVB: tl.constexpr = V // BV
-    if SEG > 1:
+    SPLIT: tl.constexpr = ROLE == 2
+    if SPLIT:
         ticket = tl.atomic_add(ticket_ptr + epoch - 1, 1)
         g0 = tl.num_programs(0)
         pid0 = ticket % g0
         h = (ticket // g0) % H
         vb = ticket // (g0 * H)
+        n = pid0 // SEG
+        sg = pid0 % SEG
     else:
-        pid0 = tl.program_id(0)
+        n = tl.program_id(0)
         h = tl.program_id(1)
         vb = tl.program_id(2)
-    n = pid0 // SEG
-    sg = pid0 % SEG
+        sg = 0
     c_first = tl.load(chunk_off_ptr + n)
     c_end = tl.load(chunk_off_ptr + n + 1)
     c0 = tl.maximum(c_first, win_lo)
     c1 = tl.minimum(c_end, win_hi)
     if (c0 >= c1) & (c_first < c_end):
         return
-    s_lo = c0                                            # this program's chunks [s_lo, s_hi)
-    s_hi = c1
-    if SEG > 1:
-        if c0 < c1:
-            seg_len = (c1 - c0 + SEG - 1) // SEG
-            seg_len += seg_len % 2
-            s_lo = tl.minimum(c0 + sg * seg_len, c1)
-            s_hi = tl.minimum(s_lo + seg_len, c1)
-            if (sg > 0) & (s_lo >= s_hi):
-                return
-        elif sg > 0:
-            return                                       # an empty sequence: its first segment keeps the slot
     slot = tl.load(slot_ptr + n)
+    if ROLE > 0:
+        # an empty sequence or a null slot (no bounds: the chunk kernel skips it) goes to the plain launch, which
+        # keeps the slot or writes the zero outputs
+        splits = c0 < 0
+        if (slot > 0) & (c0 < c1):
+            splits = _splits(lb_ptr, c0, c1, c_first, h, warm_max, H, SEG, WARM)
+        if splits != SPLIT:
+            return
+    reads_slot = (tl.load(init_ptr + n) != 0) | (c0 > c_first)
+    s_lo = c0                                            # the chunks whose outputs this program writes [s_lo, s_hi)
+    s_hi = c1
+    start = c0                                           # where its walk starts: s_lo, or before it (warm-up)
+    flag = flag_ptr + (n * H + h) * NVB + vb
+    if SPLIT:
+        if sg > 0:
+            s_lo = _segment_bound(c0, c1, sg, SEG)
+            if s_lo >= c1:
+                return
+            start = _warm_up_start(lb_ptr, s_lo, c_first, h, warm_max, H, WARM)
+            if start < 0:
+                return                                   # the segment before walks through these chunks
+        k = sg + 1                                       # the walk ends where the next segment starts on its own
+        looking = k < SEG
+        while looking:
+            b = _segment_bound(c0, c1, k, SEG)
+            on_own = (b < c1) & (_warm_up_start(lb_ptr, b, c_first, h, warm_max, H, WARM) >= 0)
+            s_hi = tl.where(on_own, b, s_hi)
+            k += 1
+            looking = (b < c1) & (on_own == 0) & (k < SEG)
     eos = tl.load(cu_ptr + n + 1)
     bos = tl.load(cu_ptr + n) + (s_lo - c_first) * BT     # the first token of the program's chunks
     rows = tl.arange(0, BT)
@@ -788,29 +849,20 @@ def _chunk_inter_kernel(
             tl.store(o_base + tok[:, None].to(tl.int64) * s_ot, tl.zeros([BT, BV], dtype=o_ptr.dtype.element_ty),
                      mask=(tok < eos)[:, None])
         return
-    s_off = slot.to(tl.int64) * s_ss + h * s_sh + vc[:, None] * s_sv + kc[None, :]
     if FORM == 2:                     # the state kept key-major in registers, S^T [K, BV]
-        s_off = slot.to(tl.int64) * s_ss + h * s_sh + vc[None, :] * s_sv + kc[:, None]
         S = tl.zeros([K, BV], dtype=tl.float32)
     else:
         S = tl.zeros([BV, K], dtype=tl.float32)
-    start = s_lo                                         # where the walk starts: s_lo, or before it (warm-up)
-    if SEG > 1:
-        forgot = 0.0
-        while (start > c0) & (forgot > -SEG_FORGET) & (s_lo - start < warm_max):
-            start -= 1
-            forgot += tl.load(lb_ptr + start * H + h)
-        if (start > c0) & (forgot > -SEG_FORGET):
-            # the look-back ended before the state was forgotten: segment sg - 1's final state
-            start = s_lo
-            _wait_for(_segment_flag(flag_ptr, n, sg - 1, h, vb, SEG, H, NVB), epoch)
-            S = tl.load(_segment_state(seg_ptr, n, sg - 1, h, vc, kc, SEG, H, V, K), cache_modifier=".cg")
-    if start == c0:
-        if (tl.load(init_ptr + n) != 0) | (c0 > c_first):
-            S = tl.load(state_ptr + s_off).to(tl.float32)
+    if reads_slot & (sg == 0):
+        S = tl.load(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM)).to(tl.float32)
+        if SPLIT:
+            if s_hi < c1:
+                # another program writes the slot at the window's end: tell it the slot has been read
+                tl.debug_barrier()
+                tl.atomic_xchg(flag, epoch, sem="release")
     if FORM == 3:
         S = _pair_steps(S, start, s_hi, s_lo, bos - (s_lo - start) * BT, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr,
-                        kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, SEG > 1)
+                        kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, SPLIT)
     else:
         for c in range(c0, c1):
             base = (c * H + h).to(tl.int64)
@@ -853,18 +905,17 @@ def _chunk_inter_kernel(
                          mask=(tok < eos)[:, None])
                 vk = (v_new * rk[:, None]).to(DOT_DT)                             # KG holds raw k: fold its norm here
                 S = S * gl[None, :] + tl.dot(tl.trans(vk), kg, input_precision=PREC)
-    if SEG > 1:
-        if s_hi < c1:
-            # a segment before the window's last: publish the final state for the next one
-            tl.store(_segment_state(seg_ptr, n, sg, h, vc, kc, SEG, H, V, K), S)
-            tl.debug_barrier()
-            tl.atomic_xchg(_segment_flag(flag_ptr, n, sg, h, vb, SEG, H, NVB), epoch, sem="release")
-        else:
-            for j in range(0, sg):        # the earlier segments are done with the slot
-                _wait_for(_segment_flag(flag_ptr, n, j, h, vb, SEG, H, NVB), epoch)
-            tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
+    # the slot's addresses again from a fresh load of its index: [BV, K] 64-bit offsets kept across the walk would
+    # hold registers the steps need (the walk's stores keep the compiler from reusing the first load)
+    slot = tl.load(slot_ptr + n)
+    if SPLIT:
+        if s_hi == c1:                                   # this walk reached the window's end
+            if (sg > 0) & reads_slot:
+                _wait_for(flag, epoch)                   # segment 0 is done with the slot
+            tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM),
+                     S.to(state_ptr.dtype.element_ty))
     else:
-        tl.store(state_ptr + s_off, S.to(state_ptr.dtype.element_ty))
+        tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM), S.to(state_ptr.dtype.element_ty))
 
 
 def as_heads(x, H, D):
@@ -880,8 +931,12 @@ def as_heads(x, H, D):
 # "inter16_stages" None: by batch shape (``inter16_launch`` over 16-token chunks, ``inter_block_v`` for "BV" over
 # 64); "overlap_windows" (16-token chunks; None: by batch shape, ``overlap_window_count``) launches the chunk kernel
 # and the sequential walk in that many windows of chunks, each window's walk on a second stream beside the next
-# window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off)
-# and "segment_warmup" (the most chunks a segment looks back): the walk in segments (``_chunk_inter_kernel``).
+# window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off),
+# "segment_warmup" (the most chunks a segment looks back) and "segment_launch" (value rows, warps, stages of the
+# segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``; off by default: H200,
+# 2026-12-01, fourteenth session, 1x32768 3.93 -> 3.51 ms without windows with the anchors' gates, but 3.53 -> 3.73
+# with fla-init gates, whose decays allow no segment and which lose the windows' overlap; inside the windows 3.82 and
+# 3.75).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -893,7 +948,9 @@ def as_heads(x, H, D):
 # windows where the walks fit one wave and the reference pairs' exponents to +-124 with the finite check (twelfth
 # session: anchors' gates 64x512 4.341 -> 4.143 ms, 1x32768 4.695 -> 4.489; o error 2.16e-3 -> 2.24e-3); the pairs by
 # halves for the blocks out of the whole block's range before the walk (thirteenth session: anchors' gates 1x32768
-# 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3).
+# 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3); the walk's slot addresses
+# formed again after the walk, not kept across it (fourteenth session: spills of the 64-row launch 128 -> 16;
+# 256x128 3.861 -> 3.737 ms with the anchors' gates, 3.549 -> 3.425 with fla-init gates).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
              diag_form="reference", fallback_form={BC: "halves", BT: "walk"}, diag_early_out=True,
              diag_ref="balanced", diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32},
@@ -901,11 +958,13 @@ _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallba
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
-             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2, inter_segments=1, segment_warmup=64)
+             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2, inter_segments=1, segment_warmup=64,
+             segment_launch=(64, 4, 3))
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
               prec_o="ieee", diag_range=96.0,       # factors far from 2^-126 (no subnormal ever near a kept pair)
               inter_dot="fp32", inter_prec="ieee", BV=32, inter_warps=4,
-              inter16_warps=4, inter16_stages=3)   # fp32 state products spill already at 4 warps; 2 would spill more
+              inter16_warps=4, inter16_stages=3,   # fp32 state products spill already at 4 warps; 2 would spill more
+              segment_launch=(32, 4, 3))
 
 
 def _diag_form(form: str) -> int:
@@ -1068,22 +1127,29 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         n_win = overlap_window_count(N * H, V, num_sms(dev), nchb) if bt == BC else 1
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
-    n_seg, warm_max = _segment_settings(cfg, form)
-    lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.float32, device=dev)
-    seg_states = torch.empty(N * n_seg * H * V * K if n_seg > 1 else 1, dtype=torch.float32, device=dev)
-    # the segments' flags, then one ticket counter per window (no memset launch while segments are off)
-    flags = (torch.zeros(N * n_seg * H * (V // bv) + n_win, dtype=torch.int32, device=dev) if n_seg > 1 else
+    n_seg, warm_max, (bv_s, warps_s, stages_s) = _segment_settings(cfg, form, V)
+    lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.int32, device=dev)
+    # the slot-read flags per (sequence, head, value block of the segments' launch), then one ticket counter per
+    # window (no memset launch while segments are off)
+    flags = (torch.zeros(N * H * (V // bv_s) + n_win, dtype=torch.int32, device=dev) if n_seg > 1 else
              torch.empty(1, dtype=torch.int32, device=dev))
-    epochs = iter(range(1, n_win + 1))       # a window's walks publish their states as its epoch (no re-zeroing)
+    epochs = iter(range(1, n_win + 1))       # a window's flags are its epoch (no re-zeroing between windows)
+    consts = dict(H=H, K=K, V=V, BT=bt, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
+                  PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, WARM=triton.next_power_of_2(max(warm_max, 1)))
 
     def sequential(lo, hi):
-        if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
-            _chunk_inter_kernel[(N * n_seg, H, V // bv)](
-                w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off, lb, seg_states,
-                flags, flags[-n_win:], o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
-                recurrent_state.stride(2), lo, hi, next(epochs), warm_max,
-                H=H, K=K, V=V, BT=bt, BV=bv, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-                PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, num_warps=warps, num_stages=stages)
+        if cfg.get("skip_inter"):              # benchmarking aid: time the parallel kernels alone
+            return
+        args = (w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off, lb, flags,
+                flags[-n_win:], o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
+                recurrent_state.stride(2), lo, hi, next(epochs), warm_max)
+        # the plain walk (with segments: of the (sequence, head) pairs whose window does not split), then the
+        # segments (the others), each launch sizing its programs for its own case
+        _chunk_inter_kernel[(N, H, V // bv)](*args, BV=bv, ROLE=int(n_seg > 1), **consts, num_warps=warps,
+                                             num_stages=stages)
+        if n_seg > 1:
+            _chunk_inter_kernel[(N * n_seg, H, V // bv_s)](*args, BV=bv_s, ROLE=2, **consts, num_warps=warps_s,
+                                                           num_stages=stages_s)
 
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
@@ -1103,16 +1169,21 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     return o
 
 
-def _segment_settings(cfg: dict, form: int) -> tuple[int, int]:
-    """``inter_segments`` (the sequential walk split into that many segments per sequence, walked at once; 1: off)
-    and ``segment_warmup`` (the most chunks a segment looks back for a warm-up from zero), checked."""
-    n_seg, warm = cfg["inter_segments"], cfg["segment_warmup"]
+def _segment_settings(cfg: dict, form: int, V: int) -> tuple[int, int, tuple[int, int, int]]:
+    """``inter_segments`` (the sequential walk split into that many segments per window where the data allow,
+    walked at once; 1: off), ``segment_warmup`` (the most chunks a segment looks back for a warm-up from zero) and
+    ``segment_launch`` (the segments' launch: value rows, warps, stages), checked."""
+    n_seg, warm, launch = cfg["inter_segments"], cfg["segment_warmup"], cfg["segment_launch"]
     if not isinstance(n_seg, int) or isinstance(n_seg, bool) or n_seg < 1 or (n_seg > 1 and form != 3):
         raise ValueError(f"inter_segments={n_seg!r}: expected a whole number >= 1 (above 1 with inter_form 'pairs' "
                          f"only)")
-    if not isinstance(warm, int) or isinstance(warm, bool) or warm < 0:
-        raise ValueError(f"segment_warmup={warm!r}: expected a whole number of chunks >= 0")
-    return n_seg, warm
+    if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm <= 1024:
+        raise ValueError(f"segment_warmup={warm!r}: expected a whole number of chunks from 0 to 1024 (the look-back "
+                         f"loads them at once)")
+    if (not isinstance(launch, tuple) or len(launch) != 3 or launch[0] not in (16, 32, 64, 128) or
+            launch[1] not in (1, 2, 4, 8) or launch[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"segment_launch={launch!r}: expected (value rows 16/32/64/128, warps 1/2/4/8, stages 1-4)")
+    return n_seg, warm, (min(launch[0], V), launch[1], launch[2])
 
 
 def chunk_windows(n_chunks: int, n_windows: int) -> list[tuple[int, int]]:

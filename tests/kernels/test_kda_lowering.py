@@ -19,7 +19,7 @@ bf, f32 = "*bf16", "*fp32"
 ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
             slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf, kg_ptr=bf,
             aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf, state_ptr=f32, init_ptr="*i1",
-            init_slot_ptr="*i32", idx_ptr="*i32", x_ptr=bf, y_ptr=bf, done_ptr="*i8", lb_ptr=f32, seg_ptr=f32,
+            init_slot_ptr="*i32", idx_ptr="*i32", x_ptr=bf, y_ptr=bf, done_ptr="*i8", lb_ptr="*i32",
             flag_ptr="*i32", ticket_ptr="*i32")
 done = []
 
@@ -54,15 +54,19 @@ for prec, bound in (("tf32", False), ("ieee", False), ("tf32", True)):
                                                           num_warps=_FAST["chunk16_warps"]))
 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
 for form, dot, bv, nw in [(0, "fp32", 32, 4), (0, "bf16", 16, 4), (1, "bf16", 64, 8), (2, "bf16", 32, 8)]:
-    const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form, SEG=1)
+    const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form, SEG=1,
+                 WARM=64, ROLE=0)
     check(f"inter form={form} {dot} BV {bv}", compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw,
                                                              num_stages=2))
 # the launches the fast path picks over 16-token chunks (pairs; one long sequence: 16 rows on 2 warps), the exact
-# path's (fp32 pairs, 32 rows on 4 warps), and the one-sequence launch in 8 segments (inter_segments)
-for bv, nw, ns, dot, prec, seg in ((16, 2, 4, "bf16", "tf32", 1), (64, 4, 3, "bf16", "tf32", 1),
-                                   (32, 4, 3, "fp32", "ieee", 1), (16, 2, 4, "bf16", "tf32", 8)):
-    const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC=prec, FORM=3, SEG=seg)
-    check(f"inter pairs BV {bv} warps {nw} {dot} segments {seg}",
+# path's (fp32 pairs, 32 rows on 4 warps), and the walk in 4 segments (inter_segments: its plain launch for the
+# pairs that do not split, ROLE 1, and the segments' launch, ROLE 2)
+for bv, nw, ns, dot, prec, seg, role in ((16, 2, 4, "bf16", "tf32", 1, 0), (64, 4, 3, "bf16", "tf32", 1, 0),
+                                         (32, 4, 3, "fp32", "ieee", 1, 0), (16, 2, 4, "bf16", "tf32", 4, 1),
+                                         (64, 4, 3, "bf16", "tf32", 4, 2)):
+    const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC=prec, FORM=3, SEG=seg,
+                 WARM=64, ROLE=role)
+    check(f"inter pairs BV {bv} warps {nw} {dot} segments {seg} role {role}",
           compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw, num_stages=ns))
 check("decode", compile_kernel(_decode_kernel, ptrs, dict(H=32, K=128, V=128, BV=8, HAS_INIT=True),
                                floats=("scale",), num_warps=1))
@@ -76,4 +80,4 @@ print("LOWERED", len(done))
 
 
 def test_kda_kernels_lower_for_sm90(tmp_path):
-    assert "LOWERED 32" in run_lowering_script(_LOWER, tmp_path, timeout=1200)
+    assert "LOWERED 33" in run_lowering_script(_LOWER, tmp_path, timeout=1200)
