@@ -255,22 +255,18 @@ PREFILL_CONFIGS = {
     "fb_walk": dict(fallback_form="walk"),
     "halves": dict(diag_form="halves", fallback_form="walk"),
     "halves_bk16": dict(diag_form="halves", fallback_form="walk", diag_bk=16),
-    # thirteenth session, untimed: the sequential walk in segments at once (each after a warm-up from zero once the
-    # state-transfer bound falls below 2^-96, else waiting for the previous segment's state), without windows or
-    # inside the default windows, and with more value rows a program
-    "seg4": dict(inter_segments=4, overlap_windows=1),
-    "seg8": dict(inter_segments=8, overlap_windows=1),
-    "seg16": dict(inter_segments=16, overlap_windows=1),
-    "seg4_win": dict(inter_segments=4),
-    "seg8_bv32": dict(inter_segments=8, overlap_windows=1, BV=32, inter16_warps=4, inter16_stages=3),
-    "seg8_bv64": dict(inter_segments=8, overlap_windows=1, BV=64, inter16_warps=4, inter16_stages=3),
-    # the one-sequence walk is latency-bound at 2 programs an SM (96 KB of shared memory each at 4 stages); segments
-    # add programs, which only run at once with fewer stages: 3 stages 67 KB (3 an SM), 2 stages 38 KB (4 an SM, the
-    # register limit at 255 x 64 threads)
-    "seg8_s2": dict(inter_segments=8, overlap_windows=1, inter16_stages=2),
-    "seg16_s2": dict(inter_segments=16, overlap_windows=1, inter16_stages=2),
-    "seg8_s3": dict(inter_segments=8, overlap_windows=1, inter16_stages=3),
-    "seg4_win_s2": dict(inter_segments=4, inter16_stages=2),
+    # the sequential walk in segments at once (fourteenth session's form: per window, the (sequence, head) pairs where
+    # some segment's look-back finds the state forgotten, its bound below 2^-96, go to a launch of their own, one
+    # program per segment, 64 value rows on 4 warps at 3 stages unless "segment_launch" says otherwise; a segment
+    # whose look-back does not is walked through by the one before; the other pairs keep the plain launch)
+    "seg2": dict(inter_segments=2),
+    "seg4": dict(inter_segments=4),
+    "seg8": dict(inter_segments=8),
+    "seg4_bv32": dict(inter_segments=4, segment_launch=(32, 4, 3)),
+    "seg4_s2": dict(inter_segments=4, segment_launch=(64, 4, 2)),
+    "seg4_warm128": dict(inter_segments=4, segment_warmup=128),
+    "seg4_win1": dict(inter_segments=4, overlap_windows=1),
+    "seg8_win1": dict(inter_segments=8, overlap_windows=1),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)
