@@ -255,18 +255,17 @@ PREFILL_CONFIGS = {
     "fb_walk": dict(fallback_form="walk"),
     "halves": dict(diag_form="halves", fallback_form="walk"),
     "halves_bk16": dict(diag_form="halves", fallback_form="walk", diag_bk=16),
-    # the sequential walk in segments at once (fourteenth session's form: per window, the (sequence, head) pairs where
-    # some segment's look-back finds the state forgotten, its bound below 2^-96, go to a launch of their own, one
-    # program per segment, 64 value rows on 4 warps at 3 stages unless "segment_launch" says otherwise; a segment
-    # whose look-back does not is walked through by the one before; the other pairs keep the plain launch)
+    # the sequential walk in segments at once (fourteenth session's form: the (sequence, head) pairs where some
+    # segment's look-back finds the state forgotten, its bound below 2^-96, go to a launch of their own after every
+    # window, one program per segment of the sequence, 64 value rows on 4 warps at 3 stages unless "segment_launch"
+    # says otherwise; a segment whose look-back does not is walked through by the one before; the other pairs keep
+    # the plain launch in its windows)
     "seg2": dict(inter_segments=2),
     "seg4": dict(inter_segments=4),
     "seg8": dict(inter_segments=8),
     "seg4_bv32": dict(inter_segments=4, segment_launch=(32, 4, 3)),
-    "seg4_s2": dict(inter_segments=4, segment_launch=(64, 4, 2)),
     "seg4_warm128": dict(inter_segments=4, segment_warmup=128),
     "seg4_win1": dict(inter_segments=4, overlap_windows=1),
-    "seg8_win1": dict(inter_segments=8, overlap_windows=1),
 }
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)

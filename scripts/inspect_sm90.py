@@ -118,11 +118,12 @@ def kda_prefill():
                                     (BC, 3, "reference, early out", 32, 2), (BC, 3, "reference, early out", 32, 1),
                                     (BC, 3, "reference, early out, balanced", 32, 1),
                                     (BC, 4, "halves, early out", 32, 1), (BC, 4, "halves, early out", 32, 2),
-                                    (BC, 4, "halves, early out, fallback", 32, 1)):
+                                    (BC, 4, "halves, early out, fallback", 32, 1),
+                                    (BC, 3, "reference, early out, balanced, bounds", 32, 1)):
         k = compile_kernel(_chunk_diag_kernel, dict(ptrs, done_ptr="*i8"),
                            dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC="tf32",
                                 SKIP_DONE=form in (0, 1) or "fallback" in name, BKD=bkd, EARLY_OUT="early" in name,
-                                BALANCED="balanced" in name), div16=div16, num_warps=nw)
+                                BALANCED="balanced" in name, BOUND="bounds" in name), div16=div16, num_warps=nw)
         report(f"kda diag kernel, {bt}-token chunks ({name}, key slices {bkd}, {nw} warps)", k)
     for bk, nw in [(16, 4), (16, 8), (32, 4)]:
         const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=bk, BVI=32, PREC_A="tf32", PREC_M="tf32", PREC_O="tf32")
@@ -130,9 +131,9 @@ def kda_prefill():
                            num_stages=3)
         report(f"kda intra BK {bk} warps {nw}", k)
     from kernels.kda.triton_chunk import _chunk16_kernel
-    for nw, bvi, bound in ((4, 64, False), (4, 32, False), (4, 128, False), (8, 64, False), (4, 128, True)):
-        const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32", BOUND=bound)
-        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time" + (", bound" if bound else ""),
+    for nw, bvi in ((4, 64), (4, 32), (4, 128), (8, 64)):
+        const = dict(H=32, K=128, V=128, BC=BC, BVI=bvi, PREC_M="tf32", PREC_O="tf32")
+        report(f"kda 16-token chunk kernel, {nw} warps, U {bvi} columns at a time",
                compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",), div16=div16, num_warps=nw))
     import triton.language as tl
     for form, bv, nw, ns, seg, role in [(1, 32, 2, 3, 1, 0), (1, 64, 4, 3, 1, 0), (3, 16, 2, 4, 1, 0),

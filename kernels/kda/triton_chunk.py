@@ -119,6 +119,22 @@ def _gates(g_ptr, dtb, tok, live, cols, h, s_gt, s_gh, neg_a):
 
 
 @triton.jit
+def _chunk_bound(g_ptr, dtb_ptr, tok, live, h, s_gt, s_gh, neg_a, K: tl.constexpr, BKD: tl.constexpr):
+    """log2 of a bound on the norm of the state transfer over the tokens ``tok`` (the ``live`` ones): the sum over
+    them of the largest decay of any key channel (each token's step is a contraction, I - beta k k^T, times its
+    decays), the gate at the smallest pre-activation (softplus rises), BKD key columns at a time. Rounded up, at
+    least LB_FLOOR, in units of 1/LB_SCALE (int32): integer sums come out the same in every program that adds them."""
+    x_min = tl.where(live, float("inf"), 0.0)
+    for k0 in tl.static_range(0, K, BKD):
+        cols = k0 + tl.arange(0, BKD)
+        x = tl.load(g_ptr + tok[:, None] * s_gt + h * s_gh + cols[None, :], mask=live[:, None], other=0.0)
+        x = x.to(tl.float32) + tl.load(dtb_ptr + h * K + cols)[None, :]
+        x_min = tl.minimum(x_min, tl.min(x, axis=1))
+    lb = tl.sum(tl.where(live, neg_a * _softplus(x_min), 0.0), axis=0)
+    return tl.ceil(tl.maximum(lb, LB_FLOOR) * LB_SCALE).to(tl.int32)
+
+
+@triton.jit
 def _gates_and_successors(g_ptr, dtb_ptr, tok, rows, eos, cols, h, s_gt, s_gh, neg_a, K: tl.constexpr,
                           BC: tl.constexpr):
     """Kimi's gate in log2 units for the rows at tokens ``tok`` (0 past eos), and each row's successor's gate (0 on
@@ -363,11 +379,11 @@ def _reference_pairs(qs, ks, E, ri, PREC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["N"])
 def _chunk_diag_kernel(
-    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr,
+    q_ptr, k_ptr, g_ptr, alog_ptr, dtb_ptr, cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, dd_ptr, done_ptr, lb_ptr,
     s_qt, s_qh, s_kt, s_kh, s_gt, s_gh, N,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, FORM: tl.constexpr,
     RANGE: tl.constexpr, PREC: tl.constexpr, SKIP_DONE: tl.constexpr, BKD: tl.constexpr,
-    EARLY_OUT: tl.constexpr, BALANCED: tl.constexpr,
+    EARLY_OUT: tl.constexpr, BALANCED: tl.constexpr, BOUND: tl.constexpr,
 ):
     """Pairs inside 16-token sub-blocks (raw q, k; every exponent evaluated for a kept pair is <= 0), one program
     per (sub-block, head): dd[0][r, c] = sum_d k_r k_c 2^(G_r - G_c), dd[1][r, c] = sum_d q_r k_c 2^(G_r - G_c),
@@ -382,7 +398,9 @@ def _chunk_diag_kernel(
     one out of range), and decides at the end whether the block is in range (out-of-range blocks may hold inf / NaN
     in the accumulators; they are not stored). BALANCED: the whole block's reference halfway between the first and
     last rows' decays instead of the middle row (``_sub_block_exponents``). BT is the chunk length (16, whose chunks
-    are one sub-block, or 64). Items: heads first, then sub-blocks, then chunks."""
+    are one sub-block, or 64). Items: heads first, then sub-blocks, then chunks. BOUND (``inter_segments``, 16-token
+    chunks; the first launch): also the chunk's state-transfer bound into lb [chunks, H] (``_chunk_bound``), here
+    because this kernel runs over every chunk before any window's walk, which decides from them."""
     NC: tl.constexpr = BT // BC
     item = tl.program_id(0)
     h = item % H
@@ -426,6 +444,9 @@ def _chunk_diag_kernel(
                                      s_gt, s_gh, K, BC, FORM == 1)
             tl.store(full, d_kk)
             tl.store(full + BT * BC, d_qk)
+        if BOUND:
+            tl.store(lb_ptr + c * H + h, _chunk_bound(g_ptr, dtb_ptr, t0 + ri, t0 + ri < eos, h, s_gt, s_gh, neg_a, K,
+                                                      BKD))
 
 
 @triton.jit
@@ -570,11 +591,11 @@ def _u_slice(tb, v_ptr, u_ptr, base, rr, tok, rmask, h, s_vt, s_vh, v0, V: tl.co
 def _chunk16_kernel(
     q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, alog_ptr, dtb_ptr,
     cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr,
-    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr, lb_ptr,
+    w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr, dd_ptr,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     N, scale, c_lo,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BVI: tl.constexpr,
-    PREC_M: tl.constexpr, PREC_O: tl.constexpr, BOUND: tl.constexpr,
+    PREC_M: tl.constexpr, PREC_O: tl.constexpr,
 ):
     """Sixteen-token chunks (``_config["chunk"] = 16``, the default): one program per (chunk, head) does the rest of
     the parallel work of its chunk, which is a single sub-block: with the pairs from the diagonal kernel's ``dd``, the
@@ -582,10 +603,7 @@ def _chunk16_kernel(
     2^G_last in the layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64
     inverse; the sequential kernel takes four times as many (smaller) steps. (The pairs computed inside this
     kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.) The launch
-    covers the chunks from c_lo on (a window of them, ``overlap_windows``). BOUND (``inter_segments``): also the
-    log2 of a bound on the norm of the chunk's state transfer, the sum over its tokens of the largest decay of any
-    key channel (each token's step is a contraction, I - beta k k^T, times its decays), into lb [chunks, H] (int32,
-    in units of 1/LB_SCALE, rounded up, at least LB_FLOOR).""" 
+    covers the chunks from c_lo on (a window of them, ``overlap_windows``).""" 
     c = c_lo + tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -617,10 +635,6 @@ def _chunk16_kernel(
     tl.store(qg_ptr + off, (qs * eg * scale).to(wsd))
     tl.store(kg_ptr + off, (ks * tl.exp2(X)).to(wsd))
     tl.store(gl_ptr + base * K + cols, tl.exp2(tl.sum(g2, axis=0)))
-    if BOUND:
-        # rounded up and clamped from below: still a bound, and integer sums that any launch adds up alike
-        lb = tl.maximum(tl.sum(tl.max(g2, axis=1), axis=0), LB_FLOOR)
-        tl.store(lb_ptr + base, tl.ceil(lb * LB_SCALE).to(tl.int32))
     rr = ri[:, None]
     cc = ri[None, :]
     tl.store(aqk_ptr + base * BC * BC + rr * BC + cc,
@@ -740,10 +754,10 @@ def _slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM: tl.constexpr)
 
 
 @triton.jit
-def _wait_for(flag, epoch):
-    """Spin until ``flag`` holds ``epoch`` (acquire)."""
+def _wait_for(flag):
+    """Spin until ``flag`` is set (acquire)."""
     seen = tl.atomic_add(flag, 0, sem="acquire")
-    while seen < epoch:
+    while seen == 0:
         seen = tl.atomic_add(flag, 0, sem="acquire")
 
 
@@ -758,11 +772,11 @@ def _splits(lb_ptr, c0, c1, c_first, h, warm_max, H: tl.constexpr, SEG: tl.const
     return found
 
 
-@triton.jit(do_not_specialize=["win_lo", "win_hi", "epoch", "warm_max"])
+@triton.jit(do_not_specialize=["win_lo", "win_hi", "warm_max"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
     o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, flag_ptr, ticket_ptr,
-    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, epoch, warm_max,
+    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, warm_max,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
     WARM: tl.constexpr, ROLE: tl.constexpr,
@@ -773,23 +787,25 @@ def _chunk_inter_kernel(
     slot or zeros as ``init_ptr`` says, and goes back into the slot at the window's end. A sequence with no chunk in
     the window is left alone (an empty sequence is handled by every window alike).
 
-    The walk in segments (``inter_segments`` = SEG > 1, "pairs" only) takes two launches, each for the (sequence,
-    head) pairs the data give it (``_splits``, from the per-chunk bounds lb): ROLE 1 walks the pairs whose window
-    does not split, as above (ROLE 0: every pair, no segments); ROLE 2 the others, with SEG programs per (sequence,
-    head, block of value rows), one per segment. A segment s > 0 whose look-back (``_warm_up_start``, at most
-    warm_max chunks, may reach into earlier windows) finds the state before it forgotten walks from zero from there
-    (a warm-up, no outputs) and then its own chunks: such segments run at once. A segment whose look-back finds no
-    such chunk ends its program at once, and the walk before it goes on through its chunks: no program waits for
-    another's walk. Only segment 0 reads the slot; the program whose walk reaches the window's end writes it, after
-    segment 0 has said it read it (``flag_ptr`` = epoch; ROLE 2 programs take their (sequence, segment, head, value
-    block) from a ticket in the order they start, ``ticket_ptr``, so segment 0 has started by then, whatever order
-    the GPU starts blocks in). Data whose decays are too slow for any warm-up thus keep the plain walk's launch (a
-    long sequence's walk is latency-bound: many programs of few value rows), and those that allow one take the
-    segments (fewer value rows' loads per row)."""
+    The walk in segments (``inter_segments`` = SEG > 1, "pairs" only) takes two kinds of launch, each for the
+    (sequence, head) pairs the data give it (``_splits``, from the per-chunk bounds lb the diagonal kernel wrote for
+    every chunk first): ROLE 1, window by window, walks the pairs whose sequence does not split, as above (ROLE 0:
+    every pair, no segments); ROLE 2, once after every window (launched over all chunks), the others, with SEG
+    programs per (sequence, head, block of value rows), one per segment of the sequence. A segment s > 0 whose
+    look-back (``_warm_up_start``, at most warm_max chunks) finds the state before it forgotten walks from zero from
+    there (a warm-up, no outputs) and then its own chunks: such segments run at once. A segment whose look-back finds
+    no such chunk ends its program at once, and the walk before it goes on through its chunks: no program waits for
+    another's walk. Only segment 0 reads the slot; the program whose walk reaches the sequence's end writes it, after
+    segment 0 has said it read it (``flag_ptr``; ROLE 2 programs take their (sequence, segment, head, value block)
+    from a ticket in the order they start, ``ticket_ptr``, so segment 0 has started by then, whatever order the GPU
+    starts blocks in). Decays too slow for any warm-up thus keep the plain walk's launch and its windows (a long
+    sequence's walk is latency-bound: many programs of few value rows, beside the next window's chunk kernel), and
+    those that allow one take the segments (fewer loads per value row), whose programs would crowd the chunk kernel
+    out of the SMs inside windows."""
     NVB: tl.constexpr = V // BV
     SPLIT: tl.constexpr = ROLE == 2
     if SPLIT:
-        ticket = tl.atomic_add(ticket_ptr + epoch - 1, 1)
+        ticket = tl.atomic_add(ticket_ptr, 1)
         g0 = tl.num_programs(0)
         pid0 = ticket % g0
         h = (ticket // g0) % H
@@ -812,8 +828,8 @@ def _chunk_inter_kernel(
         # an empty sequence or a null slot (no bounds: the chunk kernel skips it) goes to the plain launch, which
         # keeps the slot or writes the zero outputs
         splits = c0 < 0
-        if (slot > 0) & (c0 < c1):
-            splits = _splits(lb_ptr, c0, c1, c_first, h, warm_max, H, SEG, WARM)
+        if (slot > 0) & (c_first < c_end):
+            splits = _splits(lb_ptr, c_first, c_end, c_first, h, warm_max, H, SEG, WARM)
         if splits != SPLIT:
             return
     reads_slot = (tl.load(init_ptr + n) != 0) | (c0 > c_first)
@@ -859,7 +875,7 @@ def _chunk_inter_kernel(
             if s_hi < c1:
                 # another program writes the slot at the window's end: tell it the slot has been read
                 tl.debug_barrier()
-                tl.atomic_xchg(flag, epoch, sem="release")
+                tl.atomic_xchg(flag, 1, sem="release")
     if FORM == 3:
         S = _pair_steps(S, start, s_hi, s_lo, bos - (s_lo - start) * BT, eos, h, vc, kc, w_ptr, u_ptr, qg_ptr,
                         kg_ptr, aqk_ptr, gl_ptr, rn_ptr, o_ptr, s_ot, s_oh, H, K, V, BT, DOT_DT, AV_DT, PREC, SPLIT)
@@ -911,7 +927,7 @@ def _chunk_inter_kernel(
     if SPLIT:
         if s_hi == c1:                                   # this walk reached the window's end
             if (sg > 0) & reads_slot:
-                _wait_for(flag, epoch)                   # segment 0 is done with the slot
+                _wait_for(flag)                          # segment 0 is done with the slot
             tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM),
                      S.to(state_ptr.dtype.element_ty))
     else:
@@ -933,10 +949,11 @@ def as_heads(x, H, D):
 # and the sequential walk in that many windows of chunks, each window's walk on a second stream beside the next
 # window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off),
 # "segment_warmup" (the most chunks a segment looks back) and "segment_launch" (value rows, warps, stages of the
-# segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``; off by default: H200,
-# 2026-12-01, fourteenth session, 1x32768 3.93 -> 3.51 ms without windows with the anchors' gates, but 3.53 -> 3.73
-# with fla-init gates, whose decays allow no segment and which lose the windows' overlap; inside the windows 3.82 and
-# 3.75).
+# segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``). Off by default until this
+# form has run the GPU token check: H200, 2026-12-01, fourteenth session, 1x32768 3.886 -> 3.553 ms with 4 segments
+# and the anchors' gates (vLLM 5.392: 1.52x), 3.491 -> 3.564 with fla-init gates, whose decays let no pair split
+# (vLLM 5.397: 1.51x); slower at the other splits (8x4096 3.011 -> 3.243 with fla-init gates), so a default would
+# take them for one long sequence only (the walks in one wave, as ``overlap_window_count``).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -1128,40 +1145,42 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
     n_seg, warm_max, (bv_s, warps_s, stages_s) = _segment_settings(cfg, form, V)
-    lb = torch.empty(nchb if n_seg > 1 else 1, H, dtype=torch.int32, device=dev)
-    # the slot-read flags per (sequence, head, value block of the segments' launch), then one ticket counter per
-    # window (no memset launch while segments are off)
-    flags = (torch.zeros(N * H * (V // bv_s) + n_win, dtype=torch.int32, device=dev) if n_seg > 1 else
+    lb = torch.empty(nchb, H, dtype=torch.int32, device=dev) if n_seg > 1 else None
+    # the segments' slot-read flags per (sequence, head, value block), then their ticket counter
+    flags = (torch.zeros(N * H * (V // bv_s) + 1, dtype=torch.int32, device=dev) if n_seg > 1 else
              torch.empty(1, dtype=torch.int32, device=dev))
-    epochs = iter(range(1, n_win + 1))       # a window's flags are its epoch (no re-zeroing between windows)
     consts = dict(H=H, K=K, V=V, BT=bt, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
                   PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, WARM=triton.next_power_of_2(max(warm_max, 1)))
 
-    def sequential(lo, hi):
-        if cfg.get("skip_inter"):              # benchmarking aid: time the parallel kernels alone
-            return
-        args = (w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off, lb, flags,
-                flags[-n_win:], o.stride(0), o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1),
-                recurrent_state.stride(2), lo, hi, next(epochs), warm_max)
-        # the plain walk (with segments: of the (sequence, head) pairs whose window does not split), then the
-        # segments (the others), each launch sizing its programs for its own case
-        _chunk_inter_kernel[(N, H, V // bv)](*args, BV=bv, ROLE=int(n_seg > 1), **consts, num_warps=warps,
-                                             num_stages=stages)
-        if n_seg > 1:
+    def walk(lo, hi, role):
+        args = (w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
+                flags if lb is None else lb, flags, flags[-1:], o.stride(0), o.stride(1), recurrent_state.stride(0),
+                recurrent_state.stride(1), recurrent_state.stride(2), lo, hi, warm_max)
+        if role < 2:
+            _chunk_inter_kernel[(N, H, V // bv)](*args, BV=bv, ROLE=role, **consts, num_warps=warps,
+                                                 num_stages=stages)
+        else:
             _chunk_inter_kernel[(N * n_seg, H, V // bv_s)](*args, BV=bv_s, ROLE=2, **consts, num_warps=warps_s,
                                                            num_stages=stages_s)
 
+    def sequential(lo, hi):
+        # with segments: the walks of the (sequence, head) pairs that do not split, window by window
+        if not cfg.get("skip_inter"):          # benchmarking aid: time the parallel kernels alone
+            walk(lo, hi, int(n_seg > 1))
+
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
-        _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg, dd, done)
+        _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg, dd, done, lb)
 
         def parallel(lo, hi):
             _chunk16_kernel[(hi - lo, H)](
-                q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd, lb,
+                q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn, dd,
                 *strides, N, float(scale), lo, H=H, K=K, V=V, BC=BC, BVI=bvi, PREC_M=cfg["prec_m"],
-                PREC_O=cfg["prec_o"], BOUND=n_seg > 1, num_warps=cfg["chunk16_warps"])
+                PREC_O=cfg["prec_o"], num_warps=cfg["chunk16_warps"])
 
         _in_windows(dev, chunk_windows(nchb, n_win), parallel, sequential)
+        if n_seg > 1 and not cfg.get("skip_inter"):
+            walk(0, nchb, 2)                   # the pairs that split, whole sequences at once, after every window
     else:
         _chunk_parallel(q, k, v, g_raw, beta, a_log, dtb, cu, slots, chunk_seq, chunk_off, w, u, qg, kg, aqk, gl, rn,
                         strides, N, scale, nchb, cfg, bk, bvi)
@@ -1253,21 +1272,23 @@ def _diag_workspace(nchb, H, bt, cfg, device):
     return dd, done
 
 
-def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg, dd, done):
+def _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, bt, cfg, dd, done, lb=None):
     """The pairs inside every 16-token sub-block of the ``nchb`` chunks (of ``bt`` tokens) into ``dd``:
     ``_chunk_diag_kernel`` in the configured form; a reference form launches again for the blocks it left out of
-    range (``_diag_launches``)."""
+    range (``_diag_launches``). With ``lb`` (16-token chunks, segments on) the first launch also writes each chunk's
+    state-transfer bound there."""
     H, K = q.shape[1:]
     form, fallback = _diag_form(cfg["diag_form"]), _diag_form(_per_chunk(cfg["fallback_form"], bt))
     per_chunk = (bt // BC) * H
     bkd = _diag_key_slice(cfg, K, bt)
-    for f, skip_done in _diag_launches(form, fallback):
+    for i, (f, skip_done) in enumerate(_diag_launches(form, fallback)):
         _chunk_diag_kernel[(nchb * per_chunk,)](
-            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done,
+            q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, dd, done, done if lb is None else lb,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), g_raw.stride(0), g_raw.stride(1), N,
             H=H, K=K, BT=bt, BC=BC, FORM=f, RANGE=cfg["diag_range"], PREC=cfg["prec_d"], SKIP_DONE=skip_done,
             BKD=bkd if f >= 3 else K,   # the elementwise walks take whole rows
             EARLY_OUT=cfg["diag_early_out"] and f >= 3, BALANCED=cfg["diag_ref"] == "balanced",
+            BOUND=lb is not None and i == 0,
             num_warps=_per_chunk(cfg["diag_warps" if f >= 3 else "fallback_warps"], bt))
 
 

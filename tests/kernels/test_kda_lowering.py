@@ -37,21 +37,24 @@ for form, bt, bkd, prec, bal in ((0, BT, 128, "tf32", False), (1, BT, 128, "tf32
                                  (3, BC, 128, "ieee", True), (3, BT, 128, "tf32", True), (4, BC, 32, "tf32", True),
                                  (4, BC, 32, "ieee", True)):
     const = dict(H=32, K=128, BT=bt, BC=BC, FORM=form, RANGE=96.0, PREC=prec, SKIP_DONE=form in (0, 1, 4), BKD=bkd,
-                 EARLY_OUT=form >= 3 and bt == BC and _FAST["diag_early_out"], BALANCED=bal)
+                 EARLY_OUT=form >= 3 and bt == BC and _FAST["diag_early_out"], BALANCED=bal, BOUND=False)
     nw = _per_chunk(_FAST["diag_warps" if form >= 3 else "fallback_warps"], bt)
     check(f"diag form={form} BT {bt} BKD {bkd} {prec} balanced={bal}",
           compile_kernel(_chunk_diag_kernel, ptrs, const, num_warps=nw))
 const = dict(H=32, K=128, BT=BC, BC=BC, FORM=3, RANGE=96.0, PREC="tf32", SKIP_DONE=False, BKD=32, EARLY_OUT=False,
-             BALANCED=False)
+             BALANCED=False, BOUND=False)
 check("diag reference, all slices", compile_kernel(_chunk_diag_kernel, ptrs, const, num_warps=_FAST["diag_warps"][BC]))
+# the first launch with the segments' state-transfer bounds (inter_segments)
+const = dict(const, EARLY_OUT=True, BALANCED=True, BOUND=True)
+check("diag reference with bounds", compile_kernel(_chunk_diag_kernel, ptrs, const, num_warps=_FAST["diag_warps"][BC]))
 for prec in ("tf32", "ieee"):
     const = dict(H=32, K=128, V=128, BT=BT, BC=BC, BK=16, BVI=32, PREC_A=prec, PREC_M=prec, PREC_O=prec)
     check(f"intra {prec}", compile_kernel(_chunk_intra_kernel, ptrs, const, floats=("scale",),
                                           num_warps=_FAST["intra_warps"], num_stages=_FAST["intra_stages"]))
-for prec, bound in (("tf32", False), ("ieee", False), ("tf32", True)):
-    const = dict(H=32, K=128, V=128, BC=BC, BVI=_FAST["BVI"][BC], PREC_M=prec, PREC_O=prec, BOUND=bound)
-    check(f"chunk16 {prec} bound={bound}", compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",),
-                                                          num_warps=_FAST["chunk16_warps"]))
+for prec in ("tf32", "ieee"):
+    const = dict(H=32, K=128, V=128, BC=BC, BVI=_FAST["BVI"][BC], PREC_M=prec, PREC_O=prec)
+    check(f"chunk16 {prec}", compile_kernel(_chunk16_kernel, ptrs, const, floats=("scale",),
+                                            num_warps=_FAST["chunk16_warps"]))
 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
 for form, dot, bv, nw in [(0, "fp32", 32, 4), (0, "bf16", 16, 4), (1, "bf16", 64, 8), (2, "bf16", 32, 8)]:
     const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form, SEG=1,
