@@ -150,7 +150,7 @@ def kda_prefill():
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:
                 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
                 const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=dts[av], PREC="tf32",
-                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form], SEG=1)
+                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form], SEG=1, WARM=64, ROLE=0)
                 try:
                     k = compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2)
                     report(f"kda inter {form} {dot}/{av} BV {bv} warps {nw}", k)

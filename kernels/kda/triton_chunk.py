@@ -40,11 +40,11 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    rows first), "rows" (the default over 64-token chunks: value rows first, the state and v_new^T on the left),
    "cols" (token rows first) and "cols_kmajor" (the state held key-major, so that with 64-token chunks every
    product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
-   Aqk v_new ("inter_av") are options. ``inter_segments`` (opt-in, untimed; "pairs" only) splits each window's walk
-   into that many segments walked at once: a segment starts from zero a few chunks early once the bound on those
-   chunks' state transfer (per token the slowest key channel's decay: every step is a contraction times its decays)
-   falls below 2^-96, which gates that forget quickly (the anchors') allow within a few chunks; otherwise it takes
-   the previous segment's final state as soon as that one publishes it.
+   Aqk v_new ("inter_av") are options. ``inter_segments`` (opt-in; "pairs" only) splits each sequence's walk into
+   that many segments walked at once: a segment starts from zero a few chunks early once the bound on those chunks'
+   state transfer (per token the slowest key channel's decay: every step is a contraction times its decays) falls
+   below 2^-96, which gates that forget quickly (the anchors') allow within a few chunks; otherwise the segment
+   before walks on through it. The (sequence, head) pairs that split take a launch of their own after every window.
 
 64-token chunks: the diagonal kernel as in 1 for the chunk's four sub-blocks, then ``_chunk_intra_kernel``, one
 program per (64-token chunk, head), in place of 2: the same outputs for 64 rows, with the pairs across sub-blocks
@@ -122,8 +122,10 @@ def _gates(g_ptr, dtb, tok, live, cols, h, s_gt, s_gh, neg_a):
 def _chunk_bound(g_ptr, dtb_ptr, tok, live, h, s_gt, s_gh, neg_a, K: tl.constexpr, BKD: tl.constexpr):
     """log2 of a bound on the norm of the state transfer over the tokens ``tok`` (the ``live`` ones): the sum over
     them of the largest decay of any key channel (each token's step is a contraction, I - beta k k^T, times its
-    decays), the gate at the smallest pre-activation (softplus rises), BKD key columns at a time. Rounded up, at
-    least LB_FLOOR, in units of 1/LB_SCALE (int32): integer sums come out the same in every program that adds them."""
+    decays), the gate at the smallest pre-activation (softplus rises), BKD key columns at a time; a bound up to fp32
+    rounding, nothing against 2^-SEG_FORGET. Rounded up, at least LB_FLOOR, in units of 1/LB_SCALE (int32): integer
+    sums come out the same in every program that adds them. A NaN (an infinite A with a vanishing softplus) gives 0,
+    no decay."""
     x_min = tl.where(live, float("inf"), 0.0)
     for k0 in tl.static_range(0, K, BKD):
         cols = k0 + tl.arange(0, BKD)
@@ -131,6 +133,7 @@ def _chunk_bound(g_ptr, dtb_ptr, tok, live, h, s_gt, s_gh, neg_a, K: tl.constexp
         x = x.to(tl.float32) + tl.load(dtb_ptr + h * K + cols)[None, :]
         x_min = tl.minimum(x_min, tl.min(x, axis=1))
     lb = tl.sum(tl.where(live, neg_a * _softplus(x_min), 0.0), axis=0)
+    lb = tl.where(lb == lb, lb, 0.0)
     return tl.ceil(tl.maximum(lb, LB_FLOOR) * LB_SCALE).to(tl.int32)
 
 
@@ -402,6 +405,7 @@ def _chunk_diag_kernel(
     chunks; the first launch): also the chunk's state-transfer bound into lb [chunks, H] (``_chunk_bound``), here
     because this kernel runs over every chunk before any window's walk, which decides from them."""
     NC: tl.constexpr = BT // BC
+    tl.static_assert((BT == BC) | (BOUND == 0), "the chunk bounds are per 16-token chunk")
     item = tl.program_id(0)
     h = item % H
     c = item // H // NC
@@ -603,7 +607,7 @@ def _chunk16_kernel(
     2^G_last in the layouts the sequential kernel reads (with BT = 16). No cross-sub-block products and no 64x64
     inverse; the sequential kernel takes four times as many (smaller) steps. (The pairs computed inside this
     kernel instead took it to 255 registers with spills and were slower: H200, 2026-11-30, RESULTS.md.) The launch
-    covers the chunks from c_lo on (a window of them, ``overlap_windows``).""" 
+    covers the chunks from c_lo on (a window of them, ``overlap_windows``)."""
     c = c_lo + tl.program_id(0)
     h = tl.program_id(1)
     slot, eos, t0 = _chunk_tokens(cu_ptr, slot_ptr, chunk_seq_ptr, chunk_off_ptr, c, N, BC)
@@ -736,7 +740,7 @@ def _warm_up_start(lb_ptr, b, c_first, h, warm_max, H: tl.constexpr, WARM: tl.co
 
 @triton.jit
 def _segment_bound(c0, c1, k, SEG: tl.constexpr):
-    """The first chunk of segment k of the window's chunks [c0, c1) (c1 past the last; an even length each, so
+    """The first chunk of segment k of the sequence's chunks [c0, c1) (c1 past the last; an even length each, so
     that the pair steps of a segment's outputs start where the previous segment's end)."""
     seg_len = (c1 - c0 + SEG - 1) // SEG
     seg_len += seg_len % 2
@@ -763,7 +767,7 @@ def _wait_for(flag):
 
 @triton.jit
 def _splits(lb_ptr, c0, c1, c_first, h, warm_max, H: tl.constexpr, SEG: tl.constexpr, WARM: tl.constexpr):
-    """Whether any segment after the first of the window's chunks [c0, c1), split in SEG, starts on its own (its
+    """Whether any segment after the first of the sequence's chunks [c0, c1), split in SEG, starts on its own (its
     look-back finds the state before it forgotten, ``_warm_up_start``): the same answer in every program."""
     found = c0 < 0
     for k in tl.static_range(1, SEG):
@@ -804,6 +808,7 @@ def _chunk_inter_kernel(
     out of the SMs inside windows."""
     NVB: tl.constexpr = V // BV
     SPLIT: tl.constexpr = ROLE == 2
+    tl.static_assert((FORM == 3) | (ROLE < 2), "segments walk with the pairs form only")
     if SPLIT:
         ticket = tl.atomic_add(ticket_ptr, 1)
         g0 = tl.num_programs(0)
@@ -873,7 +878,7 @@ def _chunk_inter_kernel(
         S = tl.load(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM)).to(tl.float32)
         if SPLIT:
             if s_hi < c1:
-                # another program writes the slot at the window's end: tell it the slot has been read
+                # another program writes the slot at the sequence's end: tell it the slot has been read
                 tl.debug_barrier()
                 tl.atomic_xchg(flag, 1, sem="release")
     if FORM == 3:
@@ -925,7 +930,7 @@ def _chunk_inter_kernel(
     # hold registers the steps need (the walk's stores keep the compiler from reusing the first load)
     slot = tl.load(slot_ptr + n)
     if SPLIT:
-        if s_hi == c1:                                   # this walk reached the window's end
+        if s_hi == c1:                                   # this walk reached the sequence's end
             if (sg > 0) & reads_slot:
                 _wait_for(flag)                          # segment 0 is done with the slot
             tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM),
@@ -1189,7 +1194,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
 
 def _segment_settings(cfg: dict, form: int, V: int) -> tuple[int, int, tuple[int, int, int]]:
-    """``inter_segments`` (the sequential walk split into that many segments per window where the data allow,
+    """``inter_segments`` (the sequential walk split into that many segments per sequence where the data allow,
     walked at once; 1: off), ``segment_warmup`` (the most chunks a segment looks back for a warm-up from zero) and
     ``segment_launch`` (the segments' launch: value rows, warps, stages), checked."""
     n_seg, warm, launch = cfg["inter_segments"], cfg["segment_warmup"], cfg["segment_launch"]
