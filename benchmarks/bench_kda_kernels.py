@@ -270,11 +270,12 @@ PREFILL_CONFIGS = {
 
 AS_DEFAULT: dict = {}          # --as-default: the prefill settings measured as "default" (empty: the kernels' own)
 SWEEP_ONLY: set = set()        # --sweep-only
+SPLITS = [(1, 32768), (8, 4096), (64, 512), (256, 128)]   # --splits: the prefill batches (sequences x tokens)
 
 
 def prefill_times(vl, copy_tbs, mm_tf, sweep, gates="normal"):
     say(f"## prefill, 32768 tokens, H=32, K=V=128, bf16, fp32 state slots, gates {gates} (median ms)")
-    splits = [(1, 32768), (8, 4096), (64, 512), (256, 128)]
+    splits = SPLITS
     # each sweep entry on top of the measured default (--as-default's settings, if given)
     cfgs = {"default": AS_DEFAULT}
     if sweep:
@@ -392,7 +393,15 @@ def main():
                     help="run the accuracy (bf16 rows) and prefill sections with this PREFILL_CONFIGS entry in "
                     "place of the default settings (a candidate default, measured as the default would be; sweep "
                     "entries then apply on top of it)")
+    ap.add_argument("--splits", default="", help="comma list of prefill batches to time, e.g. 1x32768 (default: "
+                    + ",".join(f"{n}x{L}" for n, L in SPLITS) + "; each one 32768 tokens)")
     args = ap.parse_args()
+    if args.splits:
+        known = {f"{n}x{L}": (n, L) for n, L in SPLITS}
+        asked = [x for x in args.splits.split(",") if x]
+        if not asked or any(x not in known for x in asked):
+            ap.error(f"--splits {args.splits!r}: expected a comma list of {sorted(known)}")
+        SPLITS[:] = [known[x] for x in asked]
     skip = set(args.skip.split(","))
     AS_DEFAULT.update(PREFILL_CONFIGS[args.as_default] if args.as_default else {})
     SWEEP_ONLY.update(n for n in args.sweep_only.split(",") if n)
