@@ -109,7 +109,7 @@ def kda_prefill():
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
-                state_ptr=f32, init_ptr="*i1", lb_ptr="*i32", flag_ptr="*i32",
+                state_ptr=f32, init_ptr="*i1", lb_ptr="*i32", split_ptr="*i8", flag_ptr="*i32",
                 ticket_ptr="*i32")
     for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
                                     (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),

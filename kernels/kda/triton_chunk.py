@@ -776,10 +776,26 @@ def _splits(lb_ptr, c0, c1, c_first, h, warm_max, H: tl.constexpr, SEG: tl.const
     return found
 
 
+@triton.jit(do_not_specialize=["warm_max"])
+def _split_kernel(lb_ptr, slot_ptr, chunk_off_ptr, split_ptr, warm_max, H: tl.constexpr, SEG: tl.constexpr,
+                  WARM: tl.constexpr):
+    """One program per (sequence, head): whether the pair's walk splits (``_splits`` over the whole sequence; a
+    null slot or an empty sequence, which have no bounds, does not), one byte into split_ptr [N, H], which both
+    launches of the walk in segments read (``_chunk_inter_kernel``): decided once, not by each of their programs."""
+    n = tl.program_id(0)
+    h = tl.program_id(1)
+    c_first = tl.load(chunk_off_ptr + n)
+    c_end = tl.load(chunk_off_ptr + n + 1)
+    splits = c_first < 0
+    if (tl.load(slot_ptr + n) > 0) & (c_first < c_end):
+        splits = _splits(lb_ptr, c_first, c_end, c_first, h, warm_max, H, SEG, WARM)
+    tl.store(split_ptr + n * H + h, splits.to(tl.int8))
+
+
 @triton.jit(do_not_specialize=["win_lo", "win_hi", "warm_max"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, flag_ptr, ticket_ptr,
+    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, split_ptr, flag_ptr, ticket_ptr,
     s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, warm_max,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
@@ -792,8 +808,8 @@ def _chunk_inter_kernel(
     the window is left alone (an empty sequence is handled by every window alike).
 
     The walk in segments (``inter_segments`` = SEG > 1, "pairs" only) takes two kinds of launch, each for the
-    (sequence, head) pairs the data give it (``_splits``, from the per-chunk bounds lb the diagonal kernel wrote for
-    every chunk first): ROLE 1, window by window, walks the pairs whose sequence does not split, as above (ROLE 0:
+    (sequence, head) pairs the data give it (``split_ptr``, one byte per pair from ``_split_kernel``, which decides
+    from the per-chunk bounds lb the diagonal kernel wrote for every chunk first): ROLE 1, window by window, walks the pairs whose sequence does not split, as above (ROLE 0:
     every pair, no segments); ROLE 2, once after every window (launched over all chunks), the others, with SEG
     programs per (sequence, head, block of value rows), one per segment of the sequence. A segment s > 0 whose
     look-back (``_warm_up_start``, at most warm_max chunks) finds the state before it forgotten walks from zero from
@@ -830,12 +846,7 @@ def _chunk_inter_kernel(
         return
     slot = tl.load(slot_ptr + n)
     if ROLE > 0:
-        # an empty sequence or a null slot (no bounds: the chunk kernel skips it) goes to the plain launch, which
-        # keeps the slot or writes the zero outputs
-        splits = c0 < 0
-        if (slot > 0) & (c_first < c_end):
-            splits = _splits(lb_ptr, c_first, c_end, c_first, h, warm_max, H, SEG, WARM)
-        if splits != SPLIT:
+        if (tl.load(split_ptr + n * H + h) != 0) != SPLIT:     # ``_split_kernel``'s decision for the pair
             return
     reads_slot = (tl.load(init_ptr + n) != 0) | (c0 > c_first)
     s_lo = c0                                            # the chunks whose outputs this program writes [s_lo, s_hi)
@@ -955,10 +966,11 @@ def as_heads(x, H, D):
 # window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off),
 # "segment_warmup" (the most chunks a segment looks back) and "segment_launch" (value rows, warps, stages of the
 # segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``). Off by default until this
-# form has run the GPU token check: H200, 2026-12-01, fourteenth session, 1x32768 3.886 -> 3.553 ms with 4 segments
-# and the anchors' gates (vLLM 5.392: 1.52x), 3.491 -> 3.564 with fla-init gates, whose decays let no pair split
-# (vLLM 5.397: 1.51x); slower at the other splits (8x4096 3.011 -> 3.243 with fla-init gates), so a default would
-# take them for one long sequence only (the walks in one wave, as ``overlap_window_count``).
+# form has run the GPU token check (and ``_split_kernel``, added after these runs, has been timed): H200, 2026-12-01,
+# fourteenth session, 1x32768 3.886 -> 3.553 ms with 4 segments and the anchors' gates (vLLM 5.392: 1.52x), 3.491 ->
+# 3.564 with fla-init gates, whose decays let no pair split (vLLM 5.397: 1.51x); slower at the other splits (8x4096
+# 3.011 -> 3.243 with fla-init gates), so a default would take them for one long sequence only (the walks in one
+# wave, as ``overlap_window_count``).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -1151,6 +1163,7 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
     n_seg, warm_max, (bv_s, warps_s, stages_s) = _segment_settings(cfg, form, V)
     lb = torch.empty(nchb, H, dtype=torch.int32, device=dev) if n_seg > 1 else None
+    split = torch.empty(N, H, dtype=torch.int8, device=dev) if n_seg > 1 else None
     # the segments' slot-read flags per (sequence, head, value block), then their ticket counter
     flags = (torch.zeros(N * H * (V // bv_s) + 1, dtype=torch.int32, device=dev) if n_seg > 1 else
              torch.empty(1, dtype=torch.int32, device=dev))
@@ -1159,8 +1172,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
 
     def walk(lo, hi, role):
         args = (w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
-                flags if lb is None else lb, flags, flags[-1:], o.stride(0), o.stride(1), recurrent_state.stride(0),
-                recurrent_state.stride(1), recurrent_state.stride(2), lo, hi, warm_max)
+                flags if lb is None else lb, flags if split is None else split, flags, flags[-1:], o.stride(0),
+                o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2), lo, hi,
+                warm_max)
         if role < 2:
             _chunk_inter_kernel[(N, H, V // bv)](*args, BV=bv, ROLE=role, **consts, num_warps=warps,
                                                  num_stages=stages)
@@ -1176,6 +1190,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
         _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg, dd, done, lb)
+        if n_seg > 1:                          # which (sequence, head) pairs split, before any window's walk
+            _split_kernel[(N, H)](lb, slots, chunk_off, split, warm_max, H=H, SEG=n_seg, WARM=consts["WARM"])
 
         def parallel(lo, hi):
             _chunk16_kernel[(hi - lo, H)](
