@@ -109,7 +109,7 @@ def kda_prefill():
     ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, dtb_ptr=f32, cu_ptr="*i32",
                 slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf,
                 kg_ptr=bf, aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf,
-                state_ptr=f32, init_ptr="*i1", lb_ptr="*i32", split_ptr="*i8", flag_ptr="*i32",
+                state_ptr=f32, init_ptr="*i1", lb_ptr="*i32", start_ptr="*i32", flag_ptr="*i32",
                 ticket_ptr="*i32")
     for bt, form, name, bkd, nw in ((BT, 0, "walk", 128, 4), (BT, 1, "product", 128, 4), (BT, 3, "reference", 128, 4),
                                     (BT, 3, "reference", 64, 4), (BT, 3, "reference", 32, 4),
@@ -141,8 +141,9 @@ def kda_prefill():
                                         (3, 32, 4, 3, 1, 0), (3, 64, 4, 3, 1, 0), (3, 64, 8, 3, 1, 0),
                                         (3, 16, 2, 4, 4, 1), (3, 64, 4, 3, 4, 2), (3, 32, 4, 3, 4, 2)]:
         const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=tl.bfloat16, AV_DT=tl.float32, PREC="tf32", FORM=form,
-                     SEG=seg, WARM=64, ROLE=role)
-        name = {1: "rows", 3: "pairs"}[form] + {0: "", 1: f", plain beside {seg} segments", 2: f", {seg} segments"}[role]
+                     SEG=seg, ROLE=role)
+        roles = {0: "", 1: f", plain beside {seg} segments", 2: f", {seg} segments"}
+        name = {1: "rows", 3: "pairs"}[form] + roles[role]
         report(f"kda inter {name} bf16/fp32, 16-token chunks, BV {bv} warps {nw} stages {ns}",
                compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=ns))
     for form in ("cols", "rows", "cols_kmajor"):
@@ -150,7 +151,7 @@ def kda_prefill():
             for bv, nw in [(32, 4), (64, 8), (16, 4)]:
                 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
                 const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=dts[av], PREC="tf32",
-                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form], SEG=1, WARM=64, ROLE=0)
+                             FORM={"cols": 0, "rows": 1, "cols_kmajor": 2}[form], SEG=1, ROLE=0)
                 try:
                     k = compile_kernel(_chunk_inter_kernel, ptrs, const, div16=div16, num_warps=nw, num_stages=2)
                     report(f"kda inter {form} {dot}/{av} BV {bv} warps {nw}", k)

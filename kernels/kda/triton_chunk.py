@@ -765,41 +765,40 @@ def _wait_for(flag):
         seen = tl.atomic_add(flag, 0, sem="acquire")
 
 
-@triton.jit
-def _splits(lb_ptr, c0, c1, c_first, h, warm_max, H: tl.constexpr, SEG: tl.constexpr, WARM: tl.constexpr):
-    """Whether any segment after the first of the sequence's chunks [c0, c1), split in SEG, starts on its own (its
-    look-back finds the state before it forgotten, ``_warm_up_start``): the same answer in every program."""
-    found = c0 < 0
-    for k in tl.static_range(1, SEG):
-        b = _segment_bound(c0, c1, k, SEG)
-        found = found | ((b < c1) & (_warm_up_start(lb_ptr, b, c_first, h, warm_max, H, WARM) >= 0))
-    return found
-
-
 @triton.jit(do_not_specialize=["warm_max"])
-def _split_kernel(lb_ptr, slot_ptr, chunk_off_ptr, split_ptr, warm_max, H: tl.constexpr, SEG: tl.constexpr,
-                  WARM: tl.constexpr):
-    """One program per (sequence, head): whether the pair's walk splits (``_splits`` over the whole sequence; a
-    null slot or an empty sequence, which have no bounds, does not), one byte into split_ptr [N, H], which both
-    launches of the walk in segments read (``_chunk_inter_kernel``): decided once, not by each of their programs."""
+def _segment_start_kernel(lb_ptr, slot_ptr, chunk_off_ptr, start_ptr, warm_max, H: tl.constexpr, SEG: tl.constexpr,
+                          WARM: tl.constexpr):
+    """One program per (sequence, head): where each of the SEG segments of the pair's walk starts in the segments'
+    launch (``_chunk_inter_kernel`` ROLE 2), into start_ptr [N, H, SEG]. Segment k > 0: the first chunk of its
+    warm-up (``_warm_up_start``), or -1 when its look-back finds no forgotten state (the segment before walks on
+    through it). Segment 0: the sequence's first chunk when some later segment starts on its own, else -1: the pair
+    does not split, and the plain launch (ROLE 1) walks it. A null slot or an empty sequence (no bounds) does not
+    split. Decided once here for every program of both launches."""
     n = tl.program_id(0)
     h = tl.program_id(1)
     c_first = tl.load(chunk_off_ptr + n)
     c_end = tl.load(chunk_off_ptr + n + 1)
+    live = (tl.load(slot_ptr + n) > 0) & (c_first < c_end)
+    row = start_ptr + (n * H + h) * SEG
     splits = c_first < 0
-    if (tl.load(slot_ptr + n) > 0) & (c_first < c_end):
-        splits = _splits(lb_ptr, c_first, c_end, c_first, h, warm_max, H, SEG, WARM)
-    tl.store(split_ptr + n * H + h, splits.to(tl.int8))
+    for k in tl.static_range(1, SEG):
+        b = _segment_bound(c_first, c_end, k, SEG)
+        start = tl.full([], -1, tl.int32)
+        if live & (b < c_end):
+            start = _warm_up_start(lb_ptr, b, c_first, h, warm_max, H, WARM)
+        tl.store(row + k, start)
+        splits = splits | (start >= 0)
+    tl.store(row, tl.where(splits, c_first, -1))
 
 
-@triton.jit(do_not_specialize=["win_lo", "win_hi", "warm_max"])
+@triton.jit(do_not_specialize=["win_lo", "win_hi"])
 def _chunk_inter_kernel(
     w_ptr, u_ptr, qg_ptr, kg_ptr, aqk_ptr, gl_ptr, rn_ptr,
-    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, lb_ptr, split_ptr, flag_ptr, ticket_ptr,
-    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi, warm_max,
+    o_ptr, state_ptr, cu_ptr, slot_ptr, init_ptr, chunk_off_ptr, start_ptr, flag_ptr, ticket_ptr,
+    s_ot, s_oh, s_ss, s_sh, s_sv, win_lo, win_hi,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
     DOT_DT: tl.constexpr, AV_DT: tl.constexpr, PREC: tl.constexpr, FORM: tl.constexpr, SEG: tl.constexpr,
-    WARM: tl.constexpr, ROLE: tl.constexpr,
+    ROLE: tl.constexpr,
 ):
     """One program per (sequence, head, block of value rows) walks the sequence's chunks inside the window of global
     chunk indices [win_lo, win_hi) (all of them in a launch without windows): the state starts from the slot when
@@ -808,20 +807,20 @@ def _chunk_inter_kernel(
     the window is left alone (an empty sequence is handled by every window alike).
 
     The walk in segments (``inter_segments`` = SEG > 1, "pairs" only) takes two kinds of launch, each for the
-    (sequence, head) pairs the data give it (``split_ptr``, one byte per pair from ``_split_kernel``, which decides
-    from the per-chunk bounds lb the diagonal kernel wrote for every chunk first): ROLE 1, window by window, walks the pairs whose sequence does not split, as above (ROLE 0:
-    every pair, no segments); ROLE 2, once after every window (launched over all chunks), the others, with SEG
-    programs per (sequence, head, block of value rows), one per segment of the sequence. A segment s > 0 whose
-    look-back (``_warm_up_start``, at most warm_max chunks) finds the state before it forgotten walks from zero from
-    there (a warm-up, no outputs) and then its own chunks: such segments run at once. A segment whose look-back finds
-    no such chunk ends its program at once, and the walk before it goes on through its chunks: no program waits for
-    another's walk. Only segment 0 reads the slot; the program whose walk reaches the sequence's end writes it, after
-    segment 0 has said it read it (``flag_ptr``; ROLE 2 programs take their (sequence, segment, head, value block)
-    from a ticket in the order they start, ``ticket_ptr``, so segment 0 has started by then, whatever order the GPU
-    starts blocks in). Decays too slow for any warm-up thus keep the plain walk's launch and its windows (a long
-    sequence's walk is latency-bound: many programs of few value rows, beside the next window's chunk kernel), and
-    those that allow one take the segments (fewer loads per value row), whose programs would crowd the chunk kernel
-    out of the SMs inside windows."""
+    (sequence, head) pairs the data give it (``start_ptr``: where each segment starts, from
+    ``_segment_start_kernel``, which decides from the per-chunk bounds the diagonal kernel wrote for every chunk
+    first): ROLE 1, window by window, walks the pairs whose sequence does not split, as above (ROLE 0: every pair, no
+    segments); ROLE 2, once after every window (launched over all chunks), the others, with SEG programs per
+    (sequence, head, block of value rows), one per segment of the sequence. A segment k > 0 that starts on its own
+    walks from zero from its warm-up's first chunk (no outputs there) and then its own chunks: such segments run at
+    once. Any other segment ends its program at once, and the walk before it goes on through its chunks: no program
+    waits for another's walk. Only segment 0 reads the slot; the program whose walk reaches the sequence's end writes
+    it, after segment 0 has said it read it (``flag_ptr``; ROLE 2 programs take their (sequence, segment, head, value
+    block) from a ticket in the order they start, ``ticket_ptr``, so segment 0 has started by then, whatever order
+    the GPU starts blocks in). Decays too slow for any warm-up thus keep the plain walk's launch and its windows (a
+    long sequence's walk is latency-bound: many programs of few value rows, beside the next window's chunk kernel),
+    and those that allow one take the segments (fewer loads per value row), whose programs would crowd the chunk
+    kernel out of the SMs inside windows."""
     NVB: tl.constexpr = V // BV
     SPLIT: tl.constexpr = ROLE == 2
     tl.static_assert((FORM == 3) | (ROLE < 2), "segments walk with the pairs form only")
@@ -845,8 +844,10 @@ def _chunk_inter_kernel(
     if (c0 >= c1) & (c_first < c_end):
         return
     slot = tl.load(slot_ptr + n)
+    starts = start_ptr + (n * H + h) * SEG                   # ``_segment_start_kernel``'s decisions for the pair
     if ROLE > 0:
-        if (tl.load(split_ptr + n * H + h) != 0) != SPLIT:     # ``_split_kernel``'s decision for the pair
+        own_start = tl.load(starts + sg)
+        if (own_start >= 0) != SPLIT:
             return
     reads_slot = (tl.load(init_ptr + n) != 0) | (c0 > c_first)
     s_lo = c0                                            # the chunks whose outputs this program writes [s_lo, s_hi)
@@ -854,21 +855,15 @@ def _chunk_inter_kernel(
     start = c0                                           # where its walk starts: s_lo, or before it (warm-up)
     flag = flag_ptr + (n * H + h) * NVB + vb
     if SPLIT:
-        if sg > 0:
-            s_lo = _segment_bound(c0, c1, sg, SEG)
-            if s_lo >= c1:
-                return
-            start = _warm_up_start(lb_ptr, s_lo, c_first, h, warm_max, H, WARM)
-            if start < 0:
-                return                                   # the segment before walks through these chunks
+        s_lo = _segment_bound(c0, c1, sg, SEG)           # (segment 0: c0, its own start)
+        start = own_start
         k = sg + 1                                       # the walk ends where the next segment starts on its own
         looking = k < SEG
         while looking:
-            b = _segment_bound(c0, c1, k, SEG)
-            on_own = (b < c1) & (_warm_up_start(lb_ptr, b, c_first, h, warm_max, H, WARM) >= 0)
-            s_hi = tl.where(on_own, b, s_hi)
+            on_own = tl.load(starts + k) >= 0
+            s_hi = tl.where(on_own, _segment_bound(c0, c1, k, SEG), s_hi)
             k += 1
-            looking = (b < c1) & (on_own == 0) & (k < SEG)
+            looking = (on_own == 0) & (k < SEG)
     eos = tl.load(cu_ptr + n + 1)
     bos = tl.load(cu_ptr + n) + (s_lo - c_first) * BT     # the first token of the program's chunks
     rows = tl.arange(0, BT)
@@ -940,13 +935,10 @@ def _chunk_inter_kernel(
     # the slot's addresses again from a fresh load of its index: [BV, K] 64-bit offsets kept across the walk would
     # hold registers the steps need (the walk's stores keep the compiler from reusing the first load)
     slot = tl.load(slot_ptr + n)
-    if SPLIT:
-        if s_hi == c1:                                   # this walk reached the sequence's end
+    if s_hi == c1:                                       # this walk reached the window's (segments: sequence's) end
+        if SPLIT:
             if (sg > 0) & reads_slot:
                 _wait_for(flag)                          # segment 0 is done with the slot
-            tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM),
-                     S.to(state_ptr.dtype.element_ty))
-    else:
         tl.store(_slot_rows(state_ptr, slot, h, vc, kc, s_ss, s_sh, s_sv, FORM), S.to(state_ptr.dtype.element_ty))
 
 
@@ -966,7 +958,7 @@ def as_heads(x, H, D):
 # window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off),
 # "segment_warmup" (the most chunks a segment looks back) and "segment_launch" (value rows, warps, stages of the
 # segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``). Off by default until this
-# form has run the GPU token check (and ``_split_kernel``, added after these runs, has been timed): H200, 2026-12-01,
+# form has run the GPU token check (and ``_segment_start_kernel``, added after these runs, timed): H200, 2026-12-01,
 # fourteenth session, 1x32768 3.886 -> 3.553 ms with 4 segments and the anchors' gates (vLLM 5.392: 1.52x), 3.491 ->
 # 3.564 with fla-init gates, whose decays let no pair split (vLLM 5.397: 1.51x); slower at the other splits (8x4096
 # 3.011 -> 3.243 with fla-init gates), so a default would take them for one long sequence only (the walks in one
@@ -1163,18 +1155,17 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
     n_seg, warm_max, (bv_s, warps_s, stages_s) = _segment_settings(cfg, form, V)
     lb = torch.empty(nchb, H, dtype=torch.int32, device=dev) if n_seg > 1 else None
-    split = torch.empty(N, H, dtype=torch.int8, device=dev) if n_seg > 1 else None
+    seg_start = torch.empty(N, H, n_seg, dtype=torch.int32, device=dev) if n_seg > 1 else None
     # the segments' slot-read flags per (sequence, head, value block), then their ticket counter
     flags = (torch.zeros(N * H * (V // bv_s) + 1, dtype=torch.int32, device=dev) if n_seg > 1 else
              torch.empty(1, dtype=torch.int32, device=dev))
     consts = dict(H=H, K=K, V=V, BT=bt, DOT_DT=dts[cfg["inter_dot"]], AV_DT=dts[cfg["inter_av"]],
-                  PREC=cfg["inter_prec"], FORM=form, SEG=n_seg, WARM=triton.next_power_of_2(max(warm_max, 1)))
+                  PREC=cfg["inter_prec"], FORM=form, SEG=n_seg)
 
     def walk(lo, hi, role):
         args = (w, u, qg, kg, aqk, gl, rn, o, recurrent_state, cu, slots, has_initial_state, chunk_off,
-                flags if lb is None else lb, flags if split is None else split, flags, flags[-1:], o.stride(0),
-                o.stride(1), recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2), lo, hi,
-                warm_max)
+                flags if seg_start is None else seg_start, flags, flags[-1:], o.stride(0), o.stride(1),
+                recurrent_state.stride(0), recurrent_state.stride(1), recurrent_state.stride(2), lo, hi)
         if role < 2:
             _chunk_inter_kernel[(N, H, V // bv)](*args, BV=bv, ROLE=role, **consts, num_warps=warps,
                                                  num_stages=stages)
@@ -1190,8 +1181,9 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if bt == BC:
         dd, done = _diag_workspace(nchb, H, BC, cfg, dev)
         _diag_pairs(q, k, g_raw, a_log, dtb, cu, slots, chunk_seq, chunk_off, N, nchb, BC, cfg, dd, done, lb)
-        if n_seg > 1:                          # which (sequence, head) pairs split, before any window's walk
-            _split_kernel[(N, H)](lb, slots, chunk_off, split, warm_max, H=H, SEG=n_seg, WARM=consts["WARM"])
+        if n_seg > 1:                          # where each pair's segments start, before any window's walk
+            _segment_start_kernel[(N, H)](lb, slots, chunk_off, seg_start, warm_max, H=H, SEG=n_seg,
+                                          WARM=triton.next_power_of_2(max(warm_max, 1)))
 
         def parallel(lo, hi):
             _chunk16_kernel[(hi - lo, H)](

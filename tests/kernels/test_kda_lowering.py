@@ -10,7 +10,7 @@ sys.path.insert(0, "scripts")
 import triton.language as tl
 from inspect_sm90 import SMEM_LIMIT, compile_kernel
 from kernels.kda.triton_chunk import (BC, BT, _FAST, _chunk16_kernel, _chunk_diag_kernel, _chunk_inter_kernel,
-                                      _chunk_intra_kernel, _per_chunk, _split_kernel)
+                                      _chunk_intra_kernel, _per_chunk, _segment_start_kernel)
 from kernels.kda.triton_conv import (_short_conv_decode_kernel, _short_conv_prefill_kernel,
                                      _short_conv_prefill_state_kernel)
 from kernels.kda.triton_decode import _decode_kernel, _verify_kernel
@@ -20,7 +20,7 @@ ptrs = dict(q_ptr=bf, k_ptr=bf, v_ptr=bf, g_ptr=bf, beta_ptr=f32, alog_ptr=f32, 
             slot_ptr="*i32", chunk_seq_ptr="*i32", chunk_off_ptr="*i32", w_ptr=bf, u_ptr=f32, qg_ptr=bf, kg_ptr=bf,
             aqk_ptr=f32, gl_ptr=f32, ek_ptr="*fp16", rn_ptr=f32, dd_ptr=f32, o_ptr=bf, state_ptr=f32, init_ptr="*i1",
             init_slot_ptr="*i32", idx_ptr="*i32", x_ptr=bf, y_ptr=bf, done_ptr="*i8", lb_ptr="*i32",
-            split_ptr="*i8", flag_ptr="*i32", ticket_ptr="*i32")
+            start_ptr="*i32", flag_ptr="*i32", ticket_ptr="*i32")
 done = []
 
 def check(label, k):
@@ -58,7 +58,7 @@ for prec in ("tf32", "ieee"):
 dts = {"fp32": tl.float32, "bf16": tl.bfloat16}
 for form, dot, bv, nw in [(0, "fp32", 32, 4), (0, "bf16", 16, 4), (1, "bf16", 64, 8), (2, "bf16", 32, 8)]:
     const = dict(H=32, K=128, V=128, BT=BT, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC="tf32", FORM=form, SEG=1,
-                 WARM=64, ROLE=0)
+                 ROLE=0)
     check(f"inter form={form} {dot} BV {bv}", compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw,
                                                              num_stages=2))
 # the launches the fast path picks over 16-token chunks (pairs; one long sequence: 16 rows on 2 warps), the exact
@@ -68,10 +68,10 @@ for bv, nw, ns, dot, prec, seg, role in ((16, 2, 4, "bf16", "tf32", 1, 0), (64, 
                                          (32, 4, 3, "fp32", "ieee", 1, 0), (16, 2, 4, "bf16", "tf32", 4, 1),
                                          (64, 4, 3, "bf16", "tf32", 4, 2)):
     const = dict(H=32, K=128, V=128, BT=BC, BV=bv, DOT_DT=dts[dot], AV_DT=tl.float32, PREC=prec, FORM=3, SEG=seg,
-                 WARM=64, ROLE=role)
+                 ROLE=role)
     check(f"inter pairs BV {bv} warps {nw} {dot} segments {seg} role {role}",
           compile_kernel(_chunk_inter_kernel, ptrs, const, num_warps=nw, num_stages=ns))
-check("segment split decision", compile_kernel(_split_kernel, ptrs, dict(H=32, SEG=4, WARM=64), num_warps=1))
+check("segment starts", compile_kernel(_segment_start_kernel, ptrs, dict(H=32, SEG=4, WARM=64), num_warps=1))
 check("decode", compile_kernel(_decode_kernel, ptrs, dict(H=32, K=128, V=128, BV=8, HAS_INIT=True),
                                floats=("scale",), num_warps=1))
 check("verify", compile_kernel(_verify_kernel, ptrs, dict(H=32, K=128, V=128, BV=8), floats=("scale",),
