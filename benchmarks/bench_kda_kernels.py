@@ -3,7 +3,7 @@
 One run prints, for H=32 heads, K=V=128, bf16 activations, fp32 (and bf16) state slots [slots, H, V, K]:
   1. the ceilings measured here: device-to-device copy bandwidth, a bf16 8192^3 matrix product;
   2. accuracy against float64 math (relative error of outputs and final states), ours and vLLM's;
-  3. prefill times for 32768 tokens split 1x32768, 8x4096, 64x512, 256x128 (median of do_bench);
+  3. prefill times for 32768 tokens split 1x32768, 8x4096, 64x512, 256x128 (or --splits; median of do_bench);
   4. decode times for N = 64, 256, 1024, 4096 sequences (vLLM only where its grid launches).
 Run from the repository root with vLLM 0.26 importable:  python benchmarks/bench_kda_kernels.py
 """
@@ -255,11 +255,13 @@ PREFILL_CONFIGS = {
     "fb_walk": dict(fallback_form="walk"),
     "halves": dict(diag_form="halves", fallback_form="walk"),
     "halves_bk16": dict(diag_form="halves", fallback_form="walk", diag_bk=16),
-    # the sequential walk in segments at once (fourteenth session's form: the (sequence, head) pairs where some
-    # segment's look-back finds the state forgotten, its bound below 2^-96, go to a launch of their own after every
-    # window, one program per segment of the sequence, 64 value rows on 4 warps at 3 stages unless "segment_launch"
-    # says otherwise; a segment whose look-back does not is walked through by the one before; the other pairs keep
-    # the plain launch in its windows)
+    # the sequential walk in segments at once (fourteenth session's form; since the fifteenth the default for one
+    # long sequence, 4 segments by segment_count): the (sequence, head) pairs where some segment's look-back finds
+    # the state forgotten, its bound below 2^-96, go to a launch of their own after every window, one program per
+    # segment of the sequence, 64 value rows on 4 warps at 3 stages unless "segment_launch" says otherwise; a segment
+    # whose look-back does not is walked through by the one before; the other pairs keep the plain launch in its
+    # windows
+    "seg_off": dict(inter_segments=1),                       # off (the default until the fifteenth session)
     "seg2": dict(inter_segments=2),
     "seg4": dict(inter_segments=4),
     "seg8": dict(inter_segments=8),
@@ -274,7 +276,7 @@ SPLITS = [(1, 32768), (8, 4096), (64, 512), (256, 128)]   # --splits: the prefil
 
 
 def prefill_times(vl, copy_tbs, mm_tf, sweep, gates="normal"):
-    say(f"## prefill, 32768 tokens, H=32, K=V=128, bf16, fp32 state slots, gates {gates} (median ms)")
+    say(f"## prefill, H=32, K=V=128, bf16, fp32 state slots, gates {gates} (median ms)")
     splits = SPLITS
     # each sweep entry on top of the measured default (--as-default's settings, if given)
     cfgs = {"default": AS_DEFAULT}
@@ -393,15 +395,15 @@ def main():
                     help="run the accuracy (bf16 rows) and prefill sections with this PREFILL_CONFIGS entry in "
                     "place of the default settings (a candidate default, measured as the default would be; sweep "
                     "entries then apply on top of it)")
-    ap.add_argument("--splits", default="", help="comma list of prefill batches to time, e.g. 1x32768 (default: "
-                    + ",".join(f"{n}x{L}" for n, L in SPLITS) + "; each one 32768 tokens)")
+    ap.add_argument("--splits", default="", help="comma list of prefill batches (sequences x tokens) to time, e.g. "
+                    "1x32768,1x8192 (default: " + ",".join(f"{n}x{L}" for n, L in SPLITS) + ", each 32768 tokens)")
     args = ap.parse_args()
     if args.splits:
-        known = {f"{n}x{L}": (n, L) for n, L in SPLITS}
-        asked = [x for x in args.splits.split(",") if x]
-        if not asked or any(x not in known for x in asked):
-            ap.error(f"--splits {args.splits!r}: expected a comma list of {sorted(known)}")
-        SPLITS[:] = [known[x] for x in asked]
+        asked = [x.split("x") for x in args.splits.split(",") if x]
+        if not asked or any(len(x) != 2 or not all(p.isdigit() and int(p) > 0 for p in x) for x in asked):
+            ap.error(f"--splits {args.splits!r}: expected a comma list of batches like 1x32768 (sequences x tokens, "
+                     f"whole numbers above 0)")
+        SPLITS[:] = [(int(n), int(L)) for n, L in asked]
     skip = set(args.skip.split(","))
     AS_DEFAULT.update(PREFILL_CONFIGS[args.as_default] if args.as_default else {})
     SWEEP_ONLY.update(n for n in args.sweep_only.split(",") if n)

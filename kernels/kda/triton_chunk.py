@@ -40,7 +40,8 @@ second stream forked from and joined back to the current one); 64-token chunks, 
    rows first), "rows" (the default over 64-token chunks: value rows first, the state and v_new^T on the left),
    "cols" (token rows first) and "cols_kmajor" (the state held key-major, so that with 64-token chunks every
    product has 64 or 128 rows); bf16 operands for the state products ("inter_dot") and for
-   Aqk v_new ("inter_av") are options. ``inter_segments`` (opt-in; "pairs" only) splits each sequence's walk into
+   Aqk v_new ("inter_av") are options. ``inter_segments`` ("pairs" only; by default 4 for one long sequence,
+   ``segment_count``, else off) splits each sequence's walk into
    that many segments walked at once: a segment starts from zero a few chunks early once the bound on those chunks'
    state transfer (per token the slowest key channel's decay: every step is a contraction times its decays) falls
    below 2^-96, which gates that forget quickly (the anchors') allow within a few chunks; otherwise the segment
@@ -957,12 +958,8 @@ def as_heads(x, H, D):
 # and the sequential walk in that many windows of chunks, each window's walk on a second stream beside the next
 # window's chunk kernel (``_in_windows``; the diagonal kernel runs first, over every chunk); "inter_segments" (1: off),
 # "segment_warmup" (the most chunks a segment looks back) and "segment_launch" (value rows, warps, stages of the
-# segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``). Off by default until this
-# form has run the GPU token check (and ``_segment_start_kernel``, added after these runs, timed): H200, 2026-12-01,
-# fourteenth session, 1x32768 3.886 -> 3.553 ms with 4 segments and the anchors' gates (vLLM 5.392: 1.52x), 3.491 ->
-# 3.564 with fla-init gates, whose decays let no pair split (vLLM 5.397: 1.51x); slower at the other splits (8x4096
-# 3.011 -> 3.243 with fla-init gates), so a default would take them for one long sequence only (the walks in one
-# wave, as ``overlap_window_count``).
+# segments' launch): the walk in segments where the decays allow (``_chunk_inter_kernel``); None (the default): by
+# batch shape, ``segment_count`` (one long sequence only: more sequences were slower with them).
 # Fast-path defaults from the H100 comparison of 2026-11-23 (benchmarks/RESULTS.md, profile_kda_prefill.py): the
 # value-rows-first sequential step with bf16 state products, 64 value rows per program and 8 warps; the intra
 # kernel's W/U loops from the H200 comparison of 2026-11-30 (seventh session); the reference-row pairs with the
@@ -976,7 +973,8 @@ def as_heads(x, H, D):
 # halves for the blocks out of the whole block's range before the walk (thirteenth session: anchors' gates 1x32768
 # 4.476 -> 3.930 ms, 64x512 4.131 -> 3.560; o error 2.24e-3 -> 2.43e-3, vLLM's 3.91e-3); the walk's slot addresses
 # formed again after the walk, not kept across it (fourteenth session: spills of the 64-row launch 128 -> 16;
-# 256x128 3.861 -> 3.737 ms with the anchors' gates, 3.549 -> 3.425 with fla-init gates).
+# 256x128 3.861 -> 3.737 ms with the anchors' gates, 3.549 -> 3.425 with fla-init gates); the walk in 4 segments
+# for one long sequence (fifteenth session: anchors' gates 1x32768 3.911 -> 3.558 ms, fla-init gates 3.505 -> 3.537).
 _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallback_warps=4,
              diag_form="reference", fallback_form={BC: "halves", BT: "walk"}, diag_early_out=True,
              diag_ref="balanced", diag_range=124.0, diag_bk={BC: 32, BT: None}, prec_d="tf32", BVI={BC: 128, BT: 32},
@@ -984,7 +982,7 @@ _FAST = dict(chunk=BC, chunk16_warps=4, BK=16, diag_warps={BC: 1, BT: 4}, fallba
              ek_dtype=torch.float16,
              u_dtype=torch.float32, aqk_dtype=torch.float32, prec_a="tf32", prec_m="tf32", prec_o="tf32",
              inter_dot="bf16", inter_av="fp32", inter_form=None, inter_prec="tf32",
-             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2, inter_segments=1, segment_warmup=64,
+             intra_warps=4, intra_stages=3, inter_warps=8, inter_stages=2, inter_segments=None, segment_warmup=64,
              segment_launch=(64, 4, 3))
 _EXACT = dict(_FAST, ws_dtype=torch.float32, ek_dtype=torch.float32, prec_a="ieee", prec_d="ieee", prec_m="ieee",
               prec_o="ieee", diag_range=96.0,       # factors far from 2^-126 (no subnormal ever near a kept pair)
@@ -1047,6 +1045,37 @@ def overlap_window_count(n_walks: int, V: int, sms: int, n_chunks: int) -> int:
     if not _walks_fit_one_wave(n_walks, V, sms):
         return 1
     return max(1, min(8, n_chunks // 128))
+
+
+SEGMENTS = 4              # inter_segments=None: the segments per sequence where ``segment_count`` takes any
+SEGMENT_MIN_CHUNKS = 512  # ... and the fewest chunks (the host's bound) a batch must hold for it
+
+
+def segment_count(n_walks: int, V: int, sms: int, n_chunks: int) -> int:
+    """Segments of the sequential walk for ``inter_segments=None`` (the default, 16-token chunks): ``SEGMENTS`` while
+    the walks fit one wave (``_walks_fit_one_wave``: one long sequence at H = 32) and the batch holds at least
+    ``SEGMENT_MIN_CHUNKS`` chunks, else 1 (off). H200, 2026-12-01 (fifteenth session), vLLM / off / 4 segments ms,
+    anchors' gates: 1x32768 5.401 / 3.911 / 3.558, 1x16384 2.712 / 2.002 / 1.878, 1x8192 1.391 / 1.032 / 0.974;
+    fla-init gates, where no pair splits: 1x32768 5.393 / 3.505 / 3.537, 1x8192 1.393 / 0.948 / 0.971. More
+    sequences (8x4096) were slower with segments (fourteenth session)."""
+    if not _walks_fit_one_wave(n_walks, V, sms) or n_chunks < SEGMENT_MIN_CHUNKS:
+        return 1
+    return SEGMENTS
+
+
+def prefill_warmups(H: int, V: int, device, chunk: int | None = None) -> list[tuple[int, dict]]:
+    """(sequences, settings) of the short prefills that together compile every kernel variant the fast path may
+    launch with ``chunk``-token chunks: one per ``prefill_variant_batches`` count, plus, where a batch of that many
+    sequences may take segments (``segment_count`` for a long enough batch), the same count with the segments asked
+    for (a one-token sequence then launches the segment kernels without being long)."""
+    chunk = chunk or _FAST["chunk"]
+    runs = []
+    for n in prefill_variant_batches(H, V, device, chunk):
+        runs.append((n, {}))
+        if chunk == BC and _FAST["inter_segments"] is None and segment_count(n * H, V, num_sms(device),
+                                                                               SEGMENT_MIN_CHUNKS) > 1:
+            runs.append((n, {"inter_segments": SEGMENTS}))
+    return runs
 
 
 def prefill_variant_batches(H: int, V: int, device, chunk: int | None = None) -> list[int]:
@@ -1154,6 +1183,8 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     if recurrent_state.dtype != torch.float32:
         n_win = 1            # each window boundary would round the carried state to the slots' dtype once more
     n_seg, warm_max, (bv_s, warps_s, stages_s) = _segment_settings(cfg, form, V)
+    if n_seg is None:
+        n_seg = segment_count(N * H, V, num_sms(dev), nchb) if form == 3 else 1
     lb = torch.empty(nchb, H, dtype=torch.int32, device=dev) if n_seg > 1 else None
     seg_start = torch.empty(N, H, n_seg, dtype=torch.int32, device=dev) if n_seg > 1 else None
     # the segments' slot-read flags per (sequence, head, value block), then their ticket counter
@@ -1201,14 +1232,16 @@ def chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, recurrent_sta
     return o
 
 
-def _segment_settings(cfg: dict, form: int, V: int) -> tuple[int, int, tuple[int, int, int]]:
+def _segment_settings(cfg: dict, form: int, V: int) -> tuple[int | None, int, tuple[int, int, int]]:
     """``inter_segments`` (the sequential walk split into that many segments per sequence where the data allow,
-    walked at once; 1: off), ``segment_warmup`` (the most chunks a segment looks back for a warm-up from zero) and
-    ``segment_launch`` (the segments' launch: value rows, warps, stages), checked."""
+    walked at once; 1: off; None: by batch shape, ``segment_count``), ``segment_warmup`` (the most chunks a segment
+    looks back for a warm-up from zero) and ``segment_launch`` (the segments' launch: value rows, warps, stages),
+    checked."""
     n_seg, warm, launch = cfg["inter_segments"], cfg["segment_warmup"], cfg["segment_launch"]
-    if not isinstance(n_seg, int) or isinstance(n_seg, bool) or n_seg < 1 or (n_seg > 1 and form != 3):
-        raise ValueError(f"inter_segments={n_seg!r}: expected a whole number >= 1 (above 1 with inter_form 'pairs' "
-                         f"only)")
+    if n_seg is not None and (not isinstance(n_seg, int) or isinstance(n_seg, bool) or n_seg < 1 or
+                              (n_seg > 1 and form != 3)):
+        raise ValueError(f"inter_segments={n_seg!r}: expected None (by batch shape, with inter_form 'pairs') or a "
+                         f"whole number >= 1 (above 1 with inter_form 'pairs' only)")
     if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm <= 1024:
         raise ValueError(f"segment_warmup={warm!r}: expected a whole number of chunks from 0 to 1024 (the look-back "
                          f"loads them at once)")

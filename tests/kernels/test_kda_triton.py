@@ -323,7 +323,8 @@ def test_segments_start_on_their_own_after_their_warm_up(monkeypatch):
     walked through by the segment before. Here the first boundary of each sequence (14 and 10 chunks in) has too
     few chunks before it and the later ones enough: exact against fp64; with no look-back allowed
     (``segment_warmup`` 0) the same arithmetic as the plain walk, bit for bit; with the look-back's threshold too
-    short (SEG_FORGET 4: a chunk of warm-up) visibly wrong, so the warm-ups are both taken and what makes it exact."""
+    short (SEG_FORGET 4: a chunk of warm-up) visibly wrong, so the warm-ups are both taken and what makes it exact.
+    The default settings take the segments exactly where ``segment_count`` says so."""
     gen = torch.Generator().manual_seed(53)
     lengths = [800, 600]                       # 50 and 38 chunks: four segments of 14 and 10 chunks
     inputs = slow_gate_inputs(lengths, gen)
@@ -350,6 +351,12 @@ def test_segments_start_on_their_own_after_their_warm_up(monkeypatch):
     _, o_through = prefill_errors(inputs, lengths, dict(chunk=16, inter_segments=4, segment_warmup=0))
     assert torch.equal(o_through, o_plain)
     assert not torch.equal(o_seg, o_plain)     # warm-ups from zero round differently: some segment started on its own
+    # the default (inter_segments None) takes them by batch shape: these walks fit the interpreter's wave of 4 SMs,
+    # so the batch's chunk count (89, the host's bound) decides
+    monkeypatch.setattr(triton_chunk, "SEGMENT_MIN_CHUNKS", 89)
+    assert torch.equal(prefill_errors(inputs, lengths, dict(chunk=16))[1], o_seg)
+    monkeypatch.setattr(triton_chunk, "SEGMENT_MIN_CHUNKS", 90)
+    assert torch.equal(prefill_errors(inputs, lengths, dict(chunk=16))[1], o_plain)
     monkeypatch.setattr(triton_chunk, "SEG_FORGET", tl.constexpr(4.0))
     errs, _ = prefill_errors(inputs, lengths, dict(chunk=16, inter_segments=4))
     assert all(e > 5e-4 for e in errs), errs   # (2026-12-01: 1.0e-3 and 1.4e-3; exact: 1.6e-7)
@@ -375,6 +382,25 @@ def test_overlap_windows_by_batch_shape():
     assert overlap_window_count(16, 128, 132, 4096) == 8            # TP=2 halves the heads
     assert overlap_window_count(8 * 32, 128, 132, 2048) == 1        # 8x4096: measured slower
     assert overlap_window_count(34, 128, 132, 4096) == 1            # 34 x 4 programs of 32 rows > 132
+
+
+def test_segments_by_batch_shape(monkeypatch):
+    """The default segment count: 4 while the sequential walks fit one wave and the batch holds at least 512
+    chunks (one sequence of 8192 tokens or more at H = 32 on 132 SMs), else off; and the profile run's warm-ups
+    compile the segments' kernels wherever a batch of that many sequences may take them."""
+    tc = triton_chunk
+    assert tc._FAST["inter_segments"] is None and tc._EXACT["inter_segments"] is None
+    assert tc.segment_count(32, 128, 132, 32768 // 16 + 1) == 4     # 1x32768: measured faster
+    assert tc.segment_count(32, 128, 132, 8192 // 16 + 1) == 4      # 1x8192: measured faster
+    assert tc.segment_count(32, 128, 132, 511) == 1
+    assert tc.segment_count(16, 128, 132, 1024) == 4                 # TP=2 halves the heads
+    assert tc.segment_count(8 * 32, 128, 132, 2056) == 1             # 8x4096: measured slower
+    assert tc.segment_count(34, 128, 132, 4096) == 1                 # 34 x 4 programs of 32 rows > 132
+    monkeypatch.setattr(tc, "num_sms", lambda device: 132)
+    seg = {"inter_segments": 4}
+    assert tc.prefill_warmups(32, 128, None) == [(1, {}), (1, seg), (2, {})]
+    assert tc.prefill_warmups(16, 128, None) == [(1, {}), (1, seg), (3, {})]   # 2 sequences fit too: same kernels
+    assert tc.prefill_warmups(32, 128, None, 64) == [(n, {}) for n in tc.prefill_variant_batches(32, 128, None, 64)]
 
 
 def diag_done_flags(q, k, g, A_log, dt_bias, lengths, cfg):

@@ -69,23 +69,27 @@ def kda_decode(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, ha
     return paged.kda_decode(q, k, v, g, beta, scale, rec_state, slots, has_init)
 
 
-def prefill_variant_batches(num_heads: int, head_dim: int, device, chunk=None) -> list[int]:
-    """Sequence counts whose prefills launch different compiled kernels (CUDA: one per launch of the sequential
-    kernel the fast path can pick with ``chunk``-token chunks, ``prefill_chunk()``; None: the default length); the
-    layer's profile run warms each, so that serving compiles nothing."""
+def prefill_warmups(num_heads: int, head_dim: int, device, chunk=None) -> list[tuple[int, dict]]:
+    """(sequences, kernel settings) of the short prefills that launch every compiled kernel variant the fast path
+    can pick with ``chunk``-token chunks (CUDA; ``prefill_chunk()``, None: the default length): one per launch of
+    the sequential kernel, plus the walk in segments that one long sequence takes; the layer's profile run warms
+    each, so that serving compiles nothing. None elsewhere."""
     if device.type == "cuda" and triton_kda_available():
-        from kernels.kda.triton_chunk import prefill_variant_batches as variants
+        from kernels.kda.triton_chunk import prefill_warmups as warmups
 
-        return variants(num_heads, head_dim, device, chunk)
+        return warmups(num_heads, head_dim, device, chunk)
     return []
 
 
-def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens, chunk=None):
-    """chunk: the Triton prefill's tokens per chunk (``prefill_chunk()``, read by the layer at load; None: auto)."""
+def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init, cu_seqlens, chunk=None,
+                settings=None):
+    """chunk: the Triton prefill's tokens per chunk (``prefill_chunk()``, read by the layer at load; None: auto);
+    settings: more Triton prefill settings (a ``prefill_warmups`` entry's), ignored by the torch path."""
     if q.is_cuda and triton_kda_available():
         from kernels.kda.triton_chunk import chunk_kda_prefill
 
+        cfg = dict(settings or {}, **({} if chunk is None else {"chunk": chunk}))
         return chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init,
-                                 cu_seqlens.to(torch.int32), _config=None if chunk is None else {"chunk": chunk})
+                                 cu_seqlens.to(torch.int32), _config=cfg or None)
     g = kda_gate(g_raw, A_log, dt_bias)
     return paged.kda_prefill(q, k, v, g, beta, scale, rec_state, slots, has_init, cu_seqlens)

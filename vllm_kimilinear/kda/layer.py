@@ -175,12 +175,13 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         qq, kk, vv = x.split(H * D, dim=-1)
         return qq.view(-1, H, D), kk.view(-1, H, D), vv.view(-1, H, D)
 
-    def _prefill(self, qkv, g_raw, beta, weight, conv_state, rec_state, slots, has_init, cu, out) -> None:
+    def _prefill(self, qkv, g_raw, beta, weight, conv_state, rec_state, slots, has_init, cu, out,
+                 settings=None) -> None:
         x = dispatch.short_conv_prefill(qkv, weight, conv_state, slots, has_init, cu)
         qq, kk, vv = self._split_heads(x)
         out[:] = dispatch.kda_prefill(qq, kk, vv, g_raw.view(-1, self.local_heads, self.head_dim), beta, self.A_log,
                                       self.dt_bias, self.scale, rec_state, slots, has_init, cu,
-                                      chunk=self._prefill_chunk).to(out.dtype)
+                                      chunk=self._prefill_chunk, settings=settings).to(out.dtype)
 
     def _profile_prefill(self, q, k, v, g_raw, beta, out) -> None:
         """On CUDA, vLLM sizes the KV cache from the peak memory of its profile run (the first forward without
@@ -188,8 +189,8 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         the profile batch split into as many sequences as the scheduler allows (the workspace grows with
         their number), over two throw-away state slots (slot 0 is the null slot). Later forwards without
         metadata (graph-capture warm-ups, idle data-parallel steps) skip it. First, prefills of one token a sequence
-        for each sequence count that launches another kernel variant (one long sequence takes a narrower block of
-        the sequential kernel), so that none is compiled mid-serving."""
+        for each sequence count and setting that launches another kernel variant (one long sequence takes a narrower
+        block of the sequential kernel, and its walk in segments), so that none is compiled mid-serving."""
         if self._profiled or not q.is_cuda or q.shape[0] == 0 or torch.cuda.is_current_stream_capturing():
             return
         self._profiled = True
@@ -203,12 +204,12 @@ class KimiDeltaAttention(nn.Module, MambaBase):
         rec_state = torch.zeros(2, *rec_shape, dtype=rec_dtype, device=dev)
         slots = torch.ones(S, dtype=torch.int32, device=dev)
         has_init = torch.zeros(S, dtype=torch.bool, device=dev)
-        for n in dispatch.prefill_variant_batches(self.local_heads, self.head_dim, dev, self._prefill_chunk):
+        for n, settings in dispatch.prefill_warmups(self.local_heads, self.head_dim, dev, self._prefill_chunk):
             if n <= T:
                 self._prefill(torch.cat([q[:n], k[:n], v[:n]], dim=-1), g_raw[:n], beta[:n], self.conv_weight(),
                               conv_state, rec_state, torch.ones(n, dtype=torch.int32, device=dev),
                               torch.zeros(n, dtype=torch.bool, device=dev),
-                              torch.arange(n + 1, device=dev, dtype=torch.int32), out[:n])
+                              torch.arange(n + 1, device=dev, dtype=torch.int32), out[:n], settings)
         cu = (torch.arange(S + 1, device=dev) * T // S).to(torch.int32)          # S near-equal sequences
         self._prefill(torch.cat([q, k, v], dim=-1), g_raw, beta, self.conv_weight(), conv_state, rec_state, slots,
                       has_init, cu, out)
