@@ -143,6 +143,10 @@ def accuracy(vl):
     cases = [("1x2048 bf16, gate N(0,1)", [2048], 1.0, "normal", torch.bfloat16, torch.float32),
              ("1x2048 bf16, gate x0.1", [2048], 0.1, "normal", torch.bfloat16, torch.float32),
              ("1x2048 bf16, gate N(0,1), dt_bias at fla's init", [2048], 1.0, "init", torch.bfloat16, torch.float32),
+             # one long sequence: the walk in segments by default (segment_count)
+             ("1x32768 bf16, gate N(0,1)", [32768], 1.0, "normal", torch.bfloat16, torch.float32),
+             ("1x32768 bf16, gate N(0,1), dt_bias at fla's init", [32768], 1.0, "init", torch.bfloat16,
+              torch.float32),
              ("varlen 1,63,64,65,700,1000,2048 bf16", [1, 63, 64, 65, 700, 1000, 2048], 1.0, "normal",
               torch.bfloat16, torch.float32),
              ("1x2048 bf16, gate raw +-1e4", [2048], 1.0, "huge", torch.bfloat16, torch.float32),
