@@ -27,13 +27,11 @@ SETTINGS = {"default": {}, "rows": dict(tokens_as_rows=True), "tma": dict(tma=Tr
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", default="default", help=f"one of {sorted(SETTINGS)}")
+    ap.add_argument("--settings", default="default", choices=sorted(SETTINGS))
     ap.add_argument("--cache", default="bf16", choices=["bf16", "fp8"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=131072)
     args = ap.parse_args()
-    if args.settings not in SETTINGS:
-        ap.error(f"--settings {args.settings!r}: expected one of {sorted(SETTINGS)}")
     gen = torch.Generator().manual_seed(0)
     blocks = args.batch * -(-args.context // BS_REAL) + 1
     cache = torch.empty(blocks, BS_REAL, L + R, dtype=FP8 if args.cache == "fp8" else torch.bfloat16, device="cuda")
