@@ -450,8 +450,9 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
             case = Case(dt, cache, B, ctx, BS, gen)
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
             from kernels.device import num_sms
-            from kernels.mla.triton_decode import choose_num_splits, default_block_h
-            s0 = choose_num_splits(B, -(-H // default_block_h(H)), ctx, num_sms(case.cache.device))
+            from kernels.mla.triton_decode import choose_num_splits, default_config
+            d = default_config(H, L, dt == "fp8")
+            s0 = choose_num_splits(B, -(-H // d["block_h"]), ctx, num_sms(case.cache.device) * d["programs_per_sm"])
             entries = [(f"ours[{s0} splits]", "ours", make_ours, case),
                        (f"ours@bs{BS_REAL}", "ours", make_ours, case_real)]
             for name, mk in kernels[1:]:
@@ -490,16 +491,20 @@ def sweep(case):
     from kernels.device import num_sms
     from kernels.mla.triton_decode import choose_num_splits, default_config, legacy_num_splits, mla_decode
     from triton.testing import do_bench
-    d = default_config(H, L)
+    d = default_config(H, L, case.dtype == "fp8")
     bh0 = d["block_h"]
-    s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))
+    s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device) * d["programs_per_sm"])
+    s1 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))   # one program an SM
     # (block_h, block_n, warps, stages, splits, prefetch, tokens_as_rows); prefetch "-" = the kernel's default
     dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-", False)
     legacy = legacy_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))
     # The fourth session's sweep (RESULTS.md) left 64-token tiles at 3 stages as the default; TMA tiles, 64 head rows,
     # and transposed products were all slower. This one compares split counts around the default's choice
     # (the fourth session's rule: ~4 programs per SM) and two nearby launch settings.
-    cfgs = [dflt, (bh0, 64, 8, 3, legacy, "-", False), (bh0, 64, 8, 3, max(1, s0 // 2), "-", False),
+    # (bh0, 64, 8, 3, s1): the default for every cache until the fifteenth session (16-bit caches since: 32-token
+    # tiles on 4 warps, two programs an SM)
+    cfgs = [dflt, (bh0, 64, 8, 3, s1, "-", False),
+            (bh0, 64, 8, 3, legacy, "-", False), (bh0, 64, 8, 3, max(1, s0 // 2), "-", False),
             (bh0, 64, 8, 3, min(256, 2 * s0), "-", False), (bh0, 64, 8, 3, min(256, 3 * s0), "-", False),
             (bh0, 32, 8, 4, s0, "-", False), (bh0, 64, 4, 2, s0, False, True), (bh0, 64, 8, 4, s0, "-", False)]
     res = []

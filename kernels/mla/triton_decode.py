@@ -298,10 +298,11 @@ def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
 
 
 def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
-    """Splits per sequence from host-known values. At the default launch one program fills an SM, so programs run
-    in waves of ``num_sms``; the time is about (waves) x (positions a split + SPLIT_OVERHEAD_TOKENS), and the count
-    minimising it is taken (the fewest on a tie), with at least MIN_TOKENS_PER_SPLIT positions a split. E.g. on 132
-    SMs: batch 32 takes 4 splits (128 programs, one wave), batch 128 one split (no merge), batch 1 at 128K 132."""
+    """Splits per sequence from host-known values. Programs run in waves of ``num_sms`` (the caller passes the
+    SMs times the programs one SM holds at the launch: ``default_config``'s ``programs_per_sm``); the time is
+    about (waves) x (positions a split + SPLIT_OVERHEAD_TOKENS), and the count minimising it is taken (the fewest
+    on a tie), with at least MIN_TOKENS_PER_SPLIT positions a split. E.g. on 132 SMs at one program an SM: batch 32
+    takes 4 splits (128 programs, one wave), batch 128 one split (no merge), batch 1 at 128K 132."""
     if max_seq_len <= 0:
         return 1
     rows = max(1, batch * num_head_groups)
@@ -342,13 +343,19 @@ def default_block_h(num_heads: int) -> int:
     return min(64, max(16, triton.next_power_of_2(num_heads)))
 
 
-def default_config(num_heads: int, L: int) -> dict:
-    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages. Three stages give
-    the page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`); 64-token tiles were
-    the fastest of an 18-setting sweep on the H100 at batch >= 32, bf16 and fp8 (`benchmarks/RESULTS.md`)."""
-    big = L >= 256
-    return dict(block_h=default_block_h(num_heads), block_n=64 if big else 16, num_warps=8 if big else 4,
-                num_stages=3)
+def default_config(num_heads: int, L: int, fp8: bool = False) -> dict:
+    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages, and the programs an
+    SM holds at once (``programs_per_sm``, for ``choose_num_splits``). Three stages give the page-by-page loop two
+    tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`). 16-bit caches: 32-token tiles on 4 warps, two
+    programs an SM (one program of 8 warps stalls on its shared-memory operand loads; H200, 2026-12-01, batch 32 x
+    128K 1832 -> 1623 us with twice the splits, 128 x 128K 6976 -> 6556); fp8 caches keep 64-token tiles on 8 warps
+    (the fastest of an 18-setting sweep on the H100 at batch >= 32; 32-token tiles 1.7x slower on the H200)."""
+    bh = default_block_h(num_heads)
+    if L < 256:
+        return dict(block_h=bh, block_n=16, num_warps=4, num_stages=3, programs_per_sm=1)
+    if fp8:
+        return dict(block_h=bh, block_n=64, num_warps=8, num_stages=3, programs_per_sm=1)
+    return dict(block_h=bh, block_n=32, num_warps=4, num_stages=3, programs_per_sm=2)
 
 
 def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int | None = None,
@@ -413,15 +420,17 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     else:
         k_scale_arg = seq_lens                   # unused placeholder pointer
 
-    cfg = default_config(H, L)
-    block_h = block_h or cfg["block_h"]
-    block_n = block_n or cfg["block_n"]
-    num_warps = num_warps or cfg["num_warps"]
-    num_stages = num_stages or cfg["num_stages"]
+    cfg = default_config(H, L, is_fp8)
+    launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
+              num_stages or cfg["num_stages"])
+    # programs an SM holds: as measured for the default launch, else assume one
+    per_sm = cfg["programs_per_sm"] if launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps",
+                                                                          "num_stages")) else 1
+    block_h, block_n, num_warps, num_stages = launch
     head_groups = triton.cdiv(H, block_h)
     if num_splits is None:
         bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
-        num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev))
+        num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev) * per_sm)
     num_splits = max(1, int(num_splits))
 
     if out is None:

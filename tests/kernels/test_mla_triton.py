@@ -387,3 +387,15 @@ def test_lowers_for_sm90(tmp_path):
     """Both kernels compile to sm_90 cubins (Triton's bundled ptxas; no GPU needed), bf16 and fp8 caches."""
     from tests.kernels.lowering import run_lowering_script
     assert "LOWERED" in run_lowering_script(_LOWER_SM90, tmp_path, timeout=600)
+
+
+def test_default_launch_by_cache_dtype():
+    """16-bit caches: 32-token tiles on 4 warps, two programs an SM, so twice the splits fill the waves; fp8 caches:
+    64-token tiles on 8 warps, one program an SM (H200, 2026-12-01: benchmarks/RESULTS.md)."""
+    from kernels.mla.triton_decode import default_config
+
+    bf, f8 = default_config(32, 512), default_config(32, 512, fp8=True)
+    assert (bf["block_h"], bf["block_n"], bf["num_warps"], bf["programs_per_sm"]) == (32, 32, 4, 2)
+    assert (f8["block_h"], f8["block_n"], f8["num_warps"], f8["programs_per_sm"]) == (32, 64, 8, 1)
+    assert choose_num_splits(32, 1, 131072, 2 * 132) == 8          # 256 programs: one wave of two an SM
+    assert choose_num_splits(128, 1, 131072, 2 * 132) == 2
