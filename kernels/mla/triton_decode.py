@@ -352,10 +352,12 @@ def default_config(num_heads: int, L: int, fp8: bool = False) -> dict:
     (the fastest of an 18-setting sweep on the H100 at batch >= 32; 32-token tiles 1.7x slower on the H200)."""
     bh = default_block_h(num_heads)
     if L < 256:
-        return dict(block_h=bh, block_n=16, num_warps=4, num_stages=3, programs_per_sm=1)
+        return dict(block_h=bh, block_n=16, num_warps=4, num_stages=3, programs_per_sm=1, flat_prefetch=True)
     if fp8:
-        return dict(block_h=bh, block_n=64, num_warps=8, num_stages=3, programs_per_sm=1)
-    return dict(block_h=bh, block_n=32, num_warps=4, num_stages=3, programs_per_sm=2)
+        return dict(block_h=bh, block_n=64, num_warps=8, num_stages=3, programs_per_sm=1, flat_prefetch=True)
+    # pages too small for the page-by-page loop (64 tokens): no register prefetch on 4 warps (32 x 128K, H200:
+    # 2250 us without, 3769 with; the earlier 64-token launch with it 2936)
+    return dict(block_h=bh, block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, flat_prefetch=False)
 
 
 def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_splits: int | None = None,
@@ -375,7 +377,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
     block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
-    (default: fp8 caches, and pages too small for the page-by-page loop; never with tokens_as_rows or tma) loads
+    (default: fp8 caches, and pages too small for the page-by-page loop except for 16-bit caches at the default
+    launch, ``default_config``'s ``flat_prefetch``; never with tokens_as_rows or tma) loads
     the next tile into registers before the current tile's products. Triton's own pipelining does not cover those
     two cases: it does not multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile
     whose addresses come from a block-table load in the same loop. tokens_as_rows computes the transposed products
@@ -423,9 +426,10 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     cfg = default_config(H, L, is_fp8)
     launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
               num_stages or cfg["num_stages"])
-    # programs an SM holds: as measured for the default launch, else assume one
-    per_sm = cfg["programs_per_sm"] if launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps",
-                                                                          "num_stages")) else 1
+    # programs an SM holds and the flat loop's prefetch: as measured for the default launch, else one and on
+    default_launch = launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps", "num_stages"))
+    per_sm = cfg["programs_per_sm"] if default_launch else 1
+    flat_prefetch = cfg["flat_prefetch"] if default_launch else True
     block_h, block_n, num_warps, num_stages = launch
     head_groups = triton.cdiv(H, block_h)
     if num_splits is None:
@@ -466,7 +470,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
         BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
         IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
-        PREFETCH=(not tma and not tokens_as_rows and (is_fp8 or not page_loop)) if prefetch is None else prefetch,
+        PREFETCH=(not tma and not tokens_as_rows and (is_fp8 or (not page_loop and flat_prefetch)))
+        if prefetch is None else prefetch,
         TOKENS_AS_ROWS=tokens_as_rows, TMA=tma,
         F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
         num_warps=num_warps, num_stages=num_stages,
