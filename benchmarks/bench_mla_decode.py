@@ -451,7 +451,7 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
             from kernels.device import num_sms
             from kernels.mla.triton_decode import choose_num_splits, default_config
-            d = default_config(H, L, dt == "fp8")
+            d = default_config(H, L, 1 if dt == "fp8" else 2)
             s0 = choose_num_splits(B, -(-H // d["block_h"]), ctx, num_sms(case.cache.device) * d["programs_per_sm"])
             entries = [(f"ours[{s0} splits]", "ours", make_ours, case),
                        (f"ours@bs{BS_REAL}", "ours", make_ours, case_real)]
@@ -491,7 +491,7 @@ def sweep(case):
     from kernels.device import num_sms
     from kernels.mla.triton_decode import choose_num_splits, default_config, legacy_num_splits, mla_decode
     from triton.testing import do_bench
-    d = default_config(H, L, case.dtype == "fp8")
+    d = default_config(H, L, 1 if case.dtype == "fp8" else 2)
     bh0 = d["block_h"]
     s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device) * d["programs_per_sm"])
     s1 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))   # one program an SM

@@ -7,8 +7,10 @@ pages, shuffled block tables, every sequence at the full context) and runs ``mla
     ncu --kernel-name regex:_mla_decode_split --launch-skip 2 --launch-count 1 --section SpeedOfLight \\
         --section WarpStateStats --section Occupancy python benchmarks/profile_mla_decode.py --settings default
 
-Settings: default, rows (tokens_as_rows: the transposed products on wgmma), tma (tiles through TMA descriptors);
-one ncu process per setting keeps the launch counting simple.
+Settings: default; launch64 (64-token tiles on 8 warps, one program an SM: the 16-bit caches' default until the
+fifteenth session, the fp8 default still); rows (tokens_as_rows with 64-token tiles on 4 warps at 2 stages: the
+transposed products on wgmma); tma (tiles through TMA descriptors, 32-token tiles on 4 warps). One ncu process per
+setting keeps the launch counting simple.
 """
 
 import argparse
@@ -22,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_mla_decode import BS_REAL, FP8, H, L, R, Case, fill_cache  # noqa: E402
 from kernels.mla.triton_decode import mla_decode  # noqa: E402
 
-SETTINGS = {"default": {}, "rows": dict(tokens_as_rows=True), "tma": dict(tma=True)}
+SETTINGS = {"default": {}, "launch64": dict(block_n=64, num_warps=8, num_stages=3),
+            "rows": dict(tokens_as_rows=True, block_n=64, num_warps=4, num_stages=2),
+            "tma": dict(tma=True, block_n=32, num_warps=4, num_stages=3)}
 
 
 def main():

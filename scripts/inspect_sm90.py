@@ -77,6 +77,7 @@ def mla():
     div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_o_n", "s_o_h", "num_heads")
     for kv in ("bf16", "fp8e4nv"):
         for bn, nw, ns, page_loop, prefetch, tar in [
+                (32, 4, 3, True, False, False), (32, 4, 3, False, False, False),   # the 16-bit default (2 an SM)
                 (32, 8, 2, False, False, False), (32, 8, 2, False, True, False), (32, 8, 3, True, False, False),
                 (32, 8, 4, True, False, False), (16, 8, 4, True, False, False), (32, 8, 2, True, True, False),
                 (16, 8, 2, True, True, False), (64, 8, 2, True, False, True), (64, 8, 2, True, True, True)]:

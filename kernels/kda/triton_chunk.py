@@ -1,9 +1,10 @@
 """Chunked KDA prefill in Triton: varlen sequences over paged state slots, gate and L2 norm fused.
 
 Four launches for 16-token chunks, the default (``_config["chunk"]``; the diagonal kernel's two: see 1; plus a few
-tiny device-side index ops; no device-to-host sync, CUDA-graph safe; in overlap windows, the default for one long
-sequence (``overlap_window_count``), the chunk and sequential kernels launch once a window, the sequential ones on a
-second stream forked from and joined back to the current one); 64-token chunks, below, are an option
+tiny device-side index ops; two more for one long sequence, whose walk then runs in segments, ``segment_count``; no
+device-to-host sync, CUDA-graph safe; in overlap windows, the default for one long sequence
+(``overlap_window_count``), the chunk and sequential kernels launch once a window, the sequential ones on a second
+stream forked from and joined back to the current one); 64-token chunks, below, are an option
 (``VLLM_KIMILINEAR_KDA_CHUNK=64`` in the plugin):
 
 1. ``_chunk_diag_kernel``, per (16-token sub-block, head): the pairs inside a sub-block,

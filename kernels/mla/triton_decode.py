@@ -15,8 +15,10 @@ Reading the cache: with pages of at least PAGE_LOOP_MIN_TILES tiles (vLLM gives 
 blocks), a split walks its pages one by one, with one block-table load per page. The tile loads of the
 inner loop then depend on no load of that loop, and Triton multi-buffers them. Small pages use a flat loop
 with a lookup per position. fp8 tiles and flat-loop tiles are prefetched one tile ahead into registers
-instead, because Triton's pipelining covers neither. Opt-in (``tma=True``, untimed): tiles fetched through TMA
-descriptors of the cache, which Triton multi-buffers in shared memory for fp8 tiles too.
+instead, because Triton's pipelining covers neither (except 16-bit flat-loop tiles at their default launch, 32
+tokens on 4 warps, two programs an SM: there the prefetch costs more than it saves). Opt-in (``tma=True``,
+untimed): tiles fetched through TMA descriptors of the cache, which Triton multi-buffers in shared memory for fp8
+tiles too.
 """
 
 import torch
@@ -343,20 +345,22 @@ def default_block_h(num_heads: int) -> int:
     return min(64, max(16, triton.next_power_of_2(num_heads)))
 
 
-def default_config(num_heads: int, L: int, fp8: bool = False) -> dict:
-    """Launch configuration used when none is given: block_h, block_n, num_warps, num_stages, and the programs an
-    SM holds at once (``programs_per_sm``, for ``choose_num_splits``). Three stages give the page-by-page loop two
-    tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`). 16-bit caches: 32-token tiles on 4 warps, two
-    programs an SM (one program of 8 warps stalls on its shared-memory operand loads; H200, 2026-12-01, batch 32 x
-    128K 1832 -> 1623 us with twice the splits, 128 x 128K 6976 -> 6556); fp8 caches keep 64-token tiles on 8 warps
-    (the fastest of an 18-setting sweep on the H100 at batch >= 32; 32-token tiles 1.7x slower on the H200)."""
+def default_config(num_heads: int, L: int, cache_bytes: int = 2) -> dict:
+    """Launch configuration used when none is given, for a cache of ``cache_bytes`` bytes an element: block_h,
+    block_n, num_warps, num_stages, the programs an SM holds at once (``programs_per_sm``, for
+    ``choose_num_splits``) and whether the flat loop prefetches (``flat_prefetch``). Three stages give the
+    page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`). 16-bit caches with up
+    to 32 heads a program: 32-token tiles on 4 warps, two programs an SM (one program of 8 warps stalls on its
+    shared-memory operand loads; H200, 2026-12-01, batch 32 x 128K 1832 -> 1623 us with twice the splits, 128 x
+    128K 6976 -> 6556). fp8 (and fp32) caches keep 64-token tiles on 8 warps, one program an SM (the fastest of an
+    18-setting sweep on the H100 at batch >= 32; fp8 with 32-token tiles 1.7x slower on the H200)."""
     bh = default_block_h(num_heads)
     if L < 256:
         return dict(block_h=bh, block_n=16, num_warps=4, num_stages=3, programs_per_sm=1, flat_prefetch=True)
-    if fp8:
+    if cache_bytes != 2 or bh > 32:
         return dict(block_h=bh, block_n=64, num_warps=8, num_stages=3, programs_per_sm=1, flat_prefetch=True)
-    # pages too small for the page-by-page loop (64 tokens): no register prefetch on 4 warps (32 x 128K, H200:
-    # 2250 us without, 3769 with; the earlier 64-token launch with it 2936)
+    # pages under 4 tiles (128 tokens) take the flat loop: no register prefetch there on 4 warps (64-token pages,
+    # 32 x 128K, H200: 2250 us without, 3769 with; the earlier 64-token launch with it 2936)
     return dict(block_h=bh, block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, flat_prefetch=False)
 
 
@@ -377,14 +381,15 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     Returns (o_lat [N, H, L] in q_lat's dtype, or written into ``out``; lse [N, H] float32, or into
     ``out_lse``: the natural log of the softmax denominator of the scaled scores).
     block_h / block_n / num_warps / num_stages override the launch configuration (for tuning); prefetch
-    (default: fp8 caches, and pages too small for the page-by-page loop except for 16-bit caches at the default
-    launch, ``default_config``'s ``flat_prefetch``; never with tokens_as_rows or tma) loads
+    (default: fp8 caches, and pages too small for the page-by-page loop, except for 16-bit caches with L >= 256
+    at the default launch, ``default_config``'s ``flat_prefetch``; never with tokens_as_rows or tma) loads
     the next tile into registers before the current tile's products. Triton's own pipelining does not cover those
     two cases: it does not multi-buffer an fp8 tile that both products read (one of them transposed), nor a tile
     whose addresses come from a block-table load in the same loop. tokens_as_rows computes the transposed products
-    (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles they run on Hopper's wgmma,
-    which 32 query heads alone cannot reach; same result. fp16_math (default: fp8 caches with 16-bit queries)
-    runs the products in fp16 (q scaled by 1/16): e4m3 converts to fp16 in one packed instruction.
+    (scores [tokens, heads], accumulator [latent, heads]): with 64-token tiles (``block_n=64``; the 16-bit
+    default is 32) they run on Hopper's wgmma, which 32 query heads alone cannot reach; same result. fp16_math
+    (default: fp8 caches with 16-bit queries) runs the products in fp16 (q scaled by 1/16): e4m3 converts to fp16
+    in one packed instruction.
     tma (opt-in, Hopper; untimed): tiles come through TMA descriptors of the cache, which Triton multi-buffers
     in shared memory even for fp8 tiles (their plain loads go through registers); needs L and R powers of two,
     16-byte-aligned cache strides; replaces the page-by-page and flat loops (one page at a time, any page size).
@@ -423,11 +428,13 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     else:
         k_scale_arg = seq_lens                   # unused placeholder pointer
 
-    cfg = default_config(H, L, is_fp8)
+    cfg = default_config(H, L, kv_cache.element_size())
     launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
               num_stages or cfg["num_stages"])
-    # programs an SM holds and the flat loop's prefetch: as measured for the default launch, else one and on
-    default_launch = launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps", "num_stages"))
+    # programs an SM holds and the flat loop's prefetch: as measured for the default launch (plain tile loads),
+    # else one and on; a partial override takes the default's other settings
+    default_launch = (launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps", "num_stages")) and
+                      not tma and not tokens_as_rows)
     per_sm = cfg["programs_per_sm"] if default_launch else 1
     flat_prefetch = cfg["flat_prefetch"] if default_launch else True
     block_h, block_n, num_warps, num_stages = launch

@@ -386,8 +386,9 @@ def test_overlap_windows_by_batch_shape():
 
 def test_segments_by_batch_shape(monkeypatch):
     """The default segment count: 4 while the sequential walks fit one wave and the batch holds at least 512
-    chunks (one sequence of 8192 tokens or more at H = 32 on 132 SMs), else off; and the profile run's warm-ups
-    compile the segments' kernels wherever a batch of that many sequences may take them."""
+    chunks (the host's bound T // 16 + N: one sequence of about 8192 tokens or more at H = 32 on 132 SMs), else
+    off; and the profile run's warm-ups compile the segments' kernels wherever a batch of that many sequences may
+    take them."""
     tc = triton_chunk
     assert tc._FAST["inter_segments"] is None and tc._EXACT["inter_segments"] is None
     assert tc.segment_count(32, 128, 132, 32768 // 16 + 1) == 4     # 1x32768: measured faster

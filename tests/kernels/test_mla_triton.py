@@ -353,10 +353,11 @@ from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
          "s_o_n", "s_o_h", "s_lse_n", "num_heads")   # what the JIT sees for Kimi's shapes
-for kv, direct, page_loop, prefetch, tar, bn, nw, tma in [
-        ("bf16", False, True, False, False, 64, 8, False), ("bf16", True, False, True, False, 32, 8, False),
-        ("fp8e4nv", False, True, True, False, 64, 8, False), ("fp8e4nv", True, False, True, False, 32, 8, False),
-        ("bf16", False, True, False, True, 64, 8, False), ("fp8e4nv", False, True, False, False, 64, 8, True)]:
+for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
+        ("bf16", False, True, False, False, 32, 4, False, 3), ("bf16", True, False, False, False, 32, 4, False, 3),
+        ("bf16", False, True, False, False, 64, 8, False, 2), ("bf16", True, False, True, False, 32, 8, False, 2),
+        ("fp8e4nv", False, True, True, False, 64, 8, False, 3), ("fp8e4nv", True, False, True, False, 32, 8, False, 2),
+        ("bf16", False, True, False, True, 64, 8, False, 2), ("fp8e4nv", False, True, False, False, 64, 8, True, 2)]:
     f16 = kv != "bf16"
     fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*" + kv, bt_ptr="*i32", seq_lens_ptr="*i32",
@@ -371,9 +372,11 @@ for kv, direct, page_loop, prefetch, tar, bn, nw, tma in [
            for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
     k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
-                       options=dict(num_warps=nw, num_stages=2))
+                       options=dict(num_warps=nw, num_stages=ns))
     assert k.asm["cubin"], kv
     assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
+    if (kv, bn, nw) == ("bf16", 32, 4):       # the 16-bit default: two programs an SM by shared memory
+        assert k.metadata.shared <= 113 * 1024, (direct, page_loop, k.metadata.shared)
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
        "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S", "SPLIT_CHUNK") else "i32" for a in _mla_decode_combine.arg_names}
 k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8)),
@@ -394,8 +397,26 @@ def test_default_launch_by_cache_dtype():
     64-token tiles on 8 warps, one program an SM (H200, 2026-12-01: benchmarks/RESULTS.md)."""
     from kernels.mla.triton_decode import default_config
 
-    bf, f8 = default_config(32, 512), default_config(32, 512, fp8=True)
+    bf, f8, f32 = default_config(32, 512), default_config(32, 512, 1), default_config(32, 512, 4)
     assert (bf["block_h"], bf["block_n"], bf["num_warps"], bf["programs_per_sm"]) == (32, 32, 4, 2)
     assert (f8["block_h"], f8["block_n"], f8["num_warps"], f8["programs_per_sm"]) == (32, 64, 8, 1)
+    assert f32 == f8 and default_config(64, 512)["programs_per_sm"] == 1     # 64 heads a program: one an SM
     assert choose_num_splits(32, 1, 131072, 2 * 132) == 8          # 256 programs: one wave of two an SM
     assert choose_num_splits(128, 1, 131072, 2 * 132) == 2
+
+
+def test_split_count_follows_the_launch(monkeypatch):
+    """``mla_decode`` sizes its split count for two programs an SM only at the 16-bit default launch: a partial
+    override (64-token tiles) or an fp32 cache counts one."""
+    import kernels.mla.triton_decode as td
+
+    seen = []
+    monkeypatch.setattr(td, "choose_num_splits", lambda b, g, ctx, sms: seen.append(sms) or 1)
+    gen = torch.Generator().manual_seed(5)
+    q_lat, q_pe = torch.randn(1, 2, 512, generator=gen), torch.randn(1, 2, 64, generator=gen)
+    cache = torch.randn(2, 32, 576, generator=gen)
+    table, lens = torch.tensor([[1]], dtype=torch.int32), torch.tensor([20], dtype=torch.int32)
+    sms = td.num_sms(torch.device(DEV))
+    for kv, kw, want in ((cache.half(), {}, 2 * sms), (cache.half(), dict(block_n=64), sms), (cache, {}, sms)):
+        td.mla_decode(*(x.to(DEV) for x in (q_lat, q_pe, kv, table, lens)), 0.1, max_seq_len=20, **kw)
+        assert seen[-1] == want, (kv.dtype, kw, seen)

@@ -73,7 +73,7 @@ def prefill_warmups(num_heads: int, head_dim: int, device, chunk=None) -> list[t
     """(sequences, kernel settings) of the short prefills that launch every compiled kernel variant the fast path
     can pick with ``chunk``-token chunks (CUDA; ``prefill_chunk()``, None: the default length): one per launch of
     the sequential kernel, plus the walk in segments that one long sequence takes; the layer's profile run warms
-    each, so that serving compiles nothing. None elsewhere."""
+    each, so that serving compiles nothing. An empty list elsewhere."""
     if device.type == "cuda" and triton_kda_available():
         from kernels.kda.triton_chunk import prefill_warmups as warmups
 
