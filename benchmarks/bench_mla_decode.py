@@ -96,6 +96,16 @@ def reference(case):
 # ------------------------------------------------------------------------------------------ kernels
 # Each maker returns fn() -> o [B, H, L] (or raises: the kernel is then n/a for this case).
 
+def default_launch(case):
+    """Our kernel's default launch settings for ``case`` (``default_config``) and the split count it takes."""
+    from kernels.device import num_sms
+    from kernels.mla.triton_decode import choose_num_splits, default_config
+
+    d = default_config(H, L, 1 if case.dtype == "fp8" else 2)
+    sms = num_sms(case.cache.device) * d["programs_per_sm"]
+    return d, choose_num_splits(case.B, -(-H // d["block_h"]), case.max_seq_len, sms)
+
+
 def make_ours(case, **cfg):
     from kernels.mla.triton_decode import mla_decode
 
@@ -449,10 +459,7 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
                 return cache
             case = Case(dt, cache, B, ctx, BS, gen)
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
-            from kernels.device import num_sms
-            from kernels.mla.triton_decode import choose_num_splits, default_config
-            d = default_config(H, L, 1 if dt == "fp8" else 2)
-            s0 = choose_num_splits(B, -(-H // d["block_h"]), ctx, num_sms(case.cache.device) * d["programs_per_sm"])
+            s0 = default_launch(case)[1]
             entries = [(f"ours[{s0} splits]", "ours", make_ours, case),
                        (f"ours@bs{BS_REAL}", "ours", make_ours, case_real)]
             for name, mk in kernels[1:]:
@@ -489,11 +496,10 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
 def sweep(case):
     """Our kernel under several launch configurations on one case: (case, default, best) summary row."""
     from kernels.device import num_sms
-    from kernels.mla.triton_decode import choose_num_splits, default_config, legacy_num_splits, mla_decode
+    from kernels.mla.triton_decode import choose_num_splits, legacy_num_splits, mla_decode
     from triton.testing import do_bench
-    d = default_config(H, L, 1 if case.dtype == "fp8" else 2)
+    d, s0 = default_launch(case)
     bh0 = d["block_h"]
-    s0 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device) * d["programs_per_sm"])
     s1 = choose_num_splits(case.B, -(-H // bh0), case.max_seq_len, num_sms(case.cache.device))   # one program an SM
     # (block_h, block_n, warps, stages, splits, prefetch, tokens_as_rows); prefetch "-" = the kernel's default
     dflt = (bh0, d["block_n"], d["num_warps"], d["num_stages"], s0, "-", False)

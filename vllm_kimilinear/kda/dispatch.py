@@ -88,7 +88,9 @@ def kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, h
     if q.is_cuda and triton_kda_available():
         from kernels.kda.triton_chunk import chunk_kda_prefill
 
-        cfg = dict(settings or {}, **({} if chunk is None else {"chunk": chunk}))
+        cfg = dict(settings or {})
+        if chunk is not None:
+            cfg["chunk"] = chunk
         return chunk_kda_prefill(q, k, v, g_raw, beta, A_log, dt_bias, scale, rec_state, slots, has_init,
                                  cu_seqlens.to(torch.int32), _config=cfg or None)
     g = kda_gate(g_raw, A_log, dt_bias)
