@@ -1,4 +1,7 @@
-"""Absorbed MLA decode on one GPU: ours (kernels/mla/triton_decode.py) vs vLLM 0.26's MLA decode kernels.
+"""Absorbed MLA decode on one GPU: ours vs vLLM 0.26's MLA decode kernels.
+
+"ours" is ``mla_decode``'s default: on Hopper with a 16-bit cache the Gluon kernel (kernels/mla/wgmma_decode.py),
+else the Triton kernel (kernels/mla/triton_decode.py), which also runs as "ours_triton" on the plugin's pages.
 
 Kimi-Linear-48B at TP1: H=32 heads, latent L=512 + rope R=64, block size 64 (FlashMLA needs it), shuffled
 block tables, every sequence at the full context. For bf16 and fp8-e4m3 (per-tensor scale) caches and
@@ -6,7 +9,7 @@ batch x context in {1, 32, 128} x {4K, 32K, 128K} it prints one table: median ti
 flushed) and, where capture works, the CUDA-graph median; the cache-read bandwidth that implies and its
 share of this GPU's device-to-device copy bandwidth (measured here); each kernel's difference from ours
 on that case; and each kernel's error against an fp64 reference on a small case. A second table sweeps
-our launch configuration. Kernels that do not load on this GPU print n/a with the reason.
+the Triton kernel's launch configuration. Kernels that do not load on this GPU print n/a with the reason.
 
     python benchmarks/bench_mla_decode.py [--quick] [--no-sweep] [--no-graphs] [--flashinfer-jit]
 """
@@ -97,7 +100,7 @@ def reference(case):
 # Each maker returns fn() -> o [B, H, L] (or raises: the kernel is then n/a for this case).
 
 def default_launch(case):
-    """Our kernel's default launch settings for ``case`` (``default_config``) and the split count it takes."""
+    """Our Triton kernel's default launch settings for ``case`` (``default_config``) and its split count."""
     from kernels.device import num_sms
     from kernels.mla.triton_decode import choose_num_splits, default_config
 
@@ -113,6 +116,11 @@ def make_ours(case, **cfg):
         return mla_decode(case.q_lat, case.q_pe, case.cache, case.block_table, case.seq_lens, SCALE,
                           k_scale=case.k_scale, max_seq_len=case.max_seq_len, **cfg)[0]
     return fn
+
+
+def make_ours_triton(case):
+    """Our Triton kernel (``wgmma=False``): the default on GPUs other than Hopper and for fp8 caches."""
+    return make_ours(case, wgmma=False)
 
 
 def make_ours_fp32(case):
@@ -304,7 +312,8 @@ def correctness(dev, dtype, kernels, lens=(1, 700, 2100), makers=None):
     ref_o, ref_lse = reference(case)
     out = {}
     if makers is None:
-        makers = [("ours_fp32_math", make_ours_fp32), ("ours_tma", lambda c: make_ours(c, tma=True, block_n=32, num_stages=3))] + kernels
+        makers = [("ours_fp32_math", make_ours_fp32), ("ours_triton", make_ours_triton),
+                  ("ours_tma", lambda c: make_ours(c, tma=True, block_n=32, num_stages=3))] + kernels
     for name, mk in makers:
         try:
             o = mk(case)()
@@ -430,7 +439,7 @@ def main():
         table(head, rows)
     if sweep_rows:
         log("")
-        log("our launch configurations: default vs fastest of the sweep (eager median us; config = "
+        log("our Triton kernel's launch configurations: default vs fastest of the sweep (eager median us; config = "
             "block_h/block_n/warps/stages/splits/prefetch/tokens_as_rows[/tma]; every config's time is in the log above)")
         table(("cache", "batch", "ctx", "default_cfg", "default_us", "best_cfg", "best_us", "best_GB/s", "gain"),
               sweep_rows)
@@ -459,9 +468,9 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
                 return cache
             case = Case(dt, cache, B, ctx, BS, gen)
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
-            s0 = default_launch(case)[1]
-            entries = [(f"ours[{s0} splits]", "ours", make_ours, case),
-                       (f"ours@bs{BS_REAL}", "ours", make_ours, case_real)]
+            # ours: the default kernel (on Hopper with a 16-bit cache the wgmma one), then the Triton kernel
+            entries = [("ours", "ours", make_ours, case), (f"ours@bs{BS_REAL}", "ours", make_ours, case_real),
+                       (f"ours_triton@bs{BS_REAL}", "ours_triton", make_ours_triton, case_real)]
             for name, mk in kernels[1:]:
                 entries.append((name, name, mk, case))
                 if name == "flash_attn_mla":

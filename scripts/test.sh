@@ -14,7 +14,7 @@ trap 'rm -rf "$scratch"' EXIT
 export TMPDIR="$scratch" VLLM_RPC_BASE_PATH="$scratch" VLLM_CACHE_ROOT="$scratch/vllm-cache"
 export TORCHINDUCTOR_CACHE_DIR="$HOME/.cache/vllm-kimilinear/inductor" VLLM_HOST_IP=127.0.0.1
 
-triton_tests=$(ls tests/kernels/test_*_triton.py 2>/dev/null)
+triton_tests=$(ls tests/kernels/test_*_triton.py tests/kernels/test_*_gluon.py 2>/dev/null)
 status=0
 if [ -n "$triton_tests" ]; then
   echo "== Triton kernels under the interpreter"

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from kernels.device import num_sms
+from kernels.mla import wgmma_decode
 
 LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned back by * ln 2
 MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
@@ -368,7 +369,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
                k_scale=None, *, max_seq_len: int | None = None, out: torch.Tensor | None = None,
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None,
-               tokens_as_rows: bool = False, fp16_math: bool | None = None, tma: bool = False):
+               tokens_as_rows: bool = False, fp16_math: bool | None = None, tma: bool = False,
+               wgmma: bool | None = None):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -393,6 +395,9 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     tma (opt-in, Hopper; untimed): tiles come through TMA descriptors of the cache, which Triton multi-buffers
     in shared memory even for fp8 tiles (their plain loads go through registers); needs L and R powers of two,
     16-byte-aligned cache strides; replaces the page-by-page and flat loops (one page at a time, any page size).
+    wgmma: stage 1 on ``wgmma_decode``'s Gluon kernel (TMA ring, both products on wgmma). None (default): where
+    ``wgmma_decode.supported`` holds and no launch setting above is given; True: required (an error where it
+    cannot run); False: never.
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -428,6 +433,18 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     else:
         k_scale_arg = seq_lens                   # unused placeholder pointer
 
+    overrides = (block_h, block_n, num_warps, num_stages, prefetch, fp16_math)
+    gl_block_h = min(wgmma_decode.MAX_BLOCK_H, max(16, triton.next_power_of_2(H)))
+    if wgmma is None:
+        wgmma = (all(x is None for x in overrides) and not tokens_as_rows and not tma
+                 and wgmma_decode.supported(q_lat, kv_cache, gl_block_h))
+    elif wgmma and (any(x is not None for x in overrides) or tokens_as_rows or tma
+                    or not wgmma_decode.supported(q_lat, kv_cache, gl_block_h)):
+        raise ValueError(f"mla_decode(wgmma=True): needs an sm_90 GPU, a bf16/fp16 cache read by queries of its "
+                         f"type or an fp8 cache read by bf16/fp16 queries (cache {kv_cache.dtype}, queries "
+                         f"{q_lat.dtype}, device {kv_cache.device}), latent width a power of two in [64, 512] and "
+                         f"position width 64 (got {L}, {R}), pages of at least {wgmma_decode.BLOCK_N} rows (got {bs}) "
+                         f"and no launch override")
     cfg = default_config(H, L, kv_cache.element_size())
     launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
               num_stages or cfg["num_stages"])
@@ -438,6 +455,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     per_sm = cfg["programs_per_sm"] if default_launch else 1
     flat_prefetch = cfg["flat_prefetch"] if default_launch else True
     block_h, block_n, num_warps, num_stages = launch
+    if wgmma:
+        block_h, per_sm = gl_block_h, 1
     head_groups = triton.cdiv(H, block_h)
     if num_splits is None:
         bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
@@ -462,27 +481,31 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         acc_strides = (acc.stride(0), acc.stride(1), acc.stride(2))
         ml_strides = (ml.stride(0), ml.stride(1))
 
-    precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
-    page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n
-    desc_c = desc_r = None
-    if tma:
-        desc_c, desc_r = _cache_descriptors(kv_cache, L, R, block_n)
-    _mla_decode_split[(N, head_groups, num_splits)](
-        q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg,
-        acc, ml, out, lse, desc_c, desc_r,
-        H, num_splits, float(scale) * LOG2E,
-        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
-        kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
-        *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-        L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
-        BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
-        IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
-        PREFETCH=(not tma and not tokens_as_rows and (is_fp8 or (not page_loop and flat_prefetch)))
-        if prefetch is None else prefetch,
-        TOKENS_AS_ROWS=tokens_as_rows, TMA=tma,
-        F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    if wgmma:
+        wgmma_decode.launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg, float(scale) * LOG2E,
+                            num_splits, block_h, acc, ml, out, lse)
+    else:
+        precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
+        page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n
+        desc_c = desc_r = None
+        if tma:
+            desc_c, desc_r = _cache_descriptors(kv_cache, L, R, block_n)
+        _mla_decode_split[(N, head_groups, num_splits)](
+            q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg,
+            acc, ml, out, lse, desc_c, desc_r,
+            H, num_splits, float(scale) * LOG2E,
+            q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1),
+            kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
+            *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
+            L=L, R=R, BLOCK_L=triton.next_power_of_2(L), BLOCK_R=max(16, triton.next_power_of_2(R)),
+            BLOCK_SIZE=bs, BLOCK_H=block_h, BLOCK_N=block_n,
+            IS_FP8=is_fp8, DIRECT=direct, DOT_PRECISION=precision, PAGE_LOOP=page_loop,
+            PREFETCH=(not tma and not tokens_as_rows and (is_fp8 or (not page_loop and flat_prefetch)))
+            if prefetch is None else prefetch,
+            TOKENS_AS_ROWS=tokens_as_rows, TMA=tma,
+            F16_MATH=is_fp8 and q_lat.dtype in (torch.float16, torch.bfloat16) if fp16_math is None else fp16_math,
+            num_warps=num_warps, num_stages=num_stages,
+        )
     if not direct:
         _mla_decode_combine[(N, H)](
             acc, ml, out, lse, num_splits,

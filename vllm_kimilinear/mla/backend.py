@@ -98,8 +98,8 @@ class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
 
 class KimiMLAImpl:
     """The attention math on the paged cache. Cache writes: ``kernels.mla.paged``. Decodes (absorbed form):
-    the Triton kernel on CUDA, torch elsewhere. Prefills (expanded form): vLLM's FlashAttention varlen on
-    CUDA in bf16/fp16, torch otherwise (CPU, float32)."""
+    ``kernels.mla.triton_decode.mla_decode`` on CUDA (on Hopper its Gluon wgmma kernel), torch elsewhere.
+    Prefills (expanded form): vLLM's FlashAttention varlen on CUDA in bf16/fp16, torch otherwise (CPU, float32)."""
 
     def __init__(self, num_heads: int, qk_nope_head_dim: int, kv_lora_rank: int, scale: float,
                  context_chunk: int = paged.CONTEXT_CHUNK):

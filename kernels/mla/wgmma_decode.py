@@ -1,0 +1,285 @@
+"""Absorbed MLA decode for Hopper (sm_90): cache tiles by TMA into shared memory, both products on wgmma (Gluon).
+
+The same attention as ``triton_decode`` (one query token per sequence, scores over the latent row [c | k_pe],
+values c), written in Gluon so that the kernel decides what Triton's pipeliner would not: every tile of the
+cache travels by TMA into a ring of shared-memory stages and is read from there by the tensor cores for both
+products, never through registers. Tokens are the rows of both products, so 32 query heads fill a wgmma
+(its rows come in sixty-fours; heads would fill half):
+
+    s^T [tokens, heads] = C_tile [tokens, L] q_lat^T + Kpe_tile [tokens, R] q_pe^T
+    o^T [L, heads]     += C_tile^T [L, tokens] p^T [tokens, heads]
+
+The running max is per head (a column of s^T); the softmax sums are kept per element and reduced once at the
+end. Tiles start at page offsets that are multiples of BLOCK_N, so a page of ``block_size`` positions is
+cdiv(block_size, BLOCK_N) tiles and a tile never reads two pages: rows past the page's end come back as zeros
+from the three-dimensional descriptor [blocks, rows, width]. Rows past the sequence's end (inside its last
+page) are masked out of the scores and zeroed in shared memory before the value product (they may hold any
+bits, NaN included, left there by the page's earlier owner). A split is a run of whole tiles; partials and
+the merge are ``triton_decode``'s.
+
+An fp8 (e4m3) cache is converted to fp16 in shared memory, one tile at a time, by the same warps before the
+products (queries at 1/16 so that scores stay inside fp16; the scale comes back with k_scale). Caches: bf16 /
+fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least BLOCK_N positions;
+16 or 32 heads a program. ``mla_decode`` takes this kernel where those hold on an sm_90 device.
+"""
+
+import functools
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+BLOCK_N = 64          # cache positions a tile: the rows of one wgmma on four warps
+STAGES = 2            # tiles in shared memory at once (72 KiB each at L + R = 576, 16 bits)
+STAGES_FP8 = 3        # fp8 tiles (36 KiB each) beside one fp16 copy of the current tile
+MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
+
+
+@gluon.jit
+def _issue_tile(desc_c, desc_r, bt_row, t, pred, bar, c_dst, r_dst, TILES_PER_PAGE: gl.constexpr,
+                BLOCK_N: gl.constexpr):
+    """Start the TMA copies of tile ``t`` of the sequence (a page and a BLOCK_N-aligned row offset in it)."""
+    pg = t // TILES_PER_PAGE
+    row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
+    page = gl.load(bt_row + pg, mask=pred, other=0)
+    mbarrier.expect(bar, desc_c.block_type.nbytes + desc_r.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(desc_c, [page, row0, 0], bar, c_dst, pred=pred)
+    tma.async_copy_global_to_shared(desc_r, [page, row0, 0], bar, r_dst, pred=pred)
+
+
+@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
+def _mla_decode_wgmma(
+    q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    num_heads, num_splits, qk_scale_log2,
+    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr, DIRECT: gl.constexpr, IS_FP8: gl.constexpr, num_warps: gl.constexpr,
+):
+    n = gl.program_id(0).to(gl.int64)
+    hg = gl.program_id(1)
+    split = gl.program_id(2)
+    cache_dt: gl.constexpr = desc_c.dtype
+    # the products' type: the cache's, or for an fp8 cache fp16 (e4m3 -> fp16 is one packed instruction)
+    dtype: gl.constexpr = gl.float16 if IS_FP8 else cache_dt
+    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+
+    # this split's run of tiles
+    seq_len = gl.load(seq_lens_ptr + n)
+    full_pages = seq_len // BLOCK_SIZE
+    n_tiles = full_pages * TILES_PER_PAGE + (seq_len - full_pages * BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+    per_split = (n_tiles + num_splits - 1) // num_splits
+    t_lo = split * per_split
+    count = gl.maximum(gl.minimum(n_tiles - t_lo, per_split), 0)
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_H, 16])
+    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
+    heads_l: gl.constexpr = gl.SliceLayout(0, mma)
+
+    # the queries, in shared memory as the second operand of the score product (heads x width, width contiguous)
+    q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
+    qh_ok = qh < num_heads
+    offs_l = gl.arange(0, L, layout=gl.SliceLayout(0, q_blk))
+    offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, q_blk))
+    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + offs_l[None, :],
+                mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
+    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
+                 mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
+    if IS_FP8:
+        # fp8 holds value / k_scale (|x| <= 448); q runs at 1/16 so that q . x stays inside fp16 (the scores get
+        # the 16 back with k_scale); p <= 1 fits as it is
+        q = (q.to(gl.float32) * 0.0625)
+        qp = (qp.to(gl.float32) * 0.0625)
+        qk_scale_log2 = qk_scale_log2 * 16.0 * gl.load(k_scale_ptr)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, L], gl.NVMMASharedLayout.get_default_for([BLOCK_H, L], dtype),
+                                       q.to(dtype))
+    qp_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype),
+                                        qp.to(dtype))
+    q_t = q_smem.permute((1, 0))
+    qp_t = qp_smem.permute((1, 0))
+
+    # the ring of cache tiles
+    c_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt)
+    r_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt)
+    c_bufs = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, L], c_layout)
+    r_bufs = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, R], r_layout)
+    if IS_FP8:
+        # one fp16 copy of the current tile, which the products read
+        c16 = gl.allocate_shared_memory(dtype, [BLOCK_N, L], gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], dtype))
+        r16 = gl.allocate_shared_memory(dtype, [BLOCK_N, R], gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype))
+    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_H],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], dtype))
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for b in gl.static_range(STAGES):
+        mbarrier.init(bars.index(b), count=1)
+    fence_async_shared()
+
+    bt_row = bt_ptr + n * s_bt_n
+    for b in gl.static_range(STAGES - 1):
+        _issue_tile(desc_c, desc_r, bt_row, t_lo + b, b < count, bars.index(b),
+                    c_bufs.index(b).reshape([1, BLOCK_N, L]), r_bufs.index(b).reshape([1, BLOCK_N, R]),
+                    TILES_PER_PAGE, BLOCK_N)
+
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, heads_l)
+    l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    o_acc = gl.zeros([L, BLOCK_H], gl.float32, mma)
+    s_zero = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    rows = gl.arange(0, BLOCK_N, layout=rows_l)
+    z_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    z_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, z_blk))
+    f8_blk: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [num_warps, 1], [1, 0])
+    f8_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, f8_blk))
+    for i in range(count):
+        # refill the stage the previous tile used (its products are complete)
+        j = i + STAGES - 1
+        sj = j % STAGES
+        _issue_tile(desc_c, desc_r, bt_row, t_lo + j, j < count, bars.index(sj),
+                    c_bufs.index(sj).reshape([1, BLOCK_N, L]), r_bufs.index(sj).reshape([1, BLOCK_N, R]),
+                    TILES_PER_PAGE, BLOCK_N)
+        stage = i % STAGES
+        mbarrier.wait(bars.index(stage), (i // STAGES) & 1)
+        c_s = c_bufs.index(stage)
+        r_s = r_bufs.index(stage)
+
+        t = t_lo + i
+        pg = t // TILES_PER_PAGE
+        row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
+        left = seq_len - (pg * BLOCK_SIZE + row0)              # positions from this tile's first row on
+        valid = gl.minimum(left, BLOCK_SIZE - row0)            # rows of this tile that hold positions
+        if IS_FP8:
+            # to fp16 in shared memory, rows past the sequence's end as zeros (they may hold any bits: the value
+            # product multiplies them by p = 0)
+            live = (f8_rows < left)[:, None]
+            for cc in gl.static_range(L // 64):
+                x = c_s.slice(cc * 64, 64, dim=1).load(f8_blk).to(dtype)
+                c16.slice(cc * 64, 64, dim=1).store(gl.where(live, x, gl.zeros_like(x)))
+            r16.store(r_s.load(f8_blk).to(dtype))
+            fence_async_shared()
+            c_s = c16
+            r_s = r16
+        elif left < gl.minimum(BLOCK_N, BLOCK_SIZE - row0):
+            # the sequence ends inside this tile: zero the rows past it (any bits may be there) before the
+            # value product multiplies them by p = 0
+            for cc in gl.static_range(L // 64):
+                part = c_s.slice(cc * 64, 64, dim=1)
+                x = part.load(z_blk)
+                part.store(gl.where((z_rows < left)[:, None], x, gl.zeros_like(x)))
+            fence_async_shared()
+
+        sc = warpgroup_mma(c_s, q_t, s_zero, use_acc=False, is_async=True)
+        sc = warpgroup_mma(r_s, qp_t, sc, is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+        sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(sc, axis=0))
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(sc - m_new[None, :])
+        l_acc = l_acc * alpha[None, :] + p
+        o_acc = o_acc * alpha[None, :]
+        m_i = m_new
+        p_smem.store(p.to(dtype))
+        fence_async_shared()
+        o_acc = warpgroup_mma(c_s.permute((1, 0)), p_smem, o_acc, is_async=True)
+        o_acc = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc,))
+
+    for b in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(b))
+
+    l_i = gl.sum(l_acc, axis=0)
+    if IS_FP8:
+        o_acc = o_acc * gl.load(k_scale_ptr)
+    out_blk: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])
+    oh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, out_blk))
+    oh_ok = oh < num_heads
+    ol = gl.arange(0, L, layout=gl.SliceLayout(1, out_blk))
+    ok = (ol < L)[:, None] & oh_ok[None, :]
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=heads_l)
+    hh_ok = hh < num_heads
+    if DIRECT:
+        has = l_i > 0.0
+        out = gl.convert_layout(o_acc / gl.where(has, l_i, 1.0)[None, :], out_blk)
+        gl.store(o_ptr + n * s_o_n + oh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
+        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+    else:
+        out = gl.convert_layout(o_acc, out_blk)
+        gl.store(acc_ptr + n * s_acc_n + oh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], out, mask=ok)
+        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
+        gl.store(ml, m_i, mask=hh_ok)
+        gl.store(ml + 1, l_i, mask=hh_ok)
+
+
+_DESCRIPTORS: dict = {}
+
+
+def cache_descriptors(kv_cache: torch.Tensor, L: int, block_n: int = BLOCK_N):
+    """Gluon TMA descriptors of the cache [blocks, rows, L + R] for tiles of ``block_n`` rows: the latent part
+    (columns [0, L)) and the position part (columns [L, L + R)), each as [blocks, rows, width] so that rows past
+    a page's end read as zeros. Kept per cache view (a serving engine passes the same cache every step)."""
+    key = (kv_cache.data_ptr(), tuple(kv_cache.shape), tuple(kv_cache.stride()), kv_cache.dtype, L, block_n)
+    hit = _DESCRIPTORS.get(key)
+    if hit is not None:
+        return hit
+    nb, bs, D = kv_cache.shape
+    strides = [kv_cache.stride(0), kv_cache.stride(1), 1]
+    esize = kv_cache.element_size()
+
+    def layout(width):          # the widest swizzle the tile's row holds, as the kernel's shared buffers have
+        return gl.NVMMASharedLayout(swizzle_byte_width=min(128, width * esize), element_bitwidth=8 * esize, rank=3)
+    descs = (TensorDescriptor(kv_cache, [nb, bs, L], strides, [1, block_n, L], layout(L)),
+             TensorDescriptor(kv_cache[:, :, L:], [nb, bs, D - L], strides, [1, block_n, D - L], layout(D - L)))
+    if len(_DESCRIPTORS) >= 64:
+        _DESCRIPTORS.clear()
+    _DESCRIPTORS[key] = descs
+    return descs
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index):
+    return torch.cuda.get_device_capability(index)
+
+
+def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor, block_h: int) -> bool:
+    """Whether this kernel serves the call: an sm_90 device, a 16-bit cache read by queries of its type,
+    widths TMA and wgmma take, pages of at least BLOCK_N rows, 16-byte-aligned rows."""
+    if not kv_cache.is_cuda or _capability(kv_cache.device.index)[0] != 9:
+        return False
+    nb, bs, D = kv_cache.shape
+    L = q_lat.shape[-1]
+    R = D - L
+    esize = kv_cache.element_size()
+    if kv_cache.dtype == torch.float8_e4m3fn:
+        types_ok = q_lat.dtype in (torch.bfloat16, torch.float16)
+    else:
+        types_ok = kv_cache.dtype in (torch.bfloat16, torch.float16) and q_lat.dtype == kv_cache.dtype
+    return (types_ok and 64 <= L <= 512 and L & (L - 1) == 0 and R == 64 and bs >= BLOCK_N
+            and block_h in (16, 32) and kv_cache.stride(-1) == 1
+            and (kv_cache.stride(0) * esize) % 16 == 0 and (kv_cache.stride(1) * esize) % 16 == 0
+            and kv_cache.data_ptr() % 16 == 0 and (L * esize) % 16 == 0)
+
+
+def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int,
+           block_h: int, acc, ml, out, lse):
+    """Stage 1 on this kernel, into ``triton_decode``'s partial buffers (or ``out`` / ``lse`` at one split)."""
+    N, H, L = q_lat.shape
+    R = q_pe.shape[-1]
+    desc_c, desc_r = cache_descriptors(kv_cache, L)
+    is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    direct = num_splits == 1
+    if direct:
+        acc_strides, ml_strides = (0, 0, 0), (0, 0)
+    else:
+        acc_strides, ml_strides = (acc.stride(0), acc.stride(1), acc.stride(2)), (ml.stride(0), ml.stride(1))
+    _mla_decode_wgmma[(N, triton.cdiv(H, block_h), num_splits)](
+        q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
+        H, num_splits, qk_scale_log2,
+        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), block_table.stride(0),
+        *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
+        L=L, R=R, BLOCK_SIZE=kv_cache.shape[1], BLOCK_H=block_h, BLOCK_N=BLOCK_N,
+        STAGES=STAGES_FP8 if is_fp8 else STAGES, DIRECT=direct, IS_FP8=is_fp8, num_warps=4,
+    )

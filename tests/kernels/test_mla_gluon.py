@@ -1,0 +1,149 @@
+"""The Hopper MLA decode in Gluon (kernels/mla/wgmma_decode.py): against fp64 on an sm_90 GPU, compiled for sm_90
+on any machine (Triton's bundled ptxas), and refused with a clear error where it cannot run.
+
+Triton's interpreter does not run Gluon kernels, so on a CPU only the lowering and the refusal are checked.
+The cases are ``test_mla_triton``'s: shuffled pages, every row the kernel must not read set to NaN (the rows
+past a sequence's end inside its last page included: the kernel must zero them before its value product).
+"""
+
+import os
+
+import pytest
+import torch
+
+from tests.kernels.test_mla_triton import check, make_case, reference, run
+
+HOPPER = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+          and torch.cuda.get_device_capability()[0] == 9)
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="the Gluon kernel runs on sm_90 GPUs only")
+SCALE = (128 + 64) ** -0.5
+
+
+def _bf16(case, dtype=torch.bfloat16):
+    q_lat, q_pe, kv, bt, sl = case
+    return q_lat.to(dtype), q_pe.to(dtype), kv.to(dtype), bt, sl
+
+
+def _close(o, lse, ref_o, ref_lse, tol_o):
+    """16-bit outputs: relative L2 error of o within tol_o; lse (fp32) within 1e-4; no NaN anywhere."""
+    assert not torch.isnan(o).any() and not torch.isnan(lse).any()
+    o, lse = o.cpu().double(), lse.cpu().double()
+    err = ((o - ref_o).norm() / ref_o.norm()).item()
+    assert err < tol_o, err
+    assert (lse - ref_lse).abs().max().item() < 1e-4
+
+
+@needs_hopper
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+@pytest.mark.parametrize("bs", [64, 128, 1888])
+def test_pages_and_tails(bs, num_splits):
+    """Sequences ending on, just before and just after tile and page boundaries; pages of 1888 rows (the
+    plugin's: 29.5 tiles, so a page's last tile reads past the page) and of one and two tiles."""
+    lens = [1, 63, 64, 65, bs - 1, bs, bs + 1, 2 * bs + 70]
+    case = _bf16(make_case(lens, bs=bs, H=32, L=512, R=64, seed=31))
+    o, lse = run(*case, SCALE, num_splits=num_splits, wgmma=True)
+    _close(o, lse, *reference(*case, SCALE), tol_o=1e-2)              # bf16 output rounding: ~2e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("H", [16, 20, 64])
+def test_head_counts(H):
+    """16 heads (Kimi at TP = 2), 20 (padded to 32, the rest masked), 64 (two programs of 32)."""
+    case = _bf16(make_case([300, 1000], bs=128, H=H, L=512, R=64, seed=32))
+    o, lse = run(*case, SCALE, num_splits=2, wgmma=True)
+    _close(o, lse, *reference(*case, SCALE), tol_o=1e-2)
+
+
+@needs_hopper
+def test_fp16_and_narrow_latent():
+    case = _bf16(make_case([70, 500], bs=64, H=8, L=256, R=64, seed=33), torch.float16)
+    o, lse = run(*case, 0.1, num_splits=2, wgmma=True)
+    assert o.dtype == torch.float16
+    _close(o, lse, *reference(*case, 0.1), tol_o=1e-2)
+
+
+@needs_hopper
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_fp8_cache(num_splits):
+    """An fp8 cache (its uint8 view, as vLLM holds it) read by bf16 queries: fp64 attention over the dequantised
+    cache, NaN bytes outside the live rows."""
+    ks = 0.03
+    q_lat, q_pe, kv, bt, sl = make_case([1, 64, 65, 1887, 1889, 2000], bs=1888, H=32, L=512, R=64, seed=34)
+    kv8 = (kv / ks).to(torch.float8_e4m3fn)
+    qb, qpb = q_lat.bfloat16(), q_pe.bfloat16()
+    ref = reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
+    _close(o, lse, *ref, tol_o=1e-2)
+
+
+@needs_hopper
+def test_default_takes_it_and_matches_triton():
+    """The default picks this kernel for a bf16 cache with bf16 queries on Hopper; the Triton kernel
+    (wgmma=False) gives the same attention."""
+    import kernels.mla.wgmma_decode as wd
+    case = _bf16(make_case([900, 2100], bs=1888, H=32, L=512, R=64, seed=35))
+    calls = []
+    orig = wd.launch
+    wd.launch = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        o, _ = run(*case, SCALE)
+    finally:
+        wd.launch = orig
+    assert calls
+    o_t, _ = run(*case, SCALE, wgmma=False)
+    assert ((o.double() - o_t.double()).norm() / o_t.double().norm()).item() < 5e-3
+
+
+def test_refused_where_it_cannot_run():
+    """wgmma=True where the kernel cannot run (no sm_90 GPU, fp32 cache, 16-token pages) is a ValueError naming
+    what it needs, not a crash in a kernel; the default quietly takes the Triton kernel there."""
+    dev = "cuda" if HOPPER else "cpu"
+    q_lat, q_pe, kv, bt, sl = (x.to(dev) for x in make_case([20], bs=16, H=4, L=64, R=16, seed=36))
+    if not HOPPER and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernel needs a GPU or the interpreter for the default half of this test")
+    from kernels.mla.triton_decode import mla_decode
+    with pytest.raises(ValueError, match="sm_90"):
+        mla_decode(q_lat, q_pe, kv, bt, sl, 0.1, wgmma=True)
+    o, _ = mla_decode(q_lat, q_pe, kv, bt, sl, 0.1)
+    check(o, _, *reference(q_lat, q_pe, kv, bt, sl, 0.1), tol=2e-5)
+
+
+_LOWER = r"""
+import re, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.runtime.jit import mangle_type
+from kernels.mla import wgmma_decode as W
+
+fn = W._mla_decode_wgmma
+f8 = torch.float8_e4m3fn
+for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (torch.bfloat16, "*bf16", 16, True, 64),
+                                 (torch.float16, "*fp16", 32, True, 128), (f8, "*bf16", 32, False, 1888),
+                                 (f8, "*bf16", 16, True, 64)]:
+    kv = torch.zeros(2, bs, 576, dtype=kv_dt)
+    dc, dr = W.cache_descriptors(kv, 512)
+    fp8 = kv_dt == torch.float8_e4m3fn
+    ptrs = dict(q_lat_ptr=q, q_pe_ptr=q, bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32", acc_ptr="*fp32",
+                ml_ptr="*fp32", o_ptr=q, lse_ptr="*fp32", desc_c=mangle_type(dc), desc_r=mangle_type(dr))
+    const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, STAGES=W.STAGES_FP8 if fp8 else W.STAGES,
+                 DIRECT=direct, IS_FP8=fp8, num_warps=4)
+    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
+           for a in fn.arg_names}
+    k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=4))
+    ptx = k.asm["ptx"]
+    assert k.asm["cubin"]
+    assert k.metadata.shared <= 227 * 1024, (kv_dt, k.metadata.shared)      # an H100 block's shared memory
+    # both products on wgmma from shared memory (scores: 512/16 + 64/16; values: 512/64 x 64/16), tiles by TMA
+    assert len(re.findall(r"wgmma\.mma_async", ptx)) == 68, kv_dt
+    assert re.search(r"cp\.async\.bulk\.tensor", ptx), kv_dt
+    assert not re.search(r"\bmma\.sync", ptx) and not re.search(r"ld\.local", ptx), kv_dt   # no spills
+print("LOWERED")
+"""
+
+
+def test_lowers_for_sm90(tmp_path):
+    """The kernel compiles for sm_90 (bf16 / fp16 / fp8 caches, 16 and 32 heads, split and direct): every
+    product on wgmma, tiles by TMA, no spills, shared memory within an H100 block's."""
+    from tests.kernels.lowering import run_lowering_script
+    assert "LOWERED" in run_lowering_script(_LOWER, tmp_path, timeout=600)
