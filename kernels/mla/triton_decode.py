@@ -300,19 +300,21 @@ def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
             TensorDescriptor(kv_cache, shape, strides, [1, block_n, R]))
 
 
-def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int) -> int:
+def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sms: int,
+                      min_tokens: int = MIN_TOKENS_PER_SPLIT, merge_tokens: int = 0) -> int:
     """Splits per sequence from host-known values. Programs run in waves of ``num_sms`` (the caller passes the
     SMs times the programs one SM holds at the launch: ``default_config``'s ``programs_per_sm``); the time is
-    about (waves) x (positions a split + SPLIT_OVERHEAD_TOKENS), and the count minimising it is taken (the fewest
-    on a tie), with at least MIN_TOKENS_PER_SPLIT positions a split. E.g. on 132 SMs at one program an SM: batch 32
-    takes 4 splits (128 programs, one wave), batch 128 one split (no merge), batch 1 at 128K 132."""
+    about (waves) x (positions a split + SPLIT_OVERHEAD_TOKENS) + merge_tokens x splits (the merge's cost of each
+    split, in positions), and the count minimising it is taken (the fewest on a tie), with at least
+    ``min_tokens`` positions a split. E.g. on 132 SMs at one program an SM: batch 32 takes 4 splits (128
+    programs, one wave), batch 128 one split (no merge), batch 1 at 128K 132."""
     if max_seq_len <= 0:
         return 1
     rows = max(1, batch * num_head_groups)
-    cap = max(1, min(MAX_SPLITS, max_seq_len // MIN_TOKENS_PER_SPLIT))
+    cap = max(1, min(MAX_SPLITS, max_seq_len // min_tokens))
 
     def cost(s: int) -> int:
-        return -(-rows * s // num_sms) * (-(-max_seq_len // s) + SPLIT_OVERHEAD_TOKENS)
+        return -(-rows * s // num_sms) * (-(-max_seq_len // s) + SPLIT_OVERHEAD_TOKENS) + merge_tokens * s
     return min(range(1, cap + 1), key=lambda s: (cost(s), s))
 
 
@@ -460,7 +462,11 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     head_groups = triton.cdiv(H, block_h)
     if num_splits is None:
         bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
-        num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev) * per_sm)
+        if wgmma:
+            num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev), wgmma_decode.MIN_TOKENS_PER_SPLIT,
+                                           wgmma_decode.MERGE_TOKENS_PER_SPLIT)
+        else:
+            num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev) * per_sm)
     num_splits = max(1, int(num_splits))
 
     if out is None:

@@ -37,6 +37,11 @@ BLOCK_N = 64          # cache positions a tile: the rows of one wgmma on four wa
 STAGES = 2            # tiles in shared memory at once (72 KiB each at L + R = 576, 16 bits)
 STAGES_FP8 = 3        # fp8 tiles (36 KiB each) beside one fp16 copy of the current tile
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
+# split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
+# positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
+# 4K 16.5 at 16, 14.1 at 32; 128K 60.1 at 128-132; benchmarks/RESULTS.md)
+MIN_TOKENS_PER_SPLIT = BLOCK_N
+MERGE_TOKENS_PER_SPLIT = 5
 
 
 @gluon.jit
