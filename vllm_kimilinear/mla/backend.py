@@ -50,6 +50,20 @@ def full_decode_cudagraphs_enabled() -> bool:
     return current_platform.is_cuda()
 
 
+WGMMA_ENV = "VLLM_KIMILINEAR_MLA_WGMMA"
+
+
+def wgmma_decode_choice() -> bool | None:
+    """``mla_decode``'s ``wgmma`` argument from ``VLLM_KIMILINEAR_MLA_WGMMA``: unset means None (the Gluon wgmma
+    kernel on Hopper where it supports the cache, the Triton kernel elsewhere), 0 the Triton kernel everywhere, 1
+    the wgmma kernel required (an error at the first decode where it cannot run)."""
+    value = os.environ.get(WGMMA_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{WGMMA_ENV}={value!r}: allowed values are 0 (the Triton decode kernel) and 1 (the Gluon "
+                         "wgmma kernel, Hopper only); unset picks the wgmma kernel on Hopper where it applies")
+    return None if not value else value == "1"
+
+
 class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
@@ -105,6 +119,7 @@ class KimiMLAImpl:
                  context_chunk: int = paged.CONTEXT_CHUNK):
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
         self.context_chunk = context_chunk           # cached rows a prefill expands at a time
+        self._wgmma = wgmma_decode_choice()          # checked at load time: a bad value fails here
         self._variants_built = False
 
     def decode(self, q, kv_cache, W_kvb, md: KimiMLAMetadata, k_scale) -> torch.Tensor:
@@ -121,7 +136,7 @@ class KimiMLAImpl:
         if not self._variants_built and not torch.cuda.is_current_stream_capturing():
             self._build_decode_variants(q_lat, q_pe, kv_cache, md, fp8_scale)
         o_lat, _ = mla_decode(q_lat, q_pe, kv_cache, md.block_table[:nd], md.seq_lens[:nd], self.scale,
-                              k_scale=fp8_scale, max_seq_len=md.max_seq_len)
+                              k_scale=fp8_scale, max_seq_len=md.max_seq_len, wgmma=self._wgmma)
         return torch.bmm(o_lat.transpose(0, 1), W[:, self.nope:, :].transpose(1, 2)).transpose(0, 1)
 
     def _build_decode_variants(self, q_lat, q_pe, kv_cache, md: KimiMLAMetadata, fp8_scale) -> None:
@@ -134,7 +149,7 @@ class KimiMLAImpl:
         self._variants_built = True
         for splits in variant_num_splits():
             mla_decode(q_lat[:1], q_pe[:1], kv_cache, md.block_table[:1], md.seq_lens[:1], self.scale,
-                       num_splits=splits, k_scale=fp8_scale)
+                       num_splits=splits, k_scale=fp8_scale, wgmma=self._wgmma)
 
     def forward(self, q, kv_c, k_pe, kv_cache, W_kvb, md: KimiMLAMetadata, out: torch.Tensor,
                 k_scale: torch.Tensor | None = None) -> None:
