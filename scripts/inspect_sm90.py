@@ -4,7 +4,7 @@ For each kernel variant: registers per thread, spill bytes, shared memory, and c
 that matter here (wgmma / mma.sync tensor-core products, cp.async and TMA bulk copies, local-memory
 traffic). A development aid for choosing designs between GPU sessions; numbers are static, not timings.
 
-    python scripts/inspect_sm90.py [mla|kda-prefill|kda-decode ...]
+    python scripts/inspect_sm90.py [mla|mla-gluon|kda-prefill|kda-decode ...]
 """
 
 import os
@@ -103,6 +103,29 @@ def mla():
     report("mla combine (up to 256 splits, 8 a step)", k)
 
 
+def mla_gluon():
+    """The Hopper MLA decode in Gluon (kernels/mla/wgmma_decode.py): bf16 and fp8 caches, 32 and 16 heads a program."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from kernels.mla import wgmma_decode as W
+    fn = W._mla_decode_wgmma
+    for kv_dt, bh, direct in [(torch.bfloat16, 32, False), (torch.bfloat16, 16, False), (torch.float8_e4m3fn, 32, False),
+                              (torch.bfloat16, 32, True)]:
+        dc, dr = W.cache_descriptors(torch.zeros(2, 1888, 576, dtype=kv_dt), 512)
+        fp8 = kv_dt == torch.float8_e4m3fn
+        ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32",
+                    acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32", desc_c=mangle_type(dc),
+                    desc_r=mangle_type(dr))
+        const = dict(L=512, R=64, BLOCK_SIZE=1888, BLOCK_H=bh, BLOCK_N=W.BLOCK_N,
+                     STAGES=W.STAGES_FP8 if fp8 else W.STAGES, DIRECT=direct, IS_FP8=fp8, num_warps=4)
+        sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
+               for a in fn.arg_names}
+        k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=TARGET, options=dict(num_warps=4))
+        report(f"mla gluon {str(kv_dt)[6:]} heads {bh} {'direct' if direct else 'split'}", k)
+
+
 def kda_prefill():
     from kernels.kda.triton_chunk import BC, BT, _chunk_diag_kernel, _chunk_inter_kernel, _chunk_intra_kernel
     bf, f32 = "*bf16", "*fp32"
@@ -177,6 +200,6 @@ def kda_decode():
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["mla", "kda-prefill", "kda-decode"]
+    which = sys.argv[1:] or ["mla", "mla-gluon", "kda-prefill", "kda-decode"]
     for w in which:
-        {"mla": mla, "kda-prefill": kda_prefill, "kda-decode": kda_decode}[w]()
+        {"mla": mla, "mla-gluon": mla_gluon, "kda-prefill": kda_prefill, "kda-decode": kda_decode}[w]()
