@@ -1,6 +1,6 @@
 """Absorbed MLA decode on one GPU: ours vs vLLM 0.26's MLA decode kernels.
 
-"ours" is ``mla_decode``'s default: on Hopper with a 16-bit cache the Gluon kernel (kernels/mla/wgmma_decode.py),
+"ours" is ``mla_decode``'s default: on Hopper the Gluon kernel (kernels/mla/wgmma_decode.py; bf16 and fp8 caches),
 else the Triton kernel (kernels/mla/triton_decode.py), which also runs as "ours_triton" on the plugin's pages.
 
 Kimi-Linear-48B at TP1: H=32 heads, latent L=512 + rope R=64, block size 64 (FlashMLA needs it), shuffled
@@ -119,7 +119,7 @@ def make_ours(case, **cfg):
 
 
 def make_ours_triton(case):
-    """Our Triton kernel (``wgmma=False``): the default on GPUs other than Hopper and for fp8 caches."""
+    """Our Triton kernel (``wgmma=False``): the default on GPUs other than Hopper."""
     return make_ours(case, wgmma=False)
 
 
@@ -468,7 +468,7 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
                 return cache
             case = Case(dt, cache, B, ctx, BS, gen)
             case_real = Case(dt, real, B, ctx, BS_REAL, gen, like=case)
-            # ours: the default kernel (on Hopper with a 16-bit cache the wgmma one), then the Triton kernel
+            # ours: the default kernel (on Hopper the Gluon wgmma one), then the Triton kernel
             entries = [("ours", "ours", make_ours, case), (f"ours@bs{BS_REAL}", "ours", make_ours, case_real),
                        (f"ours_triton@bs{BS_REAL}", "ours_triton", make_ours_triton, case_real)]
             for name, mk in kernels[1:]:

@@ -26,7 +26,6 @@ import triton
 import triton.language as tl
 
 from kernels.device import num_sms
-from kernels.mla import wgmma_decode
 
 LOG2E = 1.4426950408889634     # scores run in log2 units (exp2); lse is turned back by * ln 2
 MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partials than it saves
@@ -435,8 +434,14 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     else:
         k_scale_arg = seq_lens                   # unused placeholder pointer
 
+    try:                                              # Gluon (Triton >= 3.5); without it, the Triton kernel only
+        from kernels.mla import wgmma_decode
+    except ImportError as e:
+        if wgmma:
+            raise ValueError(f"mla_decode(wgmma=True): this Triton has no Gluon ({e})") from e
+        wgmma, wgmma_decode = False, None
     overrides = (block_h, block_n, num_warps, num_stages, prefetch, fp16_math)
-    gl_block_h = min(wgmma_decode.MAX_BLOCK_H, max(16, triton.next_power_of_2(H)))
+    gl_block_h = min(32, max(16, triton.next_power_of_2(H)))       # wgmma_decode.MAX_BLOCK_H heads a program
     if wgmma is None:
         wgmma = (all(x is None for x in overrides) and not tokens_as_rows and not tma
                  and wgmma_decode.supported(q_lat, kv_cache, gl_block_h))
@@ -465,6 +470,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         if wgmma:
             num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev), wgmma_decode.MIN_TOKENS_PER_SPLIT,
                                            wgmma_decode.MERGE_TOKENS_PER_SPLIT)
+            num_splits = wgmma_decode.whole_tile_splits(num_splits, wgmma_decode.tile_count(bound, bs))
         else:
             num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev) * per_sm)
     num_splits = max(1, int(num_splits))

@@ -18,11 +18,12 @@ bits, NaN included, left there by the page's earlier owner). A split is a run of
 the merge are ``triton_decode``'s.
 
 An fp8 (e4m3) cache is converted to fp16 in shared memory, one tile at a time, by the same warps before the
-products (queries at 1/16 so that scores stay inside fp16; the scale comes back with k_scale). Caches: bf16 /
+products (fp16 queries at 1/16, a margin below fp16's largest value; the 16 and k_scale come back in the scores). Caches: bf16 /
 fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least BLOCK_N positions;
 16 or 32 heads a program. ``mla_decode`` takes this kernel where those hold on an sm_90 device.
 """
 
+import collections
 import functools
 
 import torch
@@ -50,7 +51,7 @@ def _issue_tile(desc_c, desc_r, bt_row, t, pred, bar, c_dst, r_dst, TILES_PER_PA
     """Start the TMA copies of tile ``t`` of the sequence (a page and a BLOCK_N-aligned row offset in it)."""
     pg = t // TILES_PER_PAGE
     row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
-    page = gl.load(bt_row + pg, mask=pred, other=0)
+    page = gl.load(bt_row + pg, mask=pred, other=0).to(gl.int32)     # TMA coordinates are 32-bit
     mbarrier.expect(bar, desc_c.block_type.nbytes + desc_r.block_type.nbytes, pred=pred)
     tma.async_copy_global_to_shared(desc_c, [page, row0, 0], bar, c_dst, pred=pred)
     tma.async_copy_global_to_shared(desc_r, [page, row0, 0], bar, r_dst, pred=pred)
@@ -74,7 +75,7 @@ def _mla_decode_wgmma(
     TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
 
     # this split's run of tiles
-    seq_len = gl.load(seq_lens_ptr + n)
+    seq_len = gl.load(seq_lens_ptr + n).to(gl.int32)
     full_pages = seq_len // BLOCK_SIZE
     n_tiles = full_pages * TILES_PER_PAGE + (seq_len - full_pages * BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
     per_split = (n_tiles + num_splits - 1) // num_splits
@@ -97,8 +98,8 @@ def _mla_decode_wgmma(
     qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
                  mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
     if IS_FP8:
-        # fp8 holds value / k_scale (|x| <= 448); q runs at 1/16 so that q . x stays inside fp16 (the scores get
-        # the 16 back with k_scale); p <= 1 fits as it is
+        # the products run on fp16 (fp32 sums): q goes to fp16 at 1/16, a margin below fp16's 65504 for large
+        # queries (the scores get the 16 back); fp8 holds value / k_scale (|x| <= 448), p <= 1
         q = (q.to(gl.float32) * 0.0625)
         qp = (qp.to(gl.float32) * 0.0625)
         qk_scale_log2 = qk_scale_log2 * 16.0 * gl.load(k_scale_ptr)
@@ -219,16 +220,19 @@ def _mla_decode_wgmma(
         gl.store(ml + 1, l_i, mask=hh_ok)
 
 
-_DESCRIPTORS: dict = {}
+_DESCRIPTORS: "collections.OrderedDict" = collections.OrderedDict()
+DESCRIPTOR_CACHE = 16   # cache views whose descriptors are kept (each keeps its tensor alive); the 48B model has 7
 
 
 def cache_descriptors(kv_cache: torch.Tensor, L: int, block_n: int = BLOCK_N):
     """Gluon TMA descriptors of the cache [blocks, rows, L + R] for tiles of ``block_n`` rows: the latent part
     (columns [0, L)) and the position part (columns [L, L + R)), each as [blocks, rows, width] so that rows past
-    a page's end read as zeros. Kept per cache view (a serving engine passes the same cache every step)."""
+    a page's end read as zeros. Kept for the DESCRIPTOR_CACHE most recent cache views (a serving engine passes
+    the same caches every step)."""
     key = (kv_cache.data_ptr(), tuple(kv_cache.shape), tuple(kv_cache.stride()), kv_cache.dtype, L, block_n)
     hit = _DESCRIPTORS.get(key)
     if hit is not None:
+        _DESCRIPTORS.move_to_end(key)
         return hit
     nb, bs, D = kv_cache.shape
     strides = [kv_cache.stride(0), kv_cache.stride(1), 1]
@@ -238,9 +242,9 @@ def cache_descriptors(kv_cache: torch.Tensor, L: int, block_n: int = BLOCK_N):
         return gl.NVMMASharedLayout(swizzle_byte_width=min(128, width * esize), element_bitwidth=8 * esize, rank=3)
     descs = (TensorDescriptor(kv_cache, [nb, bs, L], strides, [1, block_n, L], layout(L)),
              TensorDescriptor(kv_cache[:, :, L:], [nb, bs, D - L], strides, [1, block_n, D - L], layout(D - L)))
-    if len(_DESCRIPTORS) >= 64:
-        _DESCRIPTORS.clear()
     _DESCRIPTORS[key] = descs
+    while len(_DESCRIPTORS) > DESCRIPTOR_CACHE:
+        _DESCRIPTORS.popitem(last=False)
     return descs
 
 
@@ -250,8 +254,9 @@ def _capability(index):
 
 
 def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor, block_h: int) -> bool:
-    """Whether this kernel serves the call: an sm_90 device, a 16-bit cache read by queries of its type,
-    widths TMA and wgmma take, pages of at least BLOCK_N rows, 16-byte-aligned rows."""
+    """Whether this kernel serves the call: an sm_90 device; a bf16 / fp16 cache read by queries of its type, or an
+    fp8 (e4m3) cache read by bf16 / fp16 queries; a latent width that is a power of two from 64 to 512 and a
+    position width of 64; pages of at least BLOCK_N rows; 16 or 32 heads a program; 16-byte-aligned rows."""
     if not kv_cache.is_cuda or _capability(kv_cache.device.index)[0] != 9:
         return False
     nb, bs, D = kv_cache.shape
@@ -266,6 +271,22 @@ def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor, block_h: int) -> bool
             and block_h in (16, 32) and kv_cache.stride(-1) == 1
             and (kv_cache.stride(0) * esize) % 16 == 0 and (kv_cache.stride(1) * esize) % 16 == 0
             and kv_cache.data_ptr() % 16 == 0 and (L * esize) % 16 == 0)
+
+
+def tile_count(seq_len: int, block_size: int) -> int:
+    """Tiles the kernel walks for ``seq_len`` positions on pages of ``block_size`` rows (page-aligned tiles)."""
+    full = seq_len // block_size
+    return full * -(-block_size // BLOCK_N) + -(-(seq_len - full * block_size) // BLOCK_N)
+
+
+def whole_tile_splits(num_splits: int, tiles: int) -> int:
+    """The fewest splits that give each split as many tiles as ``num_splits`` would: a split is a run of whole
+    tiles, so e.g. 2,083 tiles (131,072 positions on 1,888-row pages) in 132 splits are 16 a split, which 131
+    splits also give, without an empty one."""
+    if tiles <= 0:
+        return 1
+    per = -(-tiles // max(1, num_splits))
+    return -(-tiles // per)
 
 
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int,
