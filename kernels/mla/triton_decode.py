@@ -439,39 +439,38 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     except ImportError as e:
         if wgmma:
             raise ValueError(f"mla_decode(wgmma=True): this Triton has no Gluon ({e})") from e
-        wgmma, wgmma_decode = False, None
-    overrides = (block_h, block_n, num_warps, num_stages, prefetch, fp16_math)
-    gl_block_h = min(32, max(16, triton.next_power_of_2(H)))       # wgmma_decode.MAX_BLOCK_H heads a program
-    if wgmma is None:
-        wgmma = (all(x is None for x in overrides) and not tokens_as_rows and not tma
-                 and wgmma_decode.supported(q_lat, kv_cache, gl_block_h))
-    elif wgmma and (any(x is not None for x in overrides) or tokens_as_rows or tma
-                    or not wgmma_decode.supported(q_lat, kv_cache, gl_block_h)):
-        raise ValueError(f"mla_decode(wgmma=True): needs an sm_90 GPU, a bf16/fp16 cache read by queries of its "
-                         f"type or an fp8 cache read by bf16/fp16 queries (cache {kv_cache.dtype}, queries "
-                         f"{q_lat.dtype}, device {kv_cache.device}), latent width a power of two in [64, 512] and "
-                         f"position width 64 (got {L}, {R}), pages of at least {wgmma_decode.BLOCK_N} rows (got {bs}) "
-                         f"and no launch override")
-    cfg = default_config(H, L, kv_cache.element_size())
-    launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
-              num_stages or cfg["num_stages"])
-    # programs an SM holds and the flat loop's prefetch: as measured for the default launch (plain tile loads),
-    # else one and on; a partial override takes the default's other settings
-    default_launch = (launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps", "num_stages")) and
-                      not tma and not tokens_as_rows)
-    per_sm = cfg["programs_per_sm"] if default_launch else 1
-    flat_prefetch = cfg["flat_prefetch"] if default_launch else True
-    block_h, block_n, num_warps, num_stages = launch
+        wgmma = False
+    if wgmma is not False:
+        tuned = (any(x is not None for x in (block_h, block_n, num_warps, num_stages, prefetch, fp16_math))
+                 or tokens_as_rows or tma)
+        runs = not tuned and wgmma_decode.supported(q_lat, kv_cache)
+        if wgmma and not runs:
+            raise ValueError(f"mla_decode(wgmma=True): needs an sm_90 GPU, a bf16/fp16 cache read by queries of its "
+                             f"type or an fp8 cache read by bf16/fp16 queries (cache {kv_cache.dtype}, queries "
+                             f"{q_lat.dtype}, device {kv_cache.device}), latent width a power of two in [64, 512] "
+                             f"and position width 64 (got {L}, {R}), pages of at least {wgmma_decode.BLOCK_N} rows "
+                             f"(got {bs}) and no launch override")
+        wgmma = runs
+    bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
     if wgmma:
-        block_h, per_sm = gl_block_h, 1
-    head_groups = triton.cdiv(H, block_h)
-    if num_splits is None:
-        bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
-        if wgmma:
+        head_groups = triton.cdiv(H, wgmma_decode.block_h(H))
+        if num_splits is None:
             num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev), wgmma_decode.MIN_TOKENS_PER_SPLIT,
                                            wgmma_decode.MERGE_TOKENS_PER_SPLIT)
             num_splits = wgmma_decode.whole_tile_splits(num_splits, wgmma_decode.tile_count(bound, bs))
-        else:
+    else:
+        cfg = default_config(H, L, kv_cache.element_size())
+        launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],
+                  num_stages or cfg["num_stages"])
+        # programs an SM holds and the flat loop's prefetch: as measured for the default launch (plain tile loads),
+        # else one and on; a partial override takes the default's other settings
+        default_launch = (launch == tuple(cfg[k] for k in ("block_h", "block_n", "num_warps", "num_stages")) and
+                          not tma and not tokens_as_rows)
+        per_sm = cfg["programs_per_sm"] if default_launch else 1
+        flat_prefetch = cfg["flat_prefetch"] if default_launch else True
+        block_h, block_n, num_warps, num_stages = launch
+        head_groups = triton.cdiv(H, block_h)
+        if num_splits is None:
             num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev) * per_sm)
     num_splits = max(1, int(num_splits))
 
@@ -495,7 +494,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
 
     if wgmma:
         wgmma_decode.launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg, float(scale) * LOG2E,
-                            num_splits, block_h, acc, ml, out, lse)
+                            num_splits, acc, ml, out, lse, acc_strides, ml_strides)
     else:
         precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
         page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n

@@ -18,9 +18,9 @@ bits, NaN included, left there by the page's earlier owner). A split is a run of
 the merge are ``triton_decode``'s.
 
 An fp8 (e4m3) cache is converted to fp16 in shared memory, one tile at a time, by the same warps before the
-products (fp16 queries at 1/16, a margin below fp16's largest value; the 16 and k_scale come back in the scores). Caches: bf16 /
-fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least BLOCK_N positions;
-16 or 32 heads a program. ``mla_decode`` takes this kernel where those hold on an sm_90 device.
+products (fp16 queries at 1/16, a margin below fp16's largest value; the 16 and k_scale come back in the
+scores). Caches: bf16 / fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at
+least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes this kernel where ``supported`` holds.
 """
 
 import collections
@@ -253,10 +253,15 @@ def _capability(index):
     return torch.cuda.get_device_capability(index)
 
 
-def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor, block_h: int) -> bool:
+def block_h(num_heads: int) -> int:
+    """Heads a program: all of them up to MAX_BLOCK_H, at least 16 (a wgmma's N; padded heads are masked)."""
+    return min(MAX_BLOCK_H, max(16, triton.next_power_of_2(num_heads)))
+
+
+def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor) -> bool:
     """Whether this kernel serves the call: an sm_90 device; a bf16 / fp16 cache read by queries of its type, or an
     fp8 (e4m3) cache read by bf16 / fp16 queries; a latent width that is a power of two from 64 to 512 and a
-    position width of 64; pages of at least BLOCK_N rows; 16 or 32 heads a program; 16-byte-aligned rows."""
+    position width of 64; pages of at least BLOCK_N rows; 16-byte-aligned rows."""
     if not kv_cache.is_cuda or _capability(kv_cache.device.index)[0] != 9:
         return False
     nb, bs, D = kv_cache.shape
@@ -268,7 +273,7 @@ def supported(q_lat: torch.Tensor, kv_cache: torch.Tensor, block_h: int) -> bool
     else:
         types_ok = kv_cache.dtype in (torch.bfloat16, torch.float16) and q_lat.dtype == kv_cache.dtype
     return (types_ok and 64 <= L <= 512 and L & (L - 1) == 0 and R == 64 and bs >= BLOCK_N
-            and block_h in (16, 32) and kv_cache.stride(-1) == 1
+            and kv_cache.stride(-1) == 1
             and (kv_cache.stride(0) * esize) % 16 == 0 and (kv_cache.stride(1) * esize) % 16 == 0
             and kv_cache.data_ptr() % 16 == 0 and (L * esize) % 16 == 0)
 
@@ -289,23 +294,19 @@ def whole_tile_splits(num_splits: int, tiles: int) -> int:
     return -(-tiles // per)
 
 
-def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int,
-           block_h: int, acc, ml, out, lse):
-    """Stage 1 on this kernel, into ``triton_decode``'s partial buffers (or ``out`` / ``lse`` at one split)."""
+def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
+           lse, acc_strides, ml_strides):
+    """Stage 1 on this kernel, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
+    or into ``out`` / ``lse`` at one split."""
     N, H, L = q_lat.shape
-    R = q_pe.shape[-1]
+    bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
     is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    direct = num_splits == 1
-    if direct:
-        acc_strides, ml_strides = (0, 0, 0), (0, 0)
-    else:
-        acc_strides, ml_strides = (acc.stride(0), acc.stride(1), acc.stride(2)), (ml.stride(0), ml.stride(1))
-    _mla_decode_wgmma[(N, triton.cdiv(H, block_h), num_splits)](
+    _mla_decode_wgmma[(N, triton.cdiv(H, bh), num_splits)](
         q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
         H, num_splits, qk_scale_log2,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), block_table.stride(0),
         *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-        L=L, R=R, BLOCK_SIZE=kv_cache.shape[1], BLOCK_H=block_h, BLOCK_N=BLOCK_N,
-        STAGES=STAGES_FP8 if is_fp8 else STAGES, DIRECT=direct, IS_FP8=is_fp8, num_warps=4,
+        L=L, R=q_pe.shape[-1], BLOCK_SIZE=kv_cache.shape[1], BLOCK_H=bh, BLOCK_N=BLOCK_N,
+        STAGES=STAGES_FP8 if is_fp8 else STAGES, DIRECT=num_splits == 1, IS_FP8=is_fp8, num_warps=4,
     )
