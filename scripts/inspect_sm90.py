@@ -110,16 +110,17 @@ def mla_gluon():
     from triton.runtime.jit import mangle_type
 
     from kernels.mla import wgmma_decode as W
-    fn = W._mla_decode_wgmma
     for kv_dt, bh, direct in [(torch.bfloat16, 32, False), (torch.bfloat16, 16, False), (torch.float8_e4m3fn, 32, False),
                               (torch.bfloat16, 32, True)]:
         dc, dr = W.cache_descriptors(torch.zeros(2, 1888, 576, dtype=kv_dt), 512)
         fp8 = kv_dt == torch.float8_e4m3fn
+        fn = W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
         ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32",
                     acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32", desc_c=mangle_type(dc),
                     desc_r=mangle_type(dr))
-        const = dict(L=512, R=64, BLOCK_SIZE=1888, BLOCK_H=bh, BLOCK_N=W.BLOCK_N,
-                     STAGES=W.STAGES_FP8 if fp8 else W.STAGES, DIRECT=direct, IS_FP8=fp8, num_warps=4)
+        setting = dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES)
+        const = dict(L=512, R=64, BLOCK_SIZE=1888, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4,
+                     **setting)
         sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
                for a in fn.arg_names}
         k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=TARGET, options=dict(num_warps=4))

@@ -17,10 +17,14 @@ page) are masked out of the scores and zeroed in shared memory before the value 
 bits, NaN included, left there by the page's earlier owner). A split is a run of whole tiles; partials and
 the merge are ``triton_decode``'s.
 
-An fp8 (e4m3) cache is converted to fp16 in shared memory, one tile at a time, by the same warps before the
-products (fp16 queries at 1/16, a margin below fp16's largest value; the 16 and k_scale come back in the
-scores). Caches: bf16 / fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at
-least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes this kernel where ``supported`` holds.
+Two kernels: ``_mla_decode_wgmma`` for bf16 / fp16 caches (the products read the TMA stages), and
+``_mla_decode_wgmma_fp8`` for an fp8 (e4m3) cache, warp-specialised: four converter warps take each fp8 tile
+from its TMA stage into registers, release the stage for the next tile, and write the tile as fp16 into a ring
+of two slots; the four default warps run the products and the softmax from those slots, so the conversion of
+one tile overlaps the products of the one before (the products run on fp16 with the queries at 1/16, a margin
+below fp16's largest value; the 16 and k_scale come back in the scores and the output). Caches: bf16 / fp16
+read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or
+32 heads a program. ``mla_decode`` takes these kernels where ``supported`` holds.
 """
 
 import collections
@@ -35,8 +39,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 BLOCK_N = 64          # cache positions a tile: the rows of one wgmma on four warps
-STAGES = 2            # tiles in shared memory at once (72 KiB each at L + R = 576, 16 bits)
-STAGES_FP8 = 3        # fp8 tiles (36 KiB each) beside one fp16 copy of the current tile
+STAGES = 2            # 16-bit tiles in shared memory at once (72 KiB each at L + R = 576)
+FP8_SLOTS = 2         # fp16 copies of fp8 tiles the converter warps may run ahead by (72 KiB each)
+FP8_CONVERTER_REGS = 200    # registers a thread of the converter warps: one fp8 tile (72) and its fp16 halves
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
 # positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
@@ -57,37 +62,35 @@ def _issue_tile(desc_c, desc_r, bt_row, t, pred, bar, c_dst, r_dst, TILES_PER_PA
     tma.async_copy_global_to_shared(desc_r, [page, row0, 0], bar, r_dst, pred=pred)
 
 
-@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
-def _mla_decode_wgmma(
-    q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
-    num_heads, num_splits, qk_scale_log2,
-    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
-    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
-    L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr, DIRECT: gl.constexpr, IS_FP8: gl.constexpr, num_warps: gl.constexpr,
-):
-    n = gl.program_id(0).to(gl.int64)
-    hg = gl.program_id(1)
-    split = gl.program_id(2)
-    cache_dt: gl.constexpr = desc_c.dtype
-    # the products' type: the cache's, or for an fp8 cache fp16 (e4m3 -> fp16 is one packed instruction)
-    dtype: gl.constexpr = gl.float16 if IS_FP8 else cache_dt
+@gluon.jit
+def _tile_rows(t, seq_len, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Tile ``t``'s positions from its first row on (``left``, up to the sequence's end) and its rows that hold
+    positions (``valid``: ``left`` cut at the page's end)."""
     TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+    pg = t // TILES_PER_PAGE
+    row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
+    left = seq_len - (pg * BLOCK_SIZE + row0)
+    return left, gl.minimum(left, BLOCK_SIZE - row0)
 
-    # this split's run of tiles
+
+@gluon.jit
+def _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr):
+    """The sequence's length and this split's run of tiles (first tile, count)."""
+    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
     seq_len = gl.load(seq_lens_ptr + n).to(gl.int32)
     full_pages = seq_len // BLOCK_SIZE
     n_tiles = full_pages * TILES_PER_PAGE + (seq_len - full_pages * BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
     per_split = (n_tiles + num_splits - 1) // num_splits
     t_lo = split * per_split
-    count = gl.maximum(gl.minimum(n_tiles - t_lo, per_split), 0)
+    return seq_len, t_lo, gl.maximum(gl.minimum(n_tiles - t_lo, per_split), 0)
 
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                  instr_shape=[16, BLOCK_H, 16])
-    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
-    heads_l: gl.constexpr = gl.SliceLayout(0, mma)
 
-    # the queries, in shared memory as the second operand of the score product (heads x width, width contiguous)
+@gluon.jit
+def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, scale: gl.constexpr,
+                     dtype: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """This program's heads of q_lat and q_pe (times ``scale``) in shared memory as ``dtype``, heads x width with
+    the width contiguous: the second operand of the score product (as its transposed views)."""
     q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
     qh_ok = qh < num_heads
@@ -97,28 +100,92 @@ def _mla_decode_wgmma(
                 mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
     qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
                  mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
-    if IS_FP8:
-        # the products run on fp16 (fp32 sums): q goes to fp16 at 1/16, a margin below fp16's 65504 for large
-        # queries (the scores get the 16 back); fp8 holds value / k_scale (|x| <= 448), p <= 1
-        q = (q.to(gl.float32) * 0.0625)
-        qp = (qp.to(gl.float32) * 0.0625)
-        qk_scale_log2 = qk_scale_log2 * 16.0 * gl.load(k_scale_ptr)
+    if scale != 1.0:
+        q = q.to(gl.float32) * scale
+        qp = qp.to(gl.float32) * scale
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, L], gl.NVMMASharedLayout.get_default_for([BLOCK_H, L], dtype),
                                        q.to(dtype))
     qp_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, R], gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], dtype),
                                         qp.to(dtype))
-    q_t = q_smem.permute((1, 0))
-    qp_t = qp_smem.permute((1, 0))
+    return q_smem, qp_smem
 
-    # the ring of cache tiles
-    c_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt)
-    r_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt)
-    c_bufs = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, L], c_layout)
-    r_bufs = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, R], r_layout)
-    if IS_FP8:
-        # one fp16 copy of the current tile, which the products read
-        c16 = gl.allocate_shared_memory(dtype, [BLOCK_N, L], gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], dtype))
-        r16 = gl.allocate_shared_memory(dtype, [BLOCK_N, R], gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], dtype))
+
+@gluon.jit
+def _attend_tile(c_s, r_s, q_smem, qp_smem, p_smem, valid, qk_scale_log2, m_i, l_acc, o_acc,
+                 BLOCK_N: gl.constexpr, BLOCK_H: gl.constexpr, num_warps: gl.constexpr):
+    """One tile of online softmax on wgmma: scores from the tile in shared memory (rows from ``valid`` on are
+    masked), the running max and sums, then the value product into o^T. Returns (m_i, l_acc, o_acc)."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_H, 16])
+    rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    sc = warpgroup_mma(c_s, q_smem.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma), use_acc=False,
+                       is_async=True)
+    sc = warpgroup_mma(r_s, qp_smem.permute((1, 0)), sc, is_async=True)
+    sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+    sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(sc, axis=0))
+    alpha = gl.exp2(m_i - m_new)
+    p = gl.exp2(sc - m_new[None, :])
+    l_acc = l_acc * alpha[None, :] + p
+    o_acc = o_acc * alpha[None, :]
+    p_smem.store(p.to(p_smem.dtype))
+    fence_async_shared()
+    o_acc = warpgroup_mma(c_s.permute((1, 0)), p_smem, o_acc, is_async=True)
+    o_acc = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc,))
+    return m_new, l_acc, o_acc
+
+
+@gluon.jit
+def _write_out(o_acc, m_i, l_acc, o_scale, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+               s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+               L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr):
+    """The program's o^T (times ``o_scale``), max and sum: as a split's partial, or normalised with its lse when
+    the program had the whole sequence. Stored from the accumulator's registers: a warp writes 32-byte runs of
+    eight heads, and no layout change needs the 64 KiB of shared memory o^T would take."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_H, 16])
+    l_i = gl.sum(l_acc, axis=0)
+    ol = gl.arange(0, L, layout=gl.SliceLayout(1, mma))
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    hh_ok = hh < num_heads
+    ok = (ol < L)[:, None] & hh_ok[None, :]
+    if DIRECT:
+        has = l_i > 0.0
+        out = o_acc * (o_scale / gl.where(has, l_i, 1.0))[None, :]
+        gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
+        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+    else:
+        gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], o_acc * o_scale,
+                 mask=ok)
+        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
+        gl.store(ml, m_i, mask=hh_ok)
+        gl.store(ml + 1, l_i, mask=hh_ok)
+
+
+@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
+def _mla_decode_wgmma(
+    q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    num_heads, num_splits, qk_scale_log2,
+    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr,
+):
+    """bf16 / fp16 caches: the products read the TMA stages."""
+    n = gl.program_id(0).to(gl.int64)
+    hg = gl.program_id(1)
+    split = gl.program_id(2)
+    dtype: gl.constexpr = desc_c.dtype
+    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+    seq_len, t_lo, count = _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE, BLOCK_N)
+    q_smem, qp_smem = _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, 1.0,
+                                       dtype, L, R, BLOCK_H, num_warps)
+
+    c_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, L], gl.NVMMASharedLayout.get_default_for([BLOCK_N, L],
+                                                                                                         dtype))
+    r_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, R], gl.NVMMASharedLayout.get_default_for([BLOCK_N, R],
+                                                                                                         dtype))
     p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_H],
                                        gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], dtype))
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -132,15 +199,13 @@ def _mla_decode_wgmma(
                     c_bufs.index(b).reshape([1, BLOCK_N, L]), r_bufs.index(b).reshape([1, BLOCK_N, R]),
                     TILES_PER_PAGE, BLOCK_N)
 
-    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, heads_l)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_H, 16])
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
     l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
     o_acc = gl.zeros([L, BLOCK_H], gl.float32, mma)
-    s_zero = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
-    rows = gl.arange(0, BLOCK_N, layout=rows_l)
     z_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     z_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, z_blk))
-    f8_blk: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [num_warps, 1], [1, 0])
-    f8_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, f8_blk))
     for i in range(count):
         # refill the stage the previous tile used (its products are complete)
         j = i + STAGES - 1
@@ -151,25 +216,8 @@ def _mla_decode_wgmma(
         stage = i % STAGES
         mbarrier.wait(bars.index(stage), (i // STAGES) & 1)
         c_s = c_bufs.index(stage)
-        r_s = r_bufs.index(stage)
-
-        t = t_lo + i
-        pg = t // TILES_PER_PAGE
-        row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
-        left = seq_len - (pg * BLOCK_SIZE + row0)              # positions from this tile's first row on
-        valid = gl.minimum(left, BLOCK_SIZE - row0)            # rows of this tile that hold positions
-        if IS_FP8:
-            # to fp16 in shared memory, rows past the sequence's end as zeros (they may hold any bits: the value
-            # product multiplies them by p = 0)
-            live = (f8_rows < left)[:, None]
-            for cc in gl.static_range(L // 64):
-                x = c_s.slice(cc * 64, 64, dim=1).load(f8_blk).to(dtype)
-                c16.slice(cc * 64, 64, dim=1).store(gl.where(live, x, gl.zeros_like(x)))
-            r16.store(r_s.load(f8_blk).to(dtype))
-            fence_async_shared()
-            c_s = c16
-            r_s = r16
-        elif left < gl.minimum(BLOCK_N, BLOCK_SIZE - row0):
+        left, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        if left < BLOCK_N:
             # the sequence ends inside this tile: zero the rows past it (any bits may be there) before the
             # value product multiplies them by p = 0
             for cc in gl.static_range(L // 64):
@@ -177,47 +225,137 @@ def _mla_decode_wgmma(
                 x = part.load(z_blk)
                 part.store(gl.where((z_rows < left)[:, None], x, gl.zeros_like(x)))
             fence_async_shared()
-
-        sc = warpgroup_mma(c_s, q_t, s_zero, use_acc=False, is_async=True)
-        sc = warpgroup_mma(r_s, qp_t, sc, is_async=True)
-        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(sc, axis=0))
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(sc - m_new[None, :])
-        l_acc = l_acc * alpha[None, :] + p
-        o_acc = o_acc * alpha[None, :]
-        m_i = m_new
-        p_smem.store(p.to(dtype))
-        fence_async_shared()
-        o_acc = warpgroup_mma(c_s.permute((1, 0)), p_smem, o_acc, is_async=True)
-        o_acc = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc,))
+        m_i, l_acc, o_acc = _attend_tile(c_s, r_bufs.index(stage), q_smem, qp_smem, p_smem, valid, qk_scale_log2,
+                                         m_i, l_acc, o_acc, BLOCK_N, BLOCK_H, num_warps)
 
     for b in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(b))
+    _write_out(o_acc, m_i, l_acc, 1.0, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+               s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n, L, BLOCK_H, DIRECT, num_warps)
 
-    l_i = gl.sum(l_acc, axis=0)
-    if IS_FP8:
-        o_acc = o_acc * gl.load(k_scale_ptr)
-    out_blk: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, num_warps], [0, 1])
-    oh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, out_blk))
-    oh_ok = oh < num_heads
-    ol = gl.arange(0, L, layout=gl.SliceLayout(1, out_blk))
-    ok = (ol < L)[:, None] & oh_ok[None, :]
-    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=heads_l)
-    hh_ok = hh < num_heads
-    if DIRECT:
-        has = l_i > 0.0
-        out = gl.convert_layout(o_acc / gl.where(has, l_i, 1.0)[None, :], out_blk)
-        gl.store(o_ptr + n * s_o_n + oh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
-        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+
+@gluon.jit
+def _fp8_to_slot(x, xr, live, live_r, dst_c, dst_r, MASK: gl.constexpr):
+    """An fp8 tile (latent part ``x``, position part ``xr``, in registers) to fp16 in a slot; with MASK the rows
+    where ``live`` / ``live_r`` are false become zeros."""
+    y = x.to(gl.float16)
+    yr = xr.to(gl.float16)
+    if MASK:
+        dst_c.store(gl.where(live, y, gl.zeros_like(y)))
+        dst_r.store(gl.where(live_r, yr, gl.zeros_like(yr)))
     else:
-        out = gl.convert_layout(o_acc, out_blk)
-        gl.store(acc_ptr + n * s_acc_n + oh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], out, mask=ok)
-        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
-        gl.store(ml, m_i, mask=hh_ok)
-        gl.store(ml + 1, l_i, mask=hh_ok)
+        dst_c.store(y)
+        dst_r.store(yr)
+
+
+@gluon.jit
+def _fp8_converter(desc_c, desc_r, bt_row, t_lo, count, seq_len, c8, r8, loaded, c16, r16, full, empty,
+                   L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+                   SLOTS: gl.constexpr):
+    """Converter warps: each fp8 tile from its TMA stage into registers, the stage at once refilled with the next
+    tile, then the tile as fp16 into the next free slot (rows past the sequence's end as zeros: they may hold any
+    bits, and the value product multiplies them by p = 0)."""
+    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+    # a warp reads four whole 128-byte rows of a swizzled stage: no bank conflicts
+    c_lay: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0])
+    r_lay: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4, 1], [1, 0])
+    c_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, c_lay))
+    r_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, r_lay))
+    _issue_tile(desc_c, desc_r, bt_row, t_lo, count > 0, loaded, c8.reshape([1, BLOCK_N, L]),
+                r8.reshape([1, BLOCK_N, R]), TILES_PER_PAGE, BLOCK_N)
+    for i in range(count):
+        mbarrier.wait(loaded, i & 1)
+        x = c8.load(c_lay)
+        xr = r8.load(r_lay)
+        gl.thread_barrier()                     # every converter warp holds its part: the stage takes the next tile
+        _issue_tile(desc_c, desc_r, bt_row, t_lo + i + 1, i + 1 < count, loaded, c8.reshape([1, BLOCK_N, L]),
+                    r8.reshape([1, BLOCK_N, R]), TILES_PER_PAGE, BLOCK_N)
+        left, _ = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        slot = i % SLOTS
+        mbarrier.wait(empty.index(slot), ((i // SLOTS) & 1) ^ 1)         # a fresh barrier passes phase 1 at once
+        if left < BLOCK_N:
+            _fp8_to_slot(x, xr, (c_rows < left)[:, None], (r_rows < left)[:, None], c16.index(slot), r16.index(slot),
+                         True)
+        else:
+            _fp8_to_slot(x, xr, None, None, c16.index(slot), r16.index(slot), False)
+        fence_async_shared()
+        gl.thread_barrier()                     # all four warps' stores before the one-thread arrive
+        mbarrier.arrive(full.index(slot))
+
+
+@gluon.jit
+def _fp8_consumer(q_smem, qp_smem, c16, r16, p_smem, full, empty, t_lo, count, seq_len, qk_scale_log2, o_scale,
+                  n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+                  s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+                  L: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                  SLOTS: gl.constexpr, DIRECT: gl.constexpr):
+    """Default warps: the products and the softmax from the fp16 slots, each slot released once its value product
+    is complete; then the program's output."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
+    l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    o_acc = gl.zeros([L, BLOCK_H], gl.float32, mma)
+    for i in range(count):
+        slot = i % SLOTS
+        mbarrier.wait(full.index(slot), (i // SLOTS) & 1)
+        left, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        m_i, l_acc, o_acc = _attend_tile(c16.index(slot), r16.index(slot), q_smem, qp_smem, p_smem, valid,
+                                         qk_scale_log2, m_i, l_acc, o_acc, BLOCK_N, BLOCK_H, 4)
+        gl.thread_barrier()                     # all four warps past the value product before the one-thread arrive
+        mbarrier.arrive(empty.index(slot))
+    _write_out(o_acc, m_i, l_acc, o_scale, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+               s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n, L, BLOCK_H, DIRECT, 4)
+
+
+@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
+def _mla_decode_wgmma_fp8(
+    q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    num_heads, num_splits, qk_scale_log2,
+    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+    SLOTS: gl.constexpr, CONVERTER_REGS: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr,
+):
+    """fp8 caches: converter warps (a worker partition) and product warps (the default one), see the module doc.
+    Shared memory: one fp8 stage (36 KiB), SLOTS fp16 slots (72 KiB each), the queries (36 KiB), p (4 KiB)."""
+    gl.static_assert(num_warps == 4, "four product warps (one warpgroup) and four converter warps")
+    n = gl.program_id(0).to(gl.int64)
+    hg = gl.program_id(1)
+    split = gl.program_id(2)
+    cache_dt: gl.constexpr = desc_c.dtype
+    seq_len, t_lo, count = _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE, BLOCK_N)
+    # fp16 products: q at 1/16 (fp8 holds value / k_scale, |x| <= 448, p <= 1), the 16 and k_scale back in the scores
+    k_scale = gl.load(k_scale_ptr)
+    q_smem, qp_smem = _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, 0.0625,
+                                       gl.float16, L, R, BLOCK_H, num_warps)
+    c8 = gl.allocate_shared_memory(cache_dt, [BLOCK_N, L], gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt))
+    r8 = gl.allocate_shared_memory(cache_dt, [BLOCK_N, R], gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt))
+    c16 = gl.allocate_shared_memory(gl.float16, [SLOTS, BLOCK_N, L],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], gl.float16))
+    r16 = gl.allocate_shared_memory(gl.float16, [SLOTS, BLOCK_N, R],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], gl.float16))
+    p_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_N, BLOCK_H],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))
+    loaded = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    full = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(loaded, count=1)
+    for b in gl.static_range(SLOTS):
+        mbarrier.init(full.index(b), count=1)
+        mbarrier.init(empty.index(b), count=1)
+    fence_async_shared()
+    gl.warp_specialize([
+        (_fp8_consumer, (q_smem, qp_smem, c16, r16, p_smem, full, empty, t_lo, count, seq_len,
+                         qk_scale_log2 * 16.0 * k_scale, k_scale, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr,
+                         lse_ptr, s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+                         L, BLOCK_SIZE, BLOCK_H, BLOCK_N, SLOTS, DIRECT)),
+        (_fp8_converter, (desc_c, desc_r, bt_ptr + n * s_bt_n, t_lo, count, seq_len, c8, r8, loaded, c16, r16, full,
+                          empty, L, R, BLOCK_SIZE, BLOCK_N, SLOTS)),
+    ], [4], [CONVERTER_REGS])
+    mbarrier.invalidate(loaded)
+    for b in gl.static_range(SLOTS):
+        mbarrier.invalidate(full.index(b))
+        mbarrier.invalidate(empty.index(b))
 
 
 _DESCRIPTORS: "collections.OrderedDict" = collections.OrderedDict()
@@ -301,12 +439,15 @@ def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2:
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
-    is_fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    _mla_decode_wgmma[(N, triton.cdiv(H, bh), num_splits)](
+    if kv_cache.dtype == torch.float8_e4m3fn:
+        kernel, setting = _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
+    else:
+        kernel, setting = _mla_decode_wgmma, dict(STAGES=STAGES)
+    kernel[(N, triton.cdiv(H, bh), num_splits)](
         q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
         H, num_splits, qk_scale_log2,
         q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), block_table.stride(0),
         *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
         L=L, R=q_pe.shape[-1], BLOCK_SIZE=kv_cache.shape[1], BLOCK_H=bh, BLOCK_N=BLOCK_N,
-        STAGES=STAGES_FP8 if is_fp8 else STAGES, DIRECT=num_splits == 1, IS_FP8=is_fp8, num_warps=4,
+        DIRECT=num_splits == 1, num_warps=4, **setting,
     )

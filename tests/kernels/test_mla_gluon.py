@@ -151,7 +151,6 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.jit import mangle_type
 from kernels.mla import wgmma_decode as W
 
-fn = W._mla_decode_wgmma
 f8 = torch.float8_e4m3fn
 for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (torch.bfloat16, "*bf16", 16, True, 64),
                                  (torch.float16, "*fp16", 32, True, 128), (f8, "*bf16", 32, False, 1888),
@@ -159,10 +158,11 @@ for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (to
     kv = torch.zeros(2, bs, 576, dtype=kv_dt)
     dc, dr = W.cache_descriptors(kv, 512)
     fp8 = kv_dt == torch.float8_e4m3fn
+    fn = W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
     ptrs = dict(q_lat_ptr=q, q_pe_ptr=q, bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32", acc_ptr="*fp32",
                 ml_ptr="*fp32", o_ptr=q, lse_ptr="*fp32", desc_c=mangle_type(dc), desc_r=mangle_type(dr))
-    const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, STAGES=W.STAGES_FP8 if fp8 else W.STAGES,
-                 DIRECT=direct, IS_FP8=fp8, num_warps=4)
+    setting = dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES)
+    const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4, **setting)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
     k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -174,6 +174,8 @@ for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (to
     assert len(re.findall(r"wgmma\.mma_async", ptx)) == 68, kv_dt
     assert re.search(r"cp\.async\.bulk\.tensor", ptx), kv_dt
     assert not re.search(r"\bmma\.sync", ptx) and not re.search(r"ld\.local", ptx), kv_dt   # no spills
+    if fp8:     # converter warps handing their registers to the product warps, fp8 -> fp16 two at a time
+        assert re.search(r"setmaxnreg\.dec", ptx) and re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx), kv_dt
 print("LOWERED")
 """
 
