@@ -94,6 +94,23 @@ def test_fp8_cache(num_splits):
 
 
 @needs_hopper
+@pytest.mark.parametrize("bs,H,dtype", [(3776, 32, torch.bfloat16), (64, 16, torch.bfloat16), (128, 20, torch.float16)])
+def test_fp8_pages_heads_tails(bs, H, dtype):
+    """The warp-specialised fp8 kernel on the plugin's fp8 pages (3,776 rows: 59 whole tiles) and on pages of one
+    and two tiles, 16 heads (TP = 2) and 20 (padded to 32), fp16 queries; sequences ending around tile and page
+    boundaries (the converter warps zero the rows past the end), the split count the default picks, and one
+    sequence longer than one split's share."""
+    ks = 0.05
+    lens = [1, 63, 64, 65, bs - 1, bs, bs + 1, 2 * bs + 70]
+    q_lat, q_pe, kv, bt, sl = make_case(lens, bs=bs, H=H, L=512, R=64, seed=37)
+    kv8 = (kv / ks).to(torch.float8_e4m3fn)
+    qb, qpb = q_lat.to(dtype), q_pe.to(dtype)
+    ref = reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, k_scale=ks, wgmma=True)
+    _close(o, lse, *ref, tol_o=1e-2)
+
+
+@needs_hopper
 def test_default_takes_it_and_matches_triton():
     """The default picks this kernel for a bf16 cache with bf16 queries on Hopper; the Triton kernel
     (wgmma=False) gives the same attention."""
