@@ -3,7 +3,7 @@
 The same attention as ``triton_decode`` (one query token per sequence, scores over the latent row [c | k_pe],
 values c), written in Gluon so that the kernel decides what Triton's pipeliner would not: every tile of the
 cache travels by TMA into a ring of shared-memory stages and is read from there by the tensor cores for both
-products, never through registers. Tokens are the rows of both products, so 32 query heads fill a wgmma
+products (a 16-bit tile never passes through registers; an fp8 one does once, to become fp16). Tokens are the rows of both products, so 32 query heads fill a wgmma
 (its rows come in sixty-fours; heads would fill half):
 
     s^T [tokens, heads] = C_tile [tokens, L] q_lat^T + Kpe_tile [tokens, R] q_pe^T
