@@ -51,11 +51,17 @@ MERGE_TOKENS_PER_SPLIT = 5
 
 
 @gluon.jit
+def _tile_origin(t, TILES_PER_PAGE: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Tile ``t`` of a sequence: its page's index in the block table and its first row in that page."""
+    pg = t // TILES_PER_PAGE
+    return pg, (t - pg * TILES_PER_PAGE) * BLOCK_N
+
+
+@gluon.jit
 def _issue_tile(desc_c, desc_r, bt_row, t, pred, bar, c_dst, r_dst, TILES_PER_PAGE: gl.constexpr,
                 BLOCK_N: gl.constexpr):
     """Start the TMA copies of tile ``t`` of the sequence (a page and a BLOCK_N-aligned row offset in it)."""
-    pg = t // TILES_PER_PAGE
-    row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
+    pg, row0 = _tile_origin(t, TILES_PER_PAGE, BLOCK_N)
     page = gl.load(bt_row + pg, mask=pred, other=0).to(gl.int32)     # TMA coordinates are 32-bit
     mbarrier.expect(bar, desc_c.block_type.nbytes + desc_r.block_type.nbytes, pred=pred)
     tma.async_copy_global_to_shared(desc_c, [page, row0, 0], bar, c_dst, pred=pred)
@@ -66,9 +72,7 @@ def _issue_tile(desc_c, desc_r, bt_row, t, pred, bar, c_dst, r_dst, TILES_PER_PA
 def _tile_rows(t, seq_len, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr):
     """Tile ``t``'s positions from its first row on (``left``, up to the sequence's end) and its rows that hold
     positions (``valid``: ``left`` cut at the page's end)."""
-    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
-    pg = t // TILES_PER_PAGE
-    row0 = (t - pg * TILES_PER_PAGE) * BLOCK_N
+    pg, row0 = _tile_origin(t, (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N, BLOCK_N)
     left = seq_len - (pg * BLOCK_SIZE + row0)
     return left, gl.minimum(left, BLOCK_SIZE - row0)
 
@@ -298,7 +302,7 @@ def _fp8_consumer(q_smem, qp_smem, c16, r16, p_smem, full, empty, t_lo, count, s
     for i in range(count):
         slot = i % SLOTS
         mbarrier.wait(full.index(slot), (i // SLOTS) & 1)
-        left, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
         m_i, l_acc, o_acc = _attend_tile(c16.index(slot), r16.index(slot), q_smem, qp_smem, p_smem, valid,
                                          qk_scale_log2, m_i, l_acc, o_acc, BLOCK_N, BLOCK_H, 4)
         gl.thread_barrier()                     # all four warps past the value product before the one-thread arrive
