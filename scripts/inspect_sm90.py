@@ -110,21 +110,25 @@ def mla_gluon():
     from triton.runtime.jit import mangle_type
 
     from kernels.mla import wgmma_decode as W
-    for kv_dt, bh, direct in [(torch.bfloat16, 32, False), (torch.bfloat16, 16, False), (torch.float8_e4m3fn, 32, False),
-                              (torch.bfloat16, 32, True)]:
+    f8 = torch.float8_e4m3fn
+    for kv_dt, bh, direct, regs in [(torch.bfloat16, 32, False, False), (torch.bfloat16, 16, False, False),
+                                    (f8, 32, False, False), (f8, 32, False, True), (f8, 16, True, True),
+                                    (torch.bfloat16, 32, True, False)]:
         dc, dr = W.cache_descriptors(torch.zeros(2, 1888, 576, dtype=kv_dt), 512)
-        fp8 = kv_dt == torch.float8_e4m3fn
-        fn = W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
+        fp8 = kv_dt == f8
+        fn = W._mla_decode_wgmma_fp8_regs if regs else W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
         ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32",
                     acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32", desc_c=mangle_type(dc),
                     desc_r=mangle_type(dr))
-        setting = dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES)
+        setting = (dict(STAGES=W.FP8_STAGES, LOADER_REGS=W.FP8_LOADER_REGS, SCORE_REGS=W.FP8_SCORE_REGS) if regs
+                   else dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES))
         const = dict(L=512, R=64, BLOCK_SIZE=1888, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4,
                      **setting)
         sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
                for a in fn.arg_names}
         k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=TARGET, options=dict(num_warps=4))
-        report(f"mla gluon {str(kv_dt)[6:]} heads {bh} {'direct' if direct else 'split'}", k)
+        report(f"mla gluon {str(kv_dt)[6:]}{' registers' if regs else ''} heads {bh} "
+               f"{'direct' if direct else 'split'}", k)
 
 
 def kda_prefill():

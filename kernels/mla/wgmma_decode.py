@@ -2,9 +2,9 @@
 
 The same attention as ``triton_decode`` (one query token per sequence, scores over the latent row [c | k_pe],
 values c), written in Gluon so that the kernel decides what Triton's pipeliner would not: every tile of the
-cache travels by TMA into a ring of shared-memory stages and is read from there by the tensor cores for both
-products (a 16-bit tile never passes through registers; an fp8 one does once, to become fp16). Tokens are the rows of both products, so 32 query heads fill a wgmma
-(its rows come in sixty-fours; heads would fill half):
+cache travels by TMA into a ring of shared-memory stages, from which the tensor cores read it (16-bit tiles) or
+threads take it into registers (fp8 tiles, which become fp16). Tokens are the rows of both products, so 32 query
+heads fill a wgmma (its rows come in sixty-fours; heads would fill half):
 
     s^T [tokens, heads] = C_tile [tokens, L] q_lat^T + Kpe_tile [tokens, R] q_pe^T
     o^T [L, heads]     += C_tile^T [L, tokens] p^T [tokens, heads]
@@ -17,14 +17,22 @@ page) are masked out of the scores and zeroed in shared memory before the value 
 bits, NaN included, left there by the page's earlier owner). A split is a run of whole tiles; partials and
 the merge are ``triton_decode``'s.
 
-Two kernels: ``_mla_decode_wgmma`` for bf16 / fp16 caches (the products read the TMA stages), and
-``_mla_decode_wgmma_fp8`` for an fp8 (e4m3) cache, warp-specialised: four converter warps take each fp8 tile
-from its TMA stage into registers, release the stage for the next tile, and write the tile as fp16 into a ring
-of two slots; the four default warps run the products and the softmax from those slots, so the conversion of
-one tile overlaps the products of the one before (the products run on fp16 with the queries at 1/16, a margin
-below fp16's largest value; the 16 and k_scale come back in the scores and the output). Caches: bf16 / fp16
-read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or
-32 heads a program. ``mla_decode`` takes these kernels where ``supported`` holds.
+Three kernels:
+* ``_mla_decode_wgmma``, bf16 / fp16 caches: both products read the TMA stages.
+* ``_mla_decode_wgmma_fp8``, fp8 (e4m3) caches, the converter kernel: four converter warps take each fp8 tile from
+  its TMA stage into registers, release the stage for the next tile, and write the tile as fp16 into a ring of two
+  slots; the four default warps run the products and the softmax from those slots.
+* ``_mla_decode_wgmma_fp8_regs``, fp8 caches, the register-operand kernel: a loader warp keeps four fp8 stages
+  filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
+  to wgmma as its register operand (the queries' columns permuted alike, ``_k_column``, so each thread reads 16
+  contiguous bytes), then run the softmax into one of two p slots; four value warps, a tile behind, read the tile
+  16 tokens x 256 columns at a time as the register operand of the value product (o^T's rows permuted,
+  ``_v_column``, so each thread reads 8 contiguous bytes a token), which keeps the fp16 copy of the tile out of
+  shared memory. It is the faster of the two on long batches, the converter kernel on short calls (``fp8_kernel``).
+Both fp8 kernels run fp16 products with the queries at 1/16 (a margin below fp16's largest value); the 16 and
+k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
+by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
+kernels where ``supported`` holds.
 """
 
 import collections
@@ -42,6 +50,14 @@ BLOCK_N = 64          # cache positions a tile: the rows of one wgmma on four wa
 STAGES = 2            # 16-bit tiles in shared memory at once (72 KiB each at L + R = 576)
 FP8_SLOTS = 2         # fp16 copies of fp8 tiles the converter warps may run ahead by (72 KiB each)
 FP8_CONVERTER_REGS = 200    # registers a thread of the converter warps: one fp8 tile (72) and its fp16 halves
+FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared memory at once (36 KiB each)
+FP8_SCORE_REGS = 168  # registers a thread of its score warps
+FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
+# positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
+# it is 1.2-1.3x faster at batch 32-128 from 32K on, but each of its tiles takes longer, so calls with few tiles a
+# program run faster on the converter kernel (H200, 2026-12-01: 1 x 4K 24.8 against 15.4 us, 1 x 128K 70.8 against
+# 61.0, 32 x 4K 55.4 against 49.9; 128 x 4K 121.7 against 159.6, 32 x 32K 248.1 against 311.9; benchmarks/RESULTS.md)
+FP8_REGISTERS_MIN_POSITIONS = 1 << 18
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
 # positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
@@ -92,17 +108,23 @@ def _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE: gl.constexpr, B
 @gluon.jit
 def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, scale: gl.constexpr,
                      dtype: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
-                     num_warps: gl.constexpr):
+                     num_warps: gl.constexpr, PERMUTED: gl.constexpr = False):
     """This program's heads of q_lat and q_pe (times ``scale``) in shared memory as ``dtype``, heads x width with
-    the width contiguous: the second operand of the score product (as its transposed views)."""
+    the width contiguous: the second operand of the score product (as its transposed views). PERMUTED: the
+    columns in the order ``_k_operand`` hands the cache's columns to the product (``_k_column``)."""
     q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
     qh_ok = qh < num_heads
     offs_l = gl.arange(0, L, layout=gl.SliceLayout(0, q_blk))
     offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, q_blk))
-    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + offs_l[None, :],
+    col_l = offs_l
+    col_r = offs_r
+    if PERMUTED:
+        col_l = _k_column(offs_l, _k_chunk(L))
+        col_r = _k_column(offs_r, R)
+    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + col_l[None, :],
                 mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
-    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
+    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + col_r[None, :],
                  mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
     if scale != 1.0:
         q = q.to(gl.float32) * scale
@@ -115,41 +137,55 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
 
 
 @gluon.jit
-def _attend_tile(c_s, r_s, q_smem, qp_smem, p_smem, valid, qk_scale_log2, m_i, l_acc, o_acc,
-                 BLOCK_N: gl.constexpr, BLOCK_H: gl.constexpr, num_warps: gl.constexpr):
-    """One tile of online softmax on wgmma: scores from the tile in shared memory (rows from ``valid`` on are
-    masked), the running max and sums, then the value product into o^T. Returns (m_i, l_acc, o_acc)."""
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                  instr_shape=[16, BLOCK_H, 16])
-    rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    sc = warpgroup_mma(c_s, q_smem.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma), use_acc=False,
-                       is_async=True)
-    sc = warpgroup_mma(r_s, qp_smem.permute((1, 0)), sc, is_async=True)
-    sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.constexpr):
+    """One tile's scores s^T [tokens, heads] (rows from ``valid`` on masked) into the running max and sums, and
+    p^T written to ``p_smem`` for the value product. Returns (m_i, l_acc, alpha: the factor o^T takes first)."""
+    rows = gl.arange(0, sc.shape[0], layout=gl.SliceLayout(1, mma))
     sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(sc, axis=0))
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(sc - m_new[None, :])
     l_acc = l_acc * alpha[None, :] + p
-    o_acc = o_acc * alpha[None, :]
     p_smem.store(p.to(p_smem.dtype))
     fence_async_shared()
-    o_acc = warpgroup_mma(c_s.permute((1, 0)), p_smem, o_acc, is_async=True)
+    return m_new, l_acc, alpha
+
+
+@gluon.jit
+def _attend_tile(c_s, r_s, q_smem, qp_smem, p_smem, valid, qk_scale_log2, m_i, l_acc, o_acc,
+                 BLOCK_N: gl.constexpr, BLOCK_H: gl.constexpr, num_warps: gl.constexpr):
+    """One tile of online softmax on wgmma, both operands of both products in shared memory: scores from the tile
+    (rows from ``valid`` on are masked), the running max and sums, then the value product into o^T. Returns
+    (m_i, l_acc, o_acc)."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BLOCK_H, 16])
+    sc = warpgroup_mma(c_s, q_smem.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma), use_acc=False,
+                       is_async=True)
+    sc = warpgroup_mma(r_s, qp_smem.permute((1, 0)), sc, is_async=True)
+    sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+    m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma)
+    o_acc = warpgroup_mma(c_s.permute((1, 0)), p_smem, o_acc * alpha[None, :], is_async=True)
     o_acc = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc,))
-    return m_new, l_acc, o_acc
+    return m_i, l_acc, o_acc
 
 
 @gluon.jit
 def _write_out(o_acc, m_i, l_acc, o_scale, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
                s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
-               L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr):
+               L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr,
+               PERM_ROWS: gl.constexpr = False, ROW0: gl.constexpr = 0, WRITE_ML: gl.constexpr = True):
     """The program's o^T (times ``o_scale``), max and sum: as a split's partial, or normalised with its lse when
     the program had the whole sequence. Stored from the accumulator's registers: a warp writes 32-byte runs of
-    eight heads, and no layout change needs the 64 KiB of shared memory o^T would take."""
+    eight heads, and no layout change needs the 64 KiB of shared memory o^T would take. ``o_acc`` may be a block of
+    o^T's rows: columns [ROW0, ROW0 + rows), in ``_v_operand``'s order (``_v_column``) with PERM_ROWS; WRITE_ML:
+    this call also writes the max and sum (or lse)."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_H, 16])
     l_i = gl.sum(l_acc, axis=0)
-    ol = gl.arange(0, L, layout=gl.SliceLayout(1, mma))
+    ol = gl.arange(0, o_acc.shape[0], layout=gl.SliceLayout(1, mma))
+    if PERM_ROWS:
+        ol = _v_column(ol, o_acc.shape[0])
+    ol = ol + ROW0
     hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
     hh_ok = hh < num_heads
     ok = (ol < L)[:, None] & hh_ok[None, :]
@@ -157,14 +193,16 @@ def _write_out(o_acc, m_i, l_acc, o_scale, n, hg, split, num_heads, acc_ptr, ml_
         has = l_i > 0.0
         out = o_acc * (o_scale / gl.where(has, l_i, 1.0))[None, :]
         gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
-        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+        if WRITE_ML:
+            lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+            gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
     else:
         gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], o_acc * o_scale,
                  mask=ok)
-        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
-        gl.store(ml, m_i, mask=hh_ok)
-        gl.store(ml + 1, l_i, mask=hh_ok)
+        if WRITE_ML:
+            ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
+            gl.store(ml, m_i, mask=hh_ok)
+            gl.store(ml + 1, l_i, mask=hh_ok)
 
 
 @gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
@@ -362,6 +400,333 @@ def _mla_decode_wgmma_fp8(
         mbarrier.invalidate(empty.index(b))
 
 
+@gluon.constexpr_function
+def _k_chunk(L):
+    """Columns of the latent part the score product takes a register operand at a time: 64 (16 contiguous bytes of
+    two rows a thread; 128-column chunks were no faster and need more registers)."""
+    return min(64, L)
+
+
+@gluon.constexpr_function
+def _v_chunk(L):
+    """Latent columns a register operand of the value product covers (o^T is kept in blocks of that many rows)."""
+    return min(256, L)
+
+
+@gluon.constexpr_function
+def _k_load_layout(W):
+    """[64 tokens, W columns] of an fp8 tile as the score product's operand needs it: lane 4g + c of warp w holds
+    rows 16w + g and 16w + g + 8, columns [W/4 c, W/4 (c + 1)), so a thread reads W/4 contiguous bytes a row."""
+    per = W // 4
+    regs = [[0, 1 << i] for i in range(per.bit_length() - 1)] + [[8, 0]]
+    return gl.DistributedLinearLayout(regs, [[0, per], [0, 2 * per], [1, 0], [2, 0], [4, 0]], [[16, 0], [32, 0]], [],
+                                      [64, W])
+
+
+@gluon.constexpr_function
+def _v_load_layout(L):
+    """[16 tokens, L columns] of an fp8 tile as the value product's operand needs it: lane 4g + c of warp w holds
+    tokens 2c, 2c + 1, 2c + 8, 2c + 9 and columns [(8w + g) L/32, (8w + g + 1) L/32): L/32 contiguous bytes a token."""
+    per = L // 32
+    regs = [[0, 1 << i] for i in range(per.bit_length() - 1)] + [[1, 0], [8, 0]]
+    return gl.DistributedLinearLayout(regs, [[2, 0], [4, 0], [0, per], [0, 2 * per], [0, 4 * per]],
+                                      [[0, 8 * per], [0, 16 * per]], [], [16, L])
+
+
+@gluon.jit
+def _k_column(k, W: gl.constexpr):
+    """The cache column that sits at position ``k`` of the score product's reduction (``_k_operand``'s order):
+    within each chunk of W columns, position 16s + 8f + 2c + e is column (W/4) c + 4s + 2f + e, so the 8 values a
+    thread of a wgmma holds for one 16-wide step are contiguous and W/16 steps make one W/4-byte read."""
+    kk = k % W
+    return (k - kk) + (W // 4) * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+
+
+@gluon.jit
+def _v_column(m, L: gl.constexpr):
+    """The latent column at row ``m`` of the value product's o^T (``_v_operand``'s order): row 64b + 16w + 8h + g
+    is column (8w + g) L/32 + 2b + h, so the L/32 rows a thread holds over the L/64 row blocks are contiguous."""
+    return (((m // 16) % 4) * 8 + m % 8) * (L // 32) + 2 * (m // 64) + (m // 8) % 2
+
+
+@gluon.jit
+def _k_load(src, W: gl.constexpr):
+    """An fp8 slice [64 tokens, W columns] of a tile into registers as the score product's operand needs it."""
+    return src.load(_k_load_layout(W))
+
+
+@gluon.jit
+def _k_operand(x, W: gl.constexpr, mma: gl.constexpr):
+    """``_k_load``'s registers as the fp16 register operand of the score product, its columns in ``_k_column``'s
+    order: two neighbouring values a conversion, then a relabelling that moves nothing."""
+    x = x.to(gl.float16).reshape([64, 4, W // 16, 2, 2]).permute((0, 2, 3, 1, 4)).reshape([64, W])
+    return gl.convert_layout(x, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
+def _v_load(src, L: gl.constexpr):
+    """An fp8 slice [16 tokens, L columns] of a tile into registers as the value product's operand needs it: a
+    thread reads L/32 contiguous bytes of each of its four tokens."""
+    return src.load(_v_load_layout(L))
+
+
+@gluon.jit
+def _v_operand(x, L: gl.constexpr, mma: gl.constexpr):
+    """``_v_load``'s registers as the fp16 register operand [L, 16] of the value product, its rows in
+    ``_v_column``'s order (each conversion's pair of values is then re-paired by tokens)."""
+    x = x.to(gl.float16).reshape([16, 4, 8, L // 64, 2]).permute((3, 1, 4, 2, 0)).reshape([L, 16])
+    return gl.convert_layout(x, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
+def _zero_rows_from(c_s, left, L: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Rows from ``left`` on of an fp8 stage's latent part set to zeros (the sequence ended inside the tile: those
+    rows may hold any bits, NaN included, and the value product multiplies them by p = 0), 64 columns at a time."""
+    z_blk: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4, 1], [1, 0])
+    rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, z_blk))
+    for cc in gl.static_range(L // 64):
+        part = c_s.slice(cc * 64, 64, dim=1)
+        x = part.load(z_blk)
+        part.store(gl.where((rows < left)[:, None], x, gl.zeros_like(x)))
+    gl.thread_barrier()                         # every warp's zeros in place before any warp reads the values
+
+
+@gluon.jit
+def _fp8_loader(desc_c, desc_r, bt_row, t_lo, count, c8, r8, ready, empty, L: gl.constexpr, R: gl.constexpr,
+                BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """Loader warp: each fp8 tile by TMA into the next stage once the product warps have released it."""
+    TILES_PER_PAGE: gl.constexpr = (BLOCK_SIZE + BLOCK_N - 1) // BLOCK_N
+    for i in range(count):
+        s = i % STAGES
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)          # a fresh barrier passes phase 1 at once
+        _issue_tile(desc_c, desc_r, bt_row, t_lo + i, i < count, ready.index(s), c8.index(s).reshape([1, BLOCK_N, L]),
+                    r8.index(s).reshape([1, BLOCK_N, R]), TILES_PER_PAGE, BLOCK_N)
+
+
+@gluon.jit
+def _score_product(c_s, r_s, q_smem, qp_smem, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
+                   BLOCK_N: gl.constexpr, mma: gl.constexpr):
+    """s^T [tokens, heads] of an fp8 tile from register operands, chunk by chunk out of the stage (the position part
+    is the last chunk): each chunk's bytes are read a chunk ahead of its conversion, which runs while the tensor
+    cores take the chunk before. Returns the complete scores."""
+    KW: gl.constexpr = _k_chunk(L)
+    NK: gl.constexpr = L // KW + 1
+    if NK > 2:
+        x_next = _k_load(c_s.slice(KW, KW, dim=1), KW)
+    else:
+        x_next = _k_load(r_s, R)
+    a = _k_operand(_k_load(c_s.slice(0, KW, dim=1), KW), KW, mma)
+    sc = warpgroup_mma(a, q_smem.slice(0, KW, dim=1).permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma),
+                       use_acc=False, is_async=True)
+    for j in gl.static_range(1, NK):
+        x = x_next
+        if j + 1 < NK - 1:
+            x_next = _k_load(c_s.slice((j + 1) * KW, KW, dim=1), KW)
+        elif j + 1 == NK - 1:
+            x_next = _k_load(r_s, R)
+        if j < NK - 1:
+            a_next = _k_operand(x, KW, mma)
+            sc = warpgroup_mma(a_next, q_smem.slice(j * KW, KW, dim=1).permute((1, 0)), sc, is_async=True)
+        else:
+            a_next = _k_operand(x, R, mma)
+            sc = warpgroup_mma(a_next, qp_smem.permute((1, 0)), sc, is_async=True)
+        sc, a = warpgroup_mma_wait(num_outstanding=1, deps=(sc, a))
+        a = a_next
+    sc, a = warpgroup_mma_wait(num_outstanding=0, deps=(sc, a))
+    return sc
+
+
+@gluon.jit
+def _value_product(c_s, p_s, o_lo, o_hi, L: gl.constexpr, BLOCK_N: gl.constexpr, mma: gl.constexpr):
+    """o^T += C_tile^T p^T for an fp8 tile from register operands of 16 tokens x VW columns, each read one operand
+    ahead and converted while the tensor cores take the one before, into o^T's row blocks ``o_lo`` (latent columns
+    [0, VW)) and ``o_hi`` ([VW, L), when VW < L). Returns (o_lo, o_hi) complete."""
+    VW: gl.constexpr = _v_chunk(L)
+    NV: gl.constexpr = L // VW
+    v_next = _v_load(c_s.slice(0, 16, dim=0).slice(0, VW, dim=1), VW)
+    for j in gl.static_range(BLOCK_N // 16):
+        for h in gl.static_range(NV):
+            x = v_next
+            if h + 1 < NV:
+                v_next = _v_load(c_s.slice(16 * j, 16, dim=0).slice((h + 1) * VW, VW, dim=1), VW)
+            elif j + 1 < BLOCK_N // 16:
+                v_next = _v_load(c_s.slice(16 * (j + 1), 16, dim=0).slice(0, VW, dim=1), VW)
+            v = _v_operand(x, VW, mma)
+            if h == 0:
+                o_lo = warpgroup_mma(v, p_s.slice(16 * j, 16, dim=0), o_lo, is_async=True)
+            else:
+                o_hi = warpgroup_mma(v, p_s.slice(16 * j, 16, dim=0), o_hi, is_async=True)
+            if j + h > 0:
+                v_prev = warpgroup_mma_wait(num_outstanding=1, deps=(v_prev,))
+            v_prev = v
+    if NV == 2:
+        o_lo, o_hi, v_prev = warpgroup_mma_wait(num_outstanding=0, deps=(o_lo, o_hi, v_prev))
+    else:
+        o_lo, v_prev = warpgroup_mma_wait(num_outstanding=0, deps=(o_lo, v_prev))
+    return o_lo, o_hi
+
+
+@gluon.jit
+def _fp8_scores(q_smem, qp_smem, c8, r8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
+                t_lo, count, seq_len, qk_scale_log2, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n,
+                L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr,
+                BLOCK_N: gl.constexpr, STAGES: gl.constexpr, DIRECT: gl.constexpr):
+    """Score warps: per tile, the score product (then the stage is theirs no more), the softmax into a free p slot
+    with the factor o^T takes first; at the end the program's max and sum (for the merge) or its lse, and the sum
+    for the value warps."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
+    l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    for i in range(count):
+        s = i % STAGES
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        sc = _score_product(c8.index(s), r8.index(s), q_smem, qp_smem, L, R, BLOCK_H, BLOCK_N, mma)
+        gl.thread_barrier()                     # all four warps' reads of the stage before the one-thread arrive
+        mbarrier.arrive(empty.index(s))
+        slot = i % 2
+        mbarrier.wait(p_empty.index(slot), ((i // 2) & 1) ^ 1)            # a fresh barrier passes phase 1 at once
+        m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem.index(slot), mma)
+        a_smem.index(slot).store(alpha)
+        gl.thread_barrier()
+        mbarrier.arrive(p_full.index(slot))
+    l_i = gl.sum(l_acc, axis=0)
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    hh_ok = hh < num_heads
+    if DIRECT:
+        has = l_i > 0.0
+        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+        l_smem.store(l_i)
+        gl.thread_barrier()
+        mbarrier.arrive(done)
+    else:
+        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
+        gl.store(ml, m_i, mask=hh_ok)
+        gl.store(ml + 1, l_i, mask=hh_ok)
+
+
+@gluon.jit
+def _store_o(o, scale, ROW0: gl.constexpr, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s,
+             s_o_n, s_o_h, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, mma: gl.constexpr):
+    """A row block of o^T (latent columns from ROW0, in ``_v_column``'s order) times ``scale`` a head: into the output
+    (one split) or the split's partial."""
+    ol = ROW0 + _v_column(gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, mma)), o.shape[0])
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    ok = (ol >= 0)[:, None] & (hh < num_heads)[None, :]
+    out = o * scale[None, :]
+    if DIRECT:
+        gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
+    else:
+        gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], out, mask=ok)
+
+
+@gluon.jit
+def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done, t_lo, count, seq_len, o_scale,
+                n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+                L: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                STAGES: gl.constexpr, DIRECT: gl.constexpr):
+    """Value warps: per tile, once its p is ready, o^T rescaled and the value product (rows past the sequence's end
+    zeroed first, on the last tile), then the stage and the p slot go back; at the end o^T into the output or the
+    split's partial."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
+    VW: gl.constexpr = _v_chunk(L)
+    o_lo = gl.zeros([VW, BLOCK_H], gl.float32, mma)
+    o_hi = gl.zeros([VW, BLOCK_H], gl.float32, mma)
+    for i in range(count):
+        s = i % STAGES
+        slot = i % 2
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        mbarrier.wait(p_full.index(slot), (i // 2) & 1)
+        c_s = c8.index(s)
+        left, _ = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        if left < BLOCK_N:                      # the score warps are done with this stage (p is out)
+            _zero_rows_from(c_s, left, L, BLOCK_N)
+        alpha = a_smem.index(slot).load(gl.SliceLayout(0, mma))
+        o_lo = o_lo * alpha[None, :]
+        if VW < L:
+            o_hi = o_hi * alpha[None, :]
+        o_lo, o_hi = _value_product(c_s, p_smem.index(slot), o_lo, o_hi, L, BLOCK_N, mma)
+        gl.thread_barrier()                     # all four warps done with the stage and the slot
+        mbarrier.arrive(empty.index(s))
+        mbarrier.arrive(p_empty.index(slot))
+    if DIRECT:
+        mbarrier.wait(done, 0)
+        l_i = l_smem.load(gl.SliceLayout(0, mma))
+        scale = o_scale / gl.where(l_i > 0.0, l_i, 1.0)
+    else:
+        scale = gl.full([BLOCK_H], o_scale, gl.float32, gl.SliceLayout(0, mma))
+    _store_o(o_lo, scale, 0, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+             BLOCK_H, DIRECT, mma)
+    if VW < L:
+        _store_o(o_hi, scale, VW, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+                 BLOCK_H, DIRECT, mma)
+
+
+@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
+def _mla_decode_wgmma_fp8_regs(
+    q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
+    num_heads, num_splits, qk_scale_log2,
+    s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
+    s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
+    L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_REGS: gl.constexpr, SCORE_REGS: gl.constexpr, DIRECT: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """fp8 caches: a loader warp, four score warps and four value warps (the default partition), each product on
+    register operands read from the fp8 stages; the score warps run a tile ahead of the value warps through two
+    p slots."""
+    gl.static_assert(num_warps == 4, "four value warps (one warpgroup), four score warps and one loader warp")
+    gl.static_assert(BLOCK_N == 64, "the register operands' layouts are written for 64-token tiles")
+    n = gl.program_id(0).to(gl.int64)
+    hg = gl.program_id(1)
+    split = gl.program_id(2)
+    cache_dt: gl.constexpr = desc_c.dtype
+    seq_len, t_lo, count = _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE, BLOCK_N)
+    k_scale = gl.load(k_scale_ptr)
+    q_smem, qp_smem = _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, 0.0625,
+                                       gl.float16, L, R, BLOCK_H, num_warps, True)
+    c8 = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, L],
+                                   gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt))
+    r8 = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, R],
+                                   gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt))
+    p_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_H],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))
+    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+    a_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], vec)     # alpha of the tile in each p slot
+    l_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_H], vec)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    p_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    p_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for b in gl.static_range(STAGES):
+        mbarrier.init(ready.index(b), count=1)
+        mbarrier.init(empty.index(b), count=2)              # the score warps and the value warps
+    for b in gl.static_range(2):
+        mbarrier.init(p_full.index(b), count=1)
+        mbarrier.init(p_empty.index(b), count=1)
+    mbarrier.init(done, count=1)
+    fence_async_shared()
+    gl.warp_specialize([
+        (_fp8_values, (c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done, t_lo, count, seq_len, k_scale,
+                       n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+                       L, BLOCK_SIZE, BLOCK_H, BLOCK_N, STAGES, DIRECT)),
+        (_fp8_scores, (q_smem, qp_smem, c8, r8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
+                       t_lo, count, seq_len, qk_scale_log2 * 16.0 * k_scale, n, hg, split, num_heads, ml_ptr, lse_ptr,
+                       s_ml_n, s_ml_h, s_lse_n, L, R, BLOCK_SIZE, BLOCK_H, BLOCK_N, STAGES, DIRECT)),
+        (_fp8_loader, (desc_c, desc_r, bt_ptr + n * s_bt_n, t_lo, count, c8, r8, ready, empty, L, R, BLOCK_SIZE,
+                       BLOCK_N, STAGES)),
+    ], [4, 1], [SCORE_REGS, LOADER_REGS])
+    for b in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(b))
+        mbarrier.invalidate(empty.index(b))
+    for b in gl.static_range(2):
+        mbarrier.invalidate(p_full.index(b))
+        mbarrier.invalidate(p_empty.index(b))
+    mbarrier.invalidate(done)
+
+
 _DESCRIPTORS: "collections.OrderedDict" = collections.OrderedDict()
 DESCRIPTOR_CACHE = 16   # cache views whose descriptors are kept (each keeps its tensor alive); the 48B model has 7
 
@@ -436,14 +801,25 @@ def whole_tile_splits(num_splits: int, tiles: int) -> int:
     return -(-tiles // per)
 
 
+def fp8_kernel(positions: int | None, L: int = 512) -> str:
+    """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) from FP8_REGISTERS_MIN_POSITIONS
+    positions read (sequences x the longest context; unknown counts as many) at the model's latent width of 512 (the
+    only width it has run at on a GPU; it compiles for 64-256), else "converter" (``_mla_decode_wgmma_fp8``)."""
+    many = positions is None or positions >= FP8_REGISTERS_MIN_POSITIONS
+    return "registers" if many and L == 512 else "converter"
+
+
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
-           lse, acc_strides, ml_strides):
-    """Stage 1 on this kernel, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
-    or into ``out`` / ``lse`` at one split."""
+           lse, acc_strides, ml_strides, positions: int | None = None):
+    """Stage 1 on these kernels, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
+    or into ``out`` / ``lse`` at one split. ``positions``: sequences x the longest context, for ``fp8_kernel``."""
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
-    if kv_cache.dtype == torch.float8_e4m3fn:
+    if kv_cache.dtype == torch.float8_e4m3fn and fp8_kernel(positions, L) == "registers":
+        kernel, setting = _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
+                                                           SCORE_REGS=FP8_SCORE_REGS)
+    elif kv_cache.dtype == torch.float8_e4m3fn:
         kernel, setting = _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
     else:
         kernel, setting = _mla_decode_wgmma, dict(STAGES=STAGES)

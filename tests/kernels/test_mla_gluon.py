@@ -79,11 +79,29 @@ def test_fp16_and_narrow_latent():
     _close(o, lse, *reference(*case, 0.1), tol_o=1e-2)
 
 
+def _force_fp8_kernel(monkeypatch, kernel):
+    """Make every call take the named fp8 kernel ("converter" or "registers", see ``wgmma_decode.fp8_kernel``)."""
+    import kernels.mla.wgmma_decode as wd
+    monkeypatch.setattr(wd, "FP8_REGISTERS_MIN_POSITIONS", 0 if kernel == "registers" else 1 << 62)
+
+
+def test_fp8_kernel_choice():
+    """The register-operand kernel from FP8_REGISTERS_MIN_POSITIONS positions a call (or an unknown count) at the
+    latent width 512, the converter kernel below or at other widths."""
+    import kernels.mla.wgmma_decode as wd
+    t = wd.FP8_REGISTERS_MIN_POSITIONS
+    assert wd.fp8_kernel(None) == "registers" and wd.fp8_kernel(t) == "registers"
+    assert wd.fp8_kernel(t - 1) == "converter" and wd.fp8_kernel(4096) == "converter"
+    assert wd.fp8_kernel(32 * 32768) == "registers" and wd.fp8_kernel(32 * 32768, L=256) == "converter"
+
+
 @needs_hopper
+@pytest.mark.parametrize("kernel", ["converter", "registers"])
 @pytest.mark.parametrize("num_splits", [1, 4])
-def test_fp8_cache(num_splits):
+def test_fp8_cache(num_splits, kernel, monkeypatch):
     """An fp8 cache (its uint8 view, as vLLM holds it) read by bf16 queries: fp64 attention over the dequantised
-    cache, NaN bytes outside the live rows."""
+    cache, NaN bytes outside the live rows; both fp8 kernels."""
+    _force_fp8_kernel(monkeypatch, kernel)
     ks = 0.03
     q_lat, q_pe, kv, bt, sl = make_case([1, 64, 65, 1887, 1889, 2000], bs=1888, H=32, L=512, R=64, seed=34)
     kv8 = (kv / ks).to(torch.float8_e4m3fn)
@@ -94,12 +112,14 @@ def test_fp8_cache(num_splits):
 
 
 @needs_hopper
+@pytest.mark.parametrize("kernel", ["converter", "registers"])
 @pytest.mark.parametrize("bs,H,dtype", [(3776, 32, torch.bfloat16), (64, 16, torch.bfloat16), (128, 20, torch.float16)])
-def test_fp8_pages_heads_tails(bs, H, dtype):
-    """The warp-specialised fp8 kernel on the plugin's fp8 pages (3,776 rows: 59 whole tiles) and on pages of one
-    and two tiles, 16 heads (TP = 2) and 20 (padded to 32), fp16 queries; sequences ending around tile and page
-    boundaries (the converter warps zero the rows past the end), the split count the default picks, and one
-    sequence longer than one split's share."""
+def test_fp8_pages_heads_tails(bs, H, dtype, kernel, monkeypatch):
+    """Both fp8 kernels on the plugin's fp8 pages (3,776 rows: 59 whole tiles) and on pages of one and two tiles,
+    16 heads (TP = 2) and 20 (padded to 32), fp16 queries; sequences ending around tile and page boundaries (rows
+    past the end zeroed before the value product), the split count the default picks, and one sequence longer than
+    one split's share."""
+    _force_fp8_kernel(monkeypatch, kernel)
     ks = 0.05
     lens = [1, 63, 64, 65, bs - 1, bs, bs + 1, 2 * bs + 70]
     q_lat, q_pe, kv, bt, sl = make_case(lens, bs=bs, H=H, L=512, R=64, seed=37)
@@ -169,16 +189,19 @@ from triton.runtime.jit import mangle_type
 from kernels.mla import wgmma_decode as W
 
 f8 = torch.float8_e4m3fn
-for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (torch.bfloat16, "*bf16", 16, True, 64),
-                                 (torch.float16, "*fp16", 32, True, 128), (f8, "*bf16", 32, False, 1888),
-                                 (f8, "*bf16", 16, True, 64)]:
+for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888, False),
+                                       (torch.bfloat16, "*bf16", 16, True, 64, False),
+                                       (torch.float16, "*fp16", 32, True, 128, False),
+                                       (f8, "*bf16", 32, False, 1888, False), (f8, "*bf16", 16, True, 64, False),
+                                       (f8, "*bf16", 32, False, 3776, True), (f8, "*fp16", 16, True, 64, True)]:
     kv = torch.zeros(2, bs, 576, dtype=kv_dt)
     dc, dr = W.cache_descriptors(kv, 512)
     fp8 = kv_dt == torch.float8_e4m3fn
-    fn = W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
+    fn = W._mla_decode_wgmma_fp8_regs if regs else W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
     ptrs = dict(q_lat_ptr=q, q_pe_ptr=q, bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32", acc_ptr="*fp32",
                 ml_ptr="*fp32", o_ptr=q, lse_ptr="*fp32", desc_c=mangle_type(dc), desc_r=mangle_type(dr))
-    setting = dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES)
+    setting = (dict(STAGES=W.FP8_STAGES, LOADER_REGS=W.FP8_LOADER_REGS, SCORE_REGS=W.FP8_SCORE_REGS) if regs
+               else dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES))
     const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4, **setting)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
@@ -191,8 +214,11 @@ for kv_dt, q, bh, direct, bs in [(torch.bfloat16, "*bf16", 32, False, 1888), (to
     assert len(re.findall(r"wgmma\.mma_async", ptx)) == 68, kv_dt
     assert re.search(r"cp\.async\.bulk\.tensor", ptx), kv_dt
     assert not re.search(r"\bmma\.sync", ptx) and not re.search(r"ld\.local", ptx), kv_dt   # no spills
-    if fp8:     # converter warps handing their registers to the product warps, fp8 -> fp16 two at a time
+    if fp8:     # worker warps handing registers to the product warps, fp8 -> fp16 two at a time
         assert re.search(r"setmaxnreg\.dec", ptx) and re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx), kv_dt
+    if regs:    # every byte of a tile converted in registers once for each product: (576 + 512) x 64 / 2 / 128
+        assert len(re.findall(r"cvt\.rn\.f16x2\.e4m3x2", ptx)) == 272, kv_dt
+        assert len(re.findall(r"ld\.shared\.v4\.b32", ptx)) >= 18, kv_dt      # 16 contiguous bytes a read
 print("LOWERED")
 """
 
