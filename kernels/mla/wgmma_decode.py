@@ -54,9 +54,10 @@ FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared me
 FP8_SCORE_REGS = 168  # registers a thread of its score warps
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
-# it is 1.2-1.3x faster at batch 32-128 from 32K on, but each of its tiles takes longer, so calls with few tiles a
-# program run faster on the converter kernel (H200, 2026-12-01: 1 x 4K 24.8 against 15.4 us, 1 x 128K 70.8 against
-# 61.0, 32 x 4K 55.4 against 49.9; 128 x 4K 121.7 against 159.6, 32 x 32K 248.1 against 311.9; benchmarks/RESULTS.md)
+# it is 1.25-1.32x faster from there on, but each of its tiles takes longer, so calls with few tiles a program run
+# faster on the converter kernel (H200, 2026-12-01, one run, CUDA graphs, register / converter kernel: 1 x 4K 23.8 /
+# 15.5 us, 1 x 128K 69.7 / 61.3, 32 x 4K 57.2 / 50.1; 128 x 4K 125.5 / 160.5, 32 x 32K 255.6 / 312.9;
+# benchmarks/RESULTS.md)
 FP8_REGISTERS_MIN_POSITIONS = 1 << 18
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
