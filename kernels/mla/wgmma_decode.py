@@ -59,6 +59,7 @@ FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # 15.5 us, 1 x 128K 69.7 / 61.3, 32 x 4K 57.2 / 50.1; 128 x 4K 125.5 / 160.5, 32 x 32K 255.6 / 312.9;
 # benchmarks/RESULTS.md)
 FP8_REGISTERS_MIN_POSITIONS = 1 << 18
+FP8_REGISTERS_MIN_BATCH = 16    # and sequences a call (see fp8_kernel)
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
 # positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
@@ -802,12 +803,14 @@ def whole_tile_splits(num_splits: int, tiles: int) -> int:
     return -(-tiles // per)
 
 
-def fp8_kernel(positions: int | None, L: int = 512) -> str:
-    """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) from FP8_REGISTERS_MIN_POSITIONS
-    positions read (sequences x the longest context; unknown counts as many) at the model's latent width of 512 (the
-    only width it has run at on a GPU; it compiles for 64-256), else "converter" (``_mla_decode_wgmma_fp8``)."""
+def fp8_kernel(positions: int | None, L: int = 512, batch: int = FP8_REGISTERS_MIN_BATCH) -> str:
+    """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) for at least
+    FP8_REGISTERS_MIN_BATCH sequences reading at least FP8_REGISTERS_MIN_POSITIONS positions (sequences x the
+    longest context; unknown counts as many) at the model's latent width of 512 (the only width it has run at on a
+    GPU; it compiles for 64-256), else "converter" (``_mla_decode_wgmma_fp8``). The batch bound keeps small batches
+    on the converter kernel inside full CUDA graphs too, which are captured with the model's longest context."""
     many = positions is None or positions >= FP8_REGISTERS_MIN_POSITIONS
-    return "registers" if many and L == 512 else "converter"
+    return "registers" if many and batch >= FP8_REGISTERS_MIN_BATCH and L == 512 else "converter"
 
 
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
@@ -817,7 +820,7 @@ def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2:
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
-    if kv_cache.dtype == torch.float8_e4m3fn and fp8_kernel(positions, L) == "registers":
+    if kv_cache.dtype == torch.float8_e4m3fn and fp8_kernel(positions, L, N) == "registers":
         kernel, setting = _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
                                                            SCORE_REGS=FP8_SCORE_REGS)
     elif kv_cache.dtype == torch.float8_e4m3fn:

@@ -83,16 +83,19 @@ def _force_fp8_kernel(monkeypatch, kernel):
     """Make every call take the named fp8 kernel ("converter" or "registers", see ``wgmma_decode.fp8_kernel``)."""
     import kernels.mla.wgmma_decode as wd
     monkeypatch.setattr(wd, "FP8_REGISTERS_MIN_POSITIONS", 0 if kernel == "registers" else 1 << 62)
+    monkeypatch.setattr(wd, "FP8_REGISTERS_MIN_BATCH", 1)
 
 
 def test_fp8_kernel_choice():
-    """The register-operand kernel from FP8_REGISTERS_MIN_POSITIONS positions a call (or an unknown count) at the
-    latent width 512, the converter kernel below or at other widths."""
+    """The register-operand kernel for batches of FP8_REGISTERS_MIN_BATCH sequences or more reading
+    FP8_REGISTERS_MIN_POSITIONS positions or more (or an unknown count) at the latent width 512, else the converter
+    kernel: batch 1 keeps it even at the longest context (what a full CUDA graph is captured with)."""
     import kernels.mla.wgmma_decode as wd
-    t = wd.FP8_REGISTERS_MIN_POSITIONS
-    assert wd.fp8_kernel(None) == "registers" and wd.fp8_kernel(t) == "registers"
-    assert wd.fp8_kernel(t - 1) == "converter" and wd.fp8_kernel(4096) == "converter"
-    assert wd.fp8_kernel(32 * 32768) == "registers" and wd.fp8_kernel(32 * 32768, L=256) == "converter"
+    t, b = wd.FP8_REGISTERS_MIN_POSITIONS, wd.FP8_REGISTERS_MIN_BATCH
+    assert wd.fp8_kernel(None, 512, b) == "registers" and wd.fp8_kernel(t, 512, b) == "registers"
+    assert wd.fp8_kernel(t - 1, 512, b) == "converter" and wd.fp8_kernel(32 * 4096, 512, 32) == "converter"
+    assert wd.fp8_kernel(32 * 32768, 512, 32) == "registers" and wd.fp8_kernel(32 * 32768, 256, 32) == "converter"
+    assert wd.fp8_kernel(1 << 20, 512, 1) == "converter" and wd.fp8_kernel(None, 512, b - 1) == "converter"
 
 
 @needs_hopper
