@@ -1,7 +1,8 @@
 """The released remote code's expert routing ("hf" semantics), as a FusedMoE custom routing function.
 
 scores = sigmoid(logits) + e_score_correction_bias (the bias enters the weights, not only the choice);
-top-k by those scores; weights renormalised (sum + 1e-20) and scaled by routed_scaling_factor.
+top-k by those scores; weights renormalised (sum + 1e-20) and scaled by routed_scaling_factor. The expert ids are
+int32, as vLLM's own routing returns them (its CPU fused-MoE kernel accepts nothing else).
 """
 
 import torch
@@ -17,4 +18,4 @@ class HFRouter:
         weights, ids = scores.topk(topk, dim=-1)
         if renormalize and topk > 1:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-        return weights * self.scale, ids
+        return weights * self.scale, ids.to(torch.int32)

@@ -36,7 +36,7 @@ def tiny_config(vocab_size: int = 512, semantics: str = "engine") -> dict:
         "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 128,
         "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
         "v_head_dim": 128, "mla_use_nope": True,
-        "num_experts": 8, "num_experts_per_token": 2, "num_shared_experts": 1, "moe_intermediate_size": 96,
+        "num_experts": 8, "num_experts_per_token": 2, "num_shared_experts": 1, "moe_intermediate_size": 128,
         "first_k_dense_replace": 1, "moe_layer_freq": 1, "routed_scaling_factor": 2.446,
         "moe_router_activation_func": "sigmoid", "moe_renormalize": True, "use_grouped_topk": True,
         "num_expert_group": 1, "topk_group": 1,
