@@ -116,12 +116,10 @@ def mla_gluon():
                                     (torch.bfloat16, 32, True, False)]:
         dc, dr = W.cache_descriptors(torch.zeros(2, 1888, 576, dtype=kv_dt), 512)
         fp8 = kv_dt == f8
-        fn = W._mla_decode_wgmma_fp8_regs if regs else W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
+        fn, setting = W.kernel_and_setting(fp8, regs)
         ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32",
                     acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32", desc_c=mangle_type(dc),
                     desc_r=mangle_type(dr))
-        setting = (dict(STAGES=W.FP8_STAGES, LOADER_REGS=W.FP8_LOADER_REGS, SCORE_REGS=W.FP8_SCORE_REGS) if regs
-                   else dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES))
         const = dict(L=512, R=64, BLOCK_SIZE=1888, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4,
                      **setting)
         sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")

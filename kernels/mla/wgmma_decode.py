@@ -172,39 +172,64 @@ def _attend_tile(c_s, r_s, q_smem, qp_smem, p_smem, valid, qk_scale_log2, m_i, l
 
 
 @gluon.jit
+def _out_scale(l_i, o_scale, DIRECT: gl.constexpr):
+    """What o^T's columns are multiplied by when stored: o_scale / sum (0-sum heads as 1) when the program had the
+    whole sequence, else o_scale (a split's partial stays unnormalised)."""
+    if DIRECT:
+        scale = o_scale / gl.where(l_i > 0.0, l_i, 1.0)
+    else:
+        scale = gl.full(l_i.shape, o_scale, gl.float32, l_i.type.layout)
+    return scale
+
+
+@gluon.jit
+def _store_o(o, scale, ROW0: gl.constexpr, PERM_ROWS: gl.constexpr, n, hg, split, num_heads, acc_ptr, o_ptr,
+             s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h, L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr,
+             mma: gl.constexpr):
+    """A block of o^T's rows (latent columns from ROW0; in ``_v_operand``'s order, ``_v_column``, with PERM_ROWS) times
+    ``scale`` a head: into the output (one split) or the split's partial. Stored from the accumulator's registers:
+    a warp writes 32-byte runs of eight heads, and no layout change needs the shared memory o^T would take."""
+    ol = gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, mma))
+    if PERM_ROWS:
+        ol = _v_column(ol, o.shape[0])
+    ol = ol + ROW0
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    ok = (ol < L)[:, None] & (hh < num_heads)[None, :]
+    out = o * scale[None, :]
+    if DIRECT:
+        gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
+    else:
+        gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], out, mask=ok)
+
+
+@gluon.jit
+def _store_ml(m_i, l_i, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n, BLOCK_H: gl.constexpr,
+              DIRECT: gl.constexpr, mma: gl.constexpr):
+    """The program's max and sum a head (a split's, for the merge), or its lse when it had the whole sequence."""
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    hh_ok = hh < num_heads
+    if DIRECT:
+        has = l_i > 0.0
+        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+    else:
+        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
+        gl.store(ml, m_i, mask=hh_ok)
+        gl.store(ml + 1, l_i, mask=hh_ok)
+
+
+@gluon.jit
 def _write_out(o_acc, m_i, l_acc, o_scale, n, hg, split, num_heads, acc_ptr, ml_ptr, o_ptr, lse_ptr,
                s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
-               L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr,
-               PERM_ROWS: gl.constexpr = False, ROW0: gl.constexpr = 0, WRITE_ML: gl.constexpr = True):
+               L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr):
     """The program's o^T (times ``o_scale``), max and sum: as a split's partial, or normalised with its lse when
-    the program had the whole sequence. Stored from the accumulator's registers: a warp writes 32-byte runs of
-    eight heads, and no layout change needs the 64 KiB of shared memory o^T would take. ``o_acc`` may be a block of
-    o^T's rows: columns [ROW0, ROW0 + rows), in ``_v_operand``'s order (``_v_column``) with PERM_ROWS; WRITE_ML:
-    this call also writes the max and sum (or lse)."""
+    the program had the whole sequence."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BLOCK_H, 16])
     l_i = gl.sum(l_acc, axis=0)
-    ol = gl.arange(0, o_acc.shape[0], layout=gl.SliceLayout(1, mma))
-    if PERM_ROWS:
-        ol = _v_column(ol, o_acc.shape[0])
-    ol = ol + ROW0
-    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
-    hh_ok = hh < num_heads
-    ok = (ol < L)[:, None] & hh_ok[None, :]
-    if DIRECT:
-        has = l_i > 0.0
-        out = o_acc * (o_scale / gl.where(has, l_i, 1.0))[None, :]
-        gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
-        if WRITE_ML:
-            lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-            gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
-    else:
-        gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], o_acc * o_scale,
-                 mask=ok)
-        if WRITE_ML:
-            ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
-            gl.store(ml, m_i, mask=hh_ok)
-            gl.store(ml + 1, l_i, mask=hh_ok)
+    _store_o(o_acc, _out_scale(l_i, o_scale, DIRECT), 0, False, n, hg, split, num_heads, acc_ptr, o_ptr,
+             s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h, L, BLOCK_H, DIRECT, mma)
+    _store_ml(m_i, l_i, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n, BLOCK_H, DIRECT, mma)
 
 
 @gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
@@ -593,34 +618,11 @@ def _fp8_scores(q_smem, qp_smem, c8, r8, p_smem, a_smem, l_smem, ready, empty, p
         gl.thread_barrier()
         mbarrier.arrive(p_full.index(slot))
     l_i = gl.sum(l_acc, axis=0)
-    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
-    hh_ok = hh < num_heads
-    if DIRECT:
-        has = l_i > 0.0
-        lse = gl.where(has, (m_i + gl.log2(gl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-        gl.store(lse_ptr + n * s_lse_n + hh, lse, mask=hh_ok)
+    _store_ml(m_i, l_i, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n, BLOCK_H, DIRECT, mma)
+    if DIRECT:                                  # the value warps normalise with the sum
         l_smem.store(l_i)
         gl.thread_barrier()
         mbarrier.arrive(done)
-    else:
-        ml = ml_ptr + n * s_ml_n + hh * s_ml_h + split * 2
-        gl.store(ml, m_i, mask=hh_ok)
-        gl.store(ml + 1, l_i, mask=hh_ok)
-
-
-@gluon.jit
-def _store_o(o, scale, ROW0: gl.constexpr, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s,
-             s_o_n, s_o_h, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr, mma: gl.constexpr):
-    """A row block of o^T (latent columns from ROW0, in ``_v_column``'s order) times ``scale`` a head: into the output
-    (one split) or the split's partial."""
-    ol = ROW0 + _v_column(gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, mma)), o.shape[0])
-    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
-    ok = (ol >= 0)[:, None] & (hh < num_heads)[None, :]
-    out = o * scale[None, :]
-    if DIRECT:
-        gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
-    else:
-        gl.store(acc_ptr + n * s_acc_n + hh[None, :] * s_acc_h + split * s_acc_s + ol[:, None], out, mask=ok)
 
 
 @gluon.jit
@@ -652,17 +654,16 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
         gl.thread_barrier()                     # all four warps done with the stage and the slot
         mbarrier.arrive(empty.index(s))
         mbarrier.arrive(p_empty.index(slot))
+    l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(0, mma))
     if DIRECT:
         mbarrier.wait(done, 0)
         l_i = l_smem.load(gl.SliceLayout(0, mma))
-        scale = o_scale / gl.where(l_i > 0.0, l_i, 1.0)
-    else:
-        scale = gl.full([BLOCK_H], o_scale, gl.float32, gl.SliceLayout(0, mma))
-    _store_o(o_lo, scale, 0, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
-             BLOCK_H, DIRECT, mma)
+    scale = _out_scale(l_i, o_scale, DIRECT)
+    _store_o(o_lo, scale, 0, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+             L, BLOCK_H, DIRECT, mma)
     if VW < L:
-        _store_o(o_hi, scale, VW, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
-                 BLOCK_H, DIRECT, mma)
+        _store_o(o_hi, scale, VW, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n,
+                 s_o_h, L, BLOCK_H, DIRECT, mma)
 
 
 @gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
@@ -813,6 +814,17 @@ def fp8_kernel(positions: int | None, L: int = 512, batch: int = FP8_REGISTERS_M
     return "registers" if many and batch >= FP8_REGISTERS_MIN_BATCH and L == 512 else "converter"
 
 
+def kernel_and_setting(fp8: bool, registers: bool = False):
+    """The Gluon kernel for a cache type (fp8: the register-operand one with ``registers``, else the converter one)
+    and its launch constants besides the shapes."""
+    if fp8 and registers:
+        return _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
+                                                SCORE_REGS=FP8_SCORE_REGS)
+    if fp8:
+        return _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
+    return _mla_decode_wgmma, dict(STAGES=STAGES)
+
+
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
            lse, acc_strides, ml_strides, positions: int | None = None):
     """Stage 1 on these kernels, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
@@ -820,13 +832,8 @@ def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2:
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
-    if kv_cache.dtype == torch.float8_e4m3fn and fp8_kernel(positions, L, N) == "registers":
-        kernel, setting = _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
-                                                           SCORE_REGS=FP8_SCORE_REGS)
-    elif kv_cache.dtype == torch.float8_e4m3fn:
-        kernel, setting = _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
-    else:
-        kernel, setting = _mla_decode_wgmma, dict(STAGES=STAGES)
+    fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    kernel, setting = kernel_and_setting(fp8, fp8 and fp8_kernel(positions, L, N) == "registers")
     kernel[(N, triton.cdiv(H, bh), num_splits)](
         q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
         H, num_splits, qk_scale_log2,

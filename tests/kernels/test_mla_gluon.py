@@ -200,11 +200,9 @@ for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888
     kv = torch.zeros(2, bs, 576, dtype=kv_dt)
     dc, dr = W.cache_descriptors(kv, 512)
     fp8 = kv_dt == torch.float8_e4m3fn
-    fn = W._mla_decode_wgmma_fp8_regs if regs else W._mla_decode_wgmma_fp8 if fp8 else W._mla_decode_wgmma
+    fn, setting = W.kernel_and_setting(fp8, regs)
     ptrs = dict(q_lat_ptr=q, q_pe_ptr=q, bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32", acc_ptr="*fp32",
                 ml_ptr="*fp32", o_ptr=q, lse_ptr="*fp32", desc_c=mangle_type(dc), desc_r=mangle_type(dr))
-    setting = (dict(STAGES=W.FP8_STAGES, LOADER_REGS=W.FP8_LOADER_REGS, SCORE_REGS=W.FP8_SCORE_REGS) if regs
-               else dict(SLOTS=W.FP8_SLOTS, CONVERTER_REGS=W.FP8_CONVERTER_REGS) if fp8 else dict(STAGES=W.STAGES))
     const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4, **setting)
     sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
            for a in fn.arg_names}
