@@ -25,10 +25,11 @@ Three kernels:
 * ``_mla_decode_wgmma_fp8_regs``, fp8 caches, the register-operand kernel: a loader warp keeps four fp8 stages
   filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
   to wgmma as its register operand (the queries' columns permuted alike, ``_k_column``, so each thread reads 16
-  contiguous bytes), then run the softmax into one of two p slots; four value warps, a tile behind, read the tile
-  16 tokens x 256 columns at a time as the register operand of the value product (o^T's rows permuted,
-  ``_v_column``, so each thread reads 8 contiguous bytes a token), which keeps the fp16 copy of the tile out of
-  shared memory. It is the faster of the two on long batches, the converter kernel on short calls (``fp8_kernel``).
+  contiguous bytes) and pass the scores on through two fp32 slots; four softmax warps turn them into p in one of
+  two p slots; four value warps, a tile behind, read the tile 16 tokens x 256 columns at a time as the register
+  operand of the value product (o^T's rows permuted, ``_v_column``, so each thread reads 8 contiguous bytes a
+  token), which keeps the fp16 copy of the tile out of shared memory. It is the faster of the two on long batches,
+  the converter kernel on short calls (``fp8_kernel``).
 Both fp8 kernels run fp16 products with the queries at 1/16 (a margin below fp16's largest value); the 16 and
 k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
 by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
@@ -51,7 +52,8 @@ STAGES = 2            # 16-bit tiles in shared memory at once (72 KiB each at L 
 FP8_SLOTS = 2         # fp16 copies of fp8 tiles the converter warps may run ahead by (72 KiB each)
 FP8_CONVERTER_REGS = 200    # registers a thread of the converter warps: one fp8 tile (72) and its fp16 halves
 FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared memory at once (36 KiB each)
-FP8_SCORE_REGS = 168  # registers a thread of its score warps
+FP8_SCORE_REGS = 152  # registers a thread of its score warps (the score product only)
+FP8_SOFTMAX_REGS = 104  # registers a thread of its softmax warps; the value warps get 216 (setmaxnreg: 512 in all)
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
 # it is 1.25-1.32x faster from there on, but each of its tiles takes longer, so calls with few tiles a program run
@@ -531,26 +533,37 @@ def _fp8_loader(desc_c, desc_r, bt_row, t_lo, count, c8, r8, ready, empty, L: gl
 
 
 @gluon.jit
+def _k_chunk_load(c_s, r_s, j: gl.constexpr, NK: gl.constexpr, KW: gl.constexpr, R: gl.constexpr):
+    """Chunk ``j`` of NK of the score product's operand (``_k_load``): latent columns [j KW, (j + 1) KW), the
+    position part as the last."""
+    if j < NK - 1:
+        x = _k_load(c_s.slice(j * KW, KW, dim=1), KW)
+    else:
+        x = _k_load(r_s, R)
+    return x
+
+
+@gluon.jit
 def _score_product(c_s, r_s, q_smem, qp_smem, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
                    BLOCK_N: gl.constexpr, mma: gl.constexpr):
     """s^T [tokens, heads] of an fp8 tile from register operands, chunk by chunk out of the stage (the position part
-    is the last chunk): each chunk's bytes are read a chunk ahead of its conversion, which runs while the tensor
+    is the last chunk): each chunk's bytes are read two chunks ahead of its conversion, which runs while the tensor
     cores take the chunk before. Returns the complete scores."""
     KW: gl.constexpr = _k_chunk(L)
     NK: gl.constexpr = L // KW + 1
+    x = _k_chunk_load(c_s, r_s, 0, NK, KW, R)
+    xa = _k_chunk_load(c_s, r_s, 1, NK, KW, R)
+    xb = xa
     if NK > 2:
-        x_next = _k_load(c_s.slice(KW, KW, dim=1), KW)
-    else:
-        x_next = _k_load(r_s, R)
-    a = _k_operand(_k_load(c_s.slice(0, KW, dim=1), KW), KW, mma)
+        xb = _k_chunk_load(c_s, r_s, 2, NK, KW, R)
+    a = _k_operand(x, KW, mma)
     sc = warpgroup_mma(a, q_smem.slice(0, KW, dim=1).permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma),
                        use_acc=False, is_async=True)
     for j in gl.static_range(1, NK):
-        x = x_next
-        if j + 1 < NK - 1:
-            x_next = _k_load(c_s.slice((j + 1) * KW, KW, dim=1), KW)
-        elif j + 1 == NK - 1:
-            x_next = _k_load(r_s, R)
+        x = xa
+        xa = xb
+        if j + 2 < NK:
+            xb = _k_chunk_load(c_s, r_s, j + 2, NK, KW, R)
         if j < NK - 1:
             a_next = _k_operand(x, KW, mma)
             sc = warpgroup_mma(a_next, q_smem.slice(j * KW, KW, dim=1).permute((1, 0)), sc, is_async=True)
@@ -594,25 +607,41 @@ def _value_product(c_s, p_s, o_lo, o_hi, L: gl.constexpr, BLOCK_N: gl.constexpr,
 
 
 @gluon.jit
-def _fp8_scores(q_smem, qp_smem, c8, r8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
-                t_lo, count, seq_len, qk_scale_log2, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n,
-                L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr,
-                BLOCK_N: gl.constexpr, STAGES: gl.constexpr, DIRECT: gl.constexpr):
-    """Score warps: per tile, the score product (then the stage is theirs no more), the softmax into a free p slot
-    with the factor o^T takes first; at the end the program's max and sum (for the merge) or its lse, and the sum
-    for the value warps."""
+def _fp8_scores(q_smem, qp_smem, c8, r8, s_smem, ready, empty, s_full, s_empty, count,
+                L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """Score warps: per tile, the score product (then the stage is theirs no more) into a free score slot."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
-    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
-    l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
     for i in range(count):
         s = i % STAGES
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
         sc = _score_product(c8.index(s), r8.index(s), q_smem, qp_smem, L, R, BLOCK_H, BLOCK_N, mma)
         gl.thread_barrier()                     # all four warps' reads of the stage before the one-thread arrive
         mbarrier.arrive(empty.index(s))
         slot = i % 2
-        mbarrier.wait(p_empty.index(slot), ((i // 2) & 1) ^ 1)            # a fresh barrier passes phase 1 at once
+        mbarrier.wait(s_empty.index(slot), ((i // 2) & 1) ^ 1)            # a fresh barrier passes phase 1 at once
+        s_smem.index(slot).store(sc)
+        gl.thread_barrier()
+        mbarrier.arrive(s_full.index(slot))
+
+
+@gluon.jit
+def _fp8_softmax(s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empty, done,
+                 t_lo, count, seq_len, qk_scale_log2, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n,
+                 BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DIRECT: gl.constexpr):
+    """Softmax warps: per tile, the scores out of their slot, the online softmax into a free p slot with the factor
+    o^T takes first; at the end the program's max and sum (for the merge) or its lse, and the sum for the value
+    warps. Being warps of their own, they run one tile's softmax while the score warps take the next tile."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
+    l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    for i in range(count):
+        slot = i % 2
+        mbarrier.wait(s_full.index(slot), (i // 2) & 1)
+        sc = s_smem.index(slot).load(mma)
+        gl.thread_barrier()                     # all four warps' reads of the slot before the one-thread arrive
+        mbarrier.arrive(s_empty.index(slot))
+        _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
+        mbarrier.wait(p_empty.index(slot), ((i // 2) & 1) ^ 1)
         m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem.index(slot), mma)
         a_smem.index(slot).store(alpha)
         gl.thread_barrier()
@@ -673,13 +702,14 @@ def _mla_decode_wgmma_fp8_regs(
     s_ql_n, s_ql_h, s_qp_n, s_qp_h, s_bt_n,
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
     L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr, LOADER_REGS: gl.constexpr, SCORE_REGS: gl.constexpr, DIRECT: gl.constexpr,
+    STAGES: gl.constexpr, LOADER_REGS: gl.constexpr, SCORE_REGS: gl.constexpr, SOFTMAX_REGS: gl.constexpr,
+    DIRECT: gl.constexpr,
     num_warps: gl.constexpr,
 ):
-    """fp8 caches: a loader warp, four score warps and four value warps (the default partition), each product on
-    register operands read from the fp8 stages; the score warps run a tile ahead of the value warps through two
-    p slots."""
-    gl.static_assert(num_warps == 4, "four value warps (one warpgroup), four score warps and one loader warp")
+    """fp8 caches: a loader warp, four score warps, four softmax warps and four value warps (the default partition),
+    each product on register operands read from the fp8 stages; the score warps hand each tile's scores to the
+    softmax warps through two fp32 slots, and those hand p to the value warps, a tile behind, through two p slots."""
+    gl.static_assert(num_warps == 4, "four value warps (one warpgroup) beside the score, softmax and loader warps")
     gl.static_assert(BLOCK_N == 64, "the register operands' layouts are written for 64-token tiles")
     n = gl.program_id(0).to(gl.int64)
     hg = gl.program_id(1)
@@ -703,24 +733,32 @@ def _mla_decode_wgmma_fp8_regs(
     p_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     p_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    s_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N, BLOCK_H],            # scores, to the softmax warps
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float32))
+    s_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    s_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for b in gl.static_range(STAGES):
         mbarrier.init(ready.index(b), count=1)
         mbarrier.init(empty.index(b), count=2)              # the score warps and the value warps
     for b in gl.static_range(2):
         mbarrier.init(p_full.index(b), count=1)
         mbarrier.init(p_empty.index(b), count=1)
+        mbarrier.init(s_full.index(b), count=1)
+        mbarrier.init(s_empty.index(b), count=1)
     mbarrier.init(done, count=1)
     fence_async_shared()
     gl.warp_specialize([
         (_fp8_values, (c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done, t_lo, count, seq_len, k_scale,
                        n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
                        L, BLOCK_SIZE, BLOCK_H, BLOCK_N, STAGES, DIRECT)),
-        (_fp8_scores, (q_smem, qp_smem, c8, r8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
-                       t_lo, count, seq_len, qk_scale_log2 * 16.0 * k_scale, n, hg, split, num_heads, ml_ptr, lse_ptr,
-                       s_ml_n, s_ml_h, s_lse_n, L, R, BLOCK_SIZE, BLOCK_H, BLOCK_N, STAGES, DIRECT)),
+        (_fp8_scores, (q_smem, qp_smem, c8, r8, s_smem, ready, empty, s_full, s_empty, count, L, R, BLOCK_H, BLOCK_N,
+                       STAGES)),
+        (_fp8_softmax, (s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empty, done, t_lo, count, seq_len,
+                        qk_scale_log2 * 16.0 * k_scale, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h,
+                        s_lse_n, BLOCK_SIZE, BLOCK_H, BLOCK_N, DIRECT)),
         (_fp8_loader, (desc_c, desc_r, bt_ptr + n * s_bt_n, t_lo, count, c8, r8, ready, empty, L, R, BLOCK_SIZE,
                        BLOCK_N, STAGES)),
-    ], [4, 1], [SCORE_REGS, LOADER_REGS])
+    ], [4, 4, 1], [SCORE_REGS, SOFTMAX_REGS, LOADER_REGS])
     for b in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(b))
         mbarrier.invalidate(empty.index(b))
@@ -819,7 +857,7 @@ def kernel_and_setting(fp8: bool, registers: bool = False):
     and its launch constants besides the shapes."""
     if fp8 and registers:
         return _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
-                                                SCORE_REGS=FP8_SCORE_REGS)
+                                                SCORE_REGS=FP8_SCORE_REGS, SOFTMAX_REGS=FP8_SOFTMAX_REGS)
     if fp8:
         return _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
     return _mla_decode_wgmma, dict(STAGES=STAGES)
