@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, L, R = 32, 512, 64
 BS = 64                       # FlashMLA's block size; FA-MLA, Triton-MLA and ours take any multiple of 16
 BS_REAL = 1888                # the hybrid-aligned block size vLLM picks for this model at TP1 (bf16)
+BS_FP8 = 2 * BS_REAL          # and with an fp8 cache: the same bytes a page, twice the rows
 SCALE = (128 + 64) ** -0.5
 K_SCALE = 8.0 / 448.0         # fp8 cache: |values| <= 8 map into e4m3's range
 FP8 = torch.float8_e4m3fn
@@ -449,10 +450,10 @@ def main():
 
 def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw, args):
     """Time every kernel on every shape for one cache dtype; returns the (64-token-block) cache."""
-    # one cache for all shapes, viewed as 64-token and as 1888-token blocks: room for the largest
-    # batch x context at either block size
-    tokens = max(batches) * max(-(-max(contexts) // BS_REAL) * BS_REAL, -(-max(contexts) // BS) * BS)
-    unit = 64 * 59                                       # lcm(64, 1888)
+    # one cache for all shapes, viewed as 64-token, 1888-token and (fp8) 3776-token blocks: room for the largest
+    # batch x context at any of them
+    tokens = max(batches) * max(-(-max(contexts) // BS_FP8) * BS_FP8, -(-max(contexts) // BS) * BS)
+    unit = 64 * 59                                       # lcm(64, 1888, 3776)
     tokens = -(-tokens // unit) * unit
     cache = torch.empty(tokens // BS, BS, L + R, dtype=torch.bfloat16 if dt == "bf16" else FP8, device=dev)
     t = time.time()
@@ -471,6 +472,9 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
             # ours: the default kernel (on Hopper the Gluon wgmma one), then the Triton kernel
             entries = [("ours", "ours", make_ours, case), (f"ours@bs{BS_REAL}", "ours", make_ours, case_real),
                        (f"ours_triton@bs{BS_REAL}", "ours_triton", make_ours_triton, case_real)]
+            if dt == "fp8":                              # the page size the plugin's fp8 cache has
+                case_fp8 = Case(dt, cache.view(tokens // BS_FP8, BS_FP8, L + R), B, ctx, BS_FP8, gen, like=case)
+                entries.insert(2, (f"ours@bs{BS_FP8}", "ours", make_ours, case_fp8))
             for name, mk in kernels[1:]:
                 entries.append((name, name, mk, case))
                 if name == "flash_attn_mla":
