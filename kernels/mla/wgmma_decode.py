@@ -703,8 +703,7 @@ def _mla_decode_wgmma_fp8_regs(
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
     L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, LOADER_REGS: gl.constexpr, SCORE_REGS: gl.constexpr, SOFTMAX_REGS: gl.constexpr,
-    DIRECT: gl.constexpr,
-    num_warps: gl.constexpr,
+    DIRECT: gl.constexpr, num_warps: gl.constexpr,
 ):
     """fp8 caches: a loader warp, four score warps, four softmax warps and four value warps (the default partition),
     each product on register operands read from the fp8 stages; the score warps hand each tile's scores to the
