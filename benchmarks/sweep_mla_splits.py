@@ -31,7 +31,9 @@ def main():
     try:
         shapes = [tuple(int(v) for v in x.split("x")) for x in args.shapes.split(",")]
     except ValueError:
-        ap.error(f"--shapes {args.shapes!r}: expected BATCHxCONTEXT items, e.g. 1x4096,32x4096")
+        shapes = []
+    if not shapes or any(len(sh) != 2 or min(sh) < 1 for sh in shapes):
+        ap.error(f"--shapes {args.shapes!r}: expected positive BATCHxCONTEXT items, e.g. 1x4096,32x4096")
     fp8 = args.dtype == "fp8"
     bs = BS_FP8 if fp8 else BS_REAL
     gen = torch.Generator().manual_seed(0)
