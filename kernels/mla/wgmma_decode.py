@@ -764,6 +764,8 @@ def _mla_decode_wgmma_fp8_regs(
     for b in gl.static_range(2):
         mbarrier.invalidate(p_full.index(b))
         mbarrier.invalidate(p_empty.index(b))
+        mbarrier.invalidate(s_full.index(b))
+        mbarrier.invalidate(s_empty.index(b))
     mbarrier.invalidate(done)
 
 
