@@ -24,12 +24,14 @@ Three kernels:
   slots; the four default warps run the products and the softmax from those slots.
 * ``_mla_decode_wgmma_fp8_regs``, fp8 caches, the register-operand kernel: a loader warp keeps four fp8 stages
   filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
-  to wgmma as its register operand (the queries' columns permuted alike, ``_k_column``, so each thread reads 16
-  contiguous bytes) and pass the scores on through two fp32 slots; four softmax warps turn them into p in one of
-  two p slots; four value warps, a tile behind, read the tile 16 tokens x 256 columns at a time as the register
-  operand of the value product (o^T's rows permuted, ``_v_column``, so each thread reads 8 contiguous bytes a
-  token), which keeps the fp16 copy of the tile out of shared memory. It is the faster of the two on long batches,
-  the converter kernel on short calls (``fp8_kernel``).
+  to wgmma as its register operand (the queries' columns permuted alike, ``_k_latent_column``: each thread reads 16
+  contiguous bytes, and a chunk is every other 16-byte piece of 128 columns, which keeps the reads free of bank
+  conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p in one of
+  two p slots, moving a head's running max only when it grows by more than ``FP8_LAZY_RESCALE``; four value warps,
+  a tile behind, read the tile 16 tokens x 256 columns at a time as the register operand of the value product
+  (o^T's rows permuted, ``_v_column``, so each thread reads 8 contiguous bytes a token), which keeps the fp16 copy
+  of the tile out of shared memory, and rescale o^T only on tiles where a max moved. It is the faster of the two on
+  long batches, the converter kernel on short calls (``fp8_kernel``).
 Both fp8 kernels run fp16 products with the queries at 1/16 (a margin below fp16's largest value); the 16 and
 k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
 by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
@@ -55,6 +57,10 @@ FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared me
 FP8_SCORE_REGS = 152  # registers a thread of its score warps (the score product only)
 FP8_SOFTMAX_REGS = 104  # registers a thread of its softmax warps; the value warps get 216 (setmaxnreg: 512 in all)
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
+# its running max a head moves only when a tile's exceeds it by more than this (log2 units; p at most 2^8 in fp16),
+# so the value warps skip rescaling o^T on most tiles (H200, 2026-12-01: with the bank-conflict-free score reads, 3-6%
+# at 32-128 x 128K; benchmarks/RESULTS.md)
+FP8_LAZY_RESCALE = gl.constexpr(8.0)
 # positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
 # it is 1.25-1.32x faster from there on, but each of its tiles takes longer, so calls with few tiles a program run
 # faster on the converter kernel (H200, 2026-12-01, one run, CUDA graphs, register / converter kernel: 1 x 4K 23.8 /
@@ -124,7 +130,7 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
     col_l = offs_l
     col_r = offs_r
     if PERMUTED:
-        col_l = _k_column(offs_l, _k_chunk(L))
+        col_l = _k_latent_column(offs_l)
         col_r = _k_column(offs_r, R)
     q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + col_l[None, :],
                 mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
@@ -141,12 +147,16 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
 
 
 @gluon.jit
-def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.constexpr):
+def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.constexpr, LAZY: gl.constexpr = 0.0):
     """One tile's scores s^T [tokens, heads] (rows from ``valid`` on masked) into the running max and sums, and
-    p^T written to ``p_smem`` for the value product. Returns (m_i, l_acc, alpha: the factor o^T takes first)."""
+    p^T written to ``p_smem`` for the value product. Returns (m_i, l_acc, alpha: the factor o^T takes first).
+    LAZY > 0: a head's max (log2 units) moves only when the tile's exceeds it by more than LAZY, so most tiles
+    leave o^T as it is (alpha 1) and p stays at most 2^LAZY."""
     rows = gl.arange(0, sc.shape[0], layout=gl.SliceLayout(1, mma))
     sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(sc, axis=0))
+    if LAZY > 0.0:
+        m_new = gl.where(m_new > m_i + LAZY, m_new, m_i)
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(sc - m_new[None, :])
     l_acc = l_acc * alpha[None, :] + p
@@ -430,16 +440,19 @@ def _mla_decode_wgmma_fp8(
 
 
 @gluon.constexpr_function
-def _k_chunk(L):
-    """Columns of the latent part the score product takes a register operand at a time: 64 (16 contiguous bytes of
-    two rows a thread; 128-column chunks were no faster and need more registers)."""
-    return min(64, L)
-
-
-@gluon.constexpr_function
 def _v_chunk(L):
     """Latent columns a register operand of the value product covers (o^T is kept in blocks of that many rows)."""
     return min(256, L)
+
+
+@gluon.constexpr_function
+def _k_pair_layout():
+    """[64 tokens, 128 latent columns] of an fp8 tile as two chunks of the score product's operand: lane 4g + c of
+    warp w holds rows 16w + g and 16w + g + 8, columns 32c + 16h + [0, 16) for h = 0, 1 (the last register bit). A
+    chunk is every other 16-byte piece of the 128 columns, so the two rows a quarter-warp reads together (g, g + 1)
+    fall in different banks under the tile's 128-byte swizzle (64 contiguous columns would put them in the same)."""
+    return gl.DistributedLinearLayout([[0, 1], [0, 2], [0, 4], [0, 8], [8, 0], [0, 16]],
+                                      [[0, 32], [0, 64], [1, 0], [2, 0], [4, 0]], [[16, 0], [32, 0]], [], [64, 128])
 
 
 @gluon.constexpr_function
@@ -463,6 +476,16 @@ def _v_load_layout(L):
 
 
 @gluon.jit
+def _k_latent_column(k):
+    """The latent column at position ``k`` of the score product's reduction (``_k_pair_load``'s chunks, each in
+    ``_k_column``'s order): chunk j = k // 64 is the even (j even) or odd 16-byte pieces of columns
+    [128 (j // 2), 128 (j // 2) + 128), position 16s + 8f + 2c + e of it column 32c + 4s + 2f + e of those."""
+    j = k // 64
+    kk = k % 64
+    return 128 * (j // 2) + 16 * (j % 2) + 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+
+
+@gluon.jit
 def _k_column(k, W: gl.constexpr):
     """The cache column that sits at position ``k`` of the score product's reduction (``_k_operand``'s order):
     within each chunk of W columns, position 16s + 8f + 2c + e is column (W/4) c + 4s + 2f + e, so the 8 values a
@@ -482,6 +505,14 @@ def _v_column(m, L: gl.constexpr):
 def _k_load(src, W: gl.constexpr):
     """An fp8 slice [64 tokens, W columns] of a tile into registers as the score product's operand needs it."""
     return src.load(_k_load_layout(W))
+
+
+@gluon.jit
+def _k_pair_load(c_s, q: gl.constexpr):
+    """Latent columns [128 q, 128 q + 128) of an fp8 tile into registers as two chunks of the score product's
+    operand (``_k_pair_layout``), each laid out as ``_k_load``'s [64, 64]."""
+    x = c_s.slice(q * 128, 128, dim=1).load(_k_pair_layout())
+    return gl.split(x.reshape([64, 4, 2, 16]).permute((0, 1, 3, 2)).reshape([64, 64, 2]))
 
 
 @gluon.jit
@@ -533,40 +564,34 @@ def _fp8_loader(desc_c, desc_r, bt_row, t_lo, count, c8, r8, ready, empty, L: gl
 
 
 @gluon.jit
-def _k_chunk_load(c_s, r_s, j: gl.constexpr, NK: gl.constexpr, KW: gl.constexpr, R: gl.constexpr):
-    """Chunk ``j`` of NK of the score product's operand (``_k_load``): latent columns [j KW, (j + 1) KW), the
-    position part as the last."""
-    if j < NK - 1:
-        x = _k_load(c_s.slice(j * KW, KW, dim=1), KW)
-    else:
-        x = _k_load(r_s, R)
-    return x
-
-
-@gluon.jit
 def _score_product(c_s, r_s, q_smem, qp_smem, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
                    BLOCK_N: gl.constexpr, mma: gl.constexpr):
-    """s^T [tokens, heads] of an fp8 tile from register operands, chunk by chunk out of the stage (the position part
-    is the last chunk): each chunk's bytes are read two chunks ahead of its conversion, which runs while the tensor
-    cores take the chunk before. Returns the complete scores."""
-    KW: gl.constexpr = _k_chunk(L)
-    NK: gl.constexpr = L // KW + 1
-    x = _k_chunk_load(c_s, r_s, 0, NK, KW, R)
-    xa = _k_chunk_load(c_s, r_s, 1, NK, KW, R)
-    xb = xa
-    if NK > 2:
-        xb = _k_chunk_load(c_s, r_s, 2, NK, KW, R)
-    a = _k_operand(x, KW, mma)
-    sc = warpgroup_mma(a, q_smem.slice(0, KW, dim=1).permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma),
+    """s^T [tokens, heads] of an fp8 tile from register operands, 64 latent columns a chunk (read two chunks at a
+    time, ``_k_pair_load``) and the position part as the last chunk: each chunk's bytes are read about two chunks
+    ahead of its conversion, which runs while the tensor cores take the chunk before. Returns the complete scores."""
+    gl.static_assert(L % 128 == 0, "the latent part is read 128 columns at a time")
+    NK: gl.constexpr = L // 64 + 1
+    x, xa = _k_pair_load(c_s, 0)
+    if L > 128:
+        xb, odd = _k_pair_load(c_s, 1)
+    else:
+        xb = _k_load(r_s, R)
+    a = _k_operand(x, 64, mma)
+    sc = warpgroup_mma(a, q_smem.slice(0, 64, dim=1).permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma),
                        use_acc=False, is_async=True)
     for j in gl.static_range(1, NK):
         x = xa
         xa = xb
-        if j + 2 < NK:
-            xb = _k_chunk_load(c_s, r_s, j + 2, NK, KW, R)
+        if j + 2 == NK - 1:
+            xb = _k_load(r_s, R)
+        elif j + 2 < NK - 1:
+            if j % 2 == 1:
+                xb = odd
+            else:
+                xb, odd = _k_pair_load(c_s, (j + 2) // 2)
         if j < NK - 1:
-            a_next = _k_operand(x, KW, mma)
-            sc = warpgroup_mma(a_next, q_smem.slice(j * KW, KW, dim=1).permute((1, 0)), sc, is_async=True)
+            a_next = _k_operand(x, 64, mma)
+            sc = warpgroup_mma(a_next, q_smem.slice(j * 64, 64, dim=1).permute((1, 0)), sc, is_async=True)
         else:
             a_next = _k_operand(x, R, mma)
             sc = warpgroup_mma(a_next, qp_smem.permute((1, 0)), sc, is_async=True)
@@ -642,7 +667,8 @@ def _fp8_softmax(s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empt
         mbarrier.arrive(s_empty.index(slot))
         _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
         mbarrier.wait(p_empty.index(slot), ((i // 2) & 1) ^ 1)
-        m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem.index(slot), mma)
+        m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem.index(slot), mma,
+                                            FP8_LAZY_RESCALE)
         a_smem.index(slot).store(alpha)
         gl.thread_barrier()
         mbarrier.arrive(p_full.index(slot))
@@ -659,9 +685,9 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
                 n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
                 L: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                 STAGES: gl.constexpr, DIRECT: gl.constexpr):
-    """Value warps: per tile, once its p is ready, o^T rescaled and the value product (rows past the sequence's end
-    zeroed first, on the last tile), then the stage and the p slot go back; at the end o^T into the output or the
-    split's partial."""
+    """Value warps: per tile, once its p is ready, o^T rescaled (when a head's max moved) and the value product (rows
+    past the sequence's end zeroed first, on the last tile), then the stage and the p slot go back; at the end o^T
+    into the output or the split's partial."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
     VW: gl.constexpr = _v_chunk(L)
     o_lo = gl.zeros([VW, BLOCK_H], gl.float32, mma)
@@ -676,9 +702,10 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
         if left < BLOCK_N:                      # the score warps are done with this stage (p is out)
             _zero_rows_from(c_s, left, L, BLOCK_N)
         alpha = a_smem.index(slot).load(gl.SliceLayout(0, mma))
-        o_lo = o_lo * alpha[None, :]
-        if VW < L:
-            o_hi = o_hi * alpha[None, :]
+        if gl.min(alpha, axis=0) < 1.0:          # some head's max moved (``FP8_LAZY_RESCALE``)
+            o_lo = o_lo * alpha[None, :]
+            if VW < L:
+                o_hi = o_hi * alpha[None, :]
         o_lo, o_hi = _value_product(c_s, p_smem.index(slot), o_lo, o_hi, L, BLOCK_N, mma)
         gl.thread_barrier()                     # all four warps done with the stage and the slot
         mbarrier.arrive(empty.index(s))
@@ -733,7 +760,8 @@ def _mla_decode_wgmma_fp8_regs(
     p_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     s_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N, BLOCK_H],            # scores, to the softmax warps
-                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float32))
+                                       gl.PaddedSharedLayout.with_identity_for([[BLOCK_H, 8]], [BLOCK_N, BLOCK_H],
+                                                                               [1, 0]))
     s_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     s_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for b in gl.static_range(STAGES):
@@ -847,7 +875,7 @@ def fp8_kernel(positions: int | None, L: int = 512, batch: int = FP8_REGISTERS_M
     """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) for at least
     FP8_REGISTERS_MIN_BATCH sequences reading at least FP8_REGISTERS_MIN_POSITIONS positions (sequences x the
     longest context; unknown counts as many) at the model's latent width of 512 (the only width it has run at on a
-    GPU; it compiles for 64-256), else "converter" (``_mla_decode_wgmma_fp8``). The batch bound keeps small batches
+    GPU; it compiles for 128-256), else "converter" (``_mla_decode_wgmma_fp8``). The batch bound keeps small batches
     on the converter kernel inside full CUDA graphs too, which are captured with the model's longest context."""
     many = positions is None or positions >= FP8_REGISTERS_MIN_POSITIONS
     return "registers" if many and batch >= FP8_REGISTERS_MIN_BATCH and L == 512 else "converter"

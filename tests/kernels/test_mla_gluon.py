@@ -134,6 +134,35 @@ def test_fp8_pages_heads_tails(bs, H, dtype, kernel, monkeypatch):
 
 
 @needs_hopper
+@pytest.mark.parametrize("kernel", ["converter", "registers"])
+@pytest.mark.parametrize("num_splits", [1, None])
+def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
+    """Scores that grow along each sequence (keys scaled up to 7x towards its end), so a head's running max moves
+    by more than FP8_LAZY_RESCALE (log2 units) after its first tile at least twice, o^T rescaled then, and by less
+    on other tiles, o^T left as it is and p above 1: both fp8 kernels against fp64 on the dequantised cache."""
+    import kernels.mla.wgmma_decode as wd
+    _force_fp8_kernel(monkeypatch, kernel)
+    ks = 0.1
+    lens = [1500, 6000]
+    bs = 1888
+    q_lat, q_pe, kv, bt, sl = make_case(lens, bs=bs, H=32, L=512, R=64, seed=38)
+    for n, t in enumerate(lens):
+        for j in range(-(-t // bs)):
+            pos = torch.arange(j * bs, (j + 1) * bs, device=kv.device).clamp(max=t)
+            kv[int(bt[n, j])] *= (1 + 6 * pos / t)[:, None]
+    kv8 = (kv / ks).to(torch.float8_e4m3fn)
+    qb, qpb = q_lat.bfloat16(), q_pe.bfloat16()
+    for n, t in enumerate(lens):        # the data does what the test is for: the max grows well past the threshold
+        rows = torch.cat([kv8[int(bt[n, j])].double() * ks for j in range(-(-t // bs))])[:t]
+        s = (qb[n].double() @ rows[:, :512].T + qpb[n].double() @ rows[:, 512:].T) * SCALE * 1.4426950408889634
+        first = s[:, :64].max(dim=1).values
+        assert (s.max(dim=1).values - first).min().item() > 2 * wd.FP8_LAZY_RESCALE
+    ref = reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
+    _close(o, lse, *ref, tol_o=1e-2)
+
+
+@needs_hopper
 def test_default_takes_it_and_matches_triton():
     """The default picks this kernel for a bf16 cache with bf16 queries on Hopper; the Triton kernel
     (wgmma=False) gives the same attention."""
