@@ -57,9 +57,9 @@ FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared me
 FP8_SCORE_REGS = 152  # registers a thread of its score warps (the score product only)
 FP8_SOFTMAX_REGS = 104  # registers a thread of its softmax warps; the value warps get 216 (setmaxnreg: 512 in all)
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
-# its running max a head moves only when a tile's exceeds it by more than this (log2 units; p at most 2^8 in fp16),
-# so the value warps skip rescaling o^T on most tiles (H200, 2026-12-01: with the bank-conflict-free score reads, 4-5%
-# faster at 32-128 x 128K in the mean of three same-process runs; benchmarks/RESULTS.md)
+# the register kernel moves a head's running max only when a tile's exceeds it by more than this (log2 units; p at
+# most 2^8 in fp16), so its value warps skip rescaling o^T on most tiles (H200, 2026-12-01: with the score reads free
+# of bank conflicts, 4-5% faster at 32-128 x 128K in the mean of three same-process runs; benchmarks/RESULTS.md)
 FP8_LAZY_RESCALE = gl.constexpr(8.0)
 # positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
 # it is 1.25-1.32x faster from there on, but each of its tiles takes longer, so calls with few tiles a program run
