@@ -479,10 +479,10 @@ def _v_load_layout(L):
 def _k_latent_column(k):
     """The latent column at position ``k`` of the score product's reduction (``_k_pair_load``'s chunks, each in
     ``_k_column``'s order): chunk j = k // 64 is the even (j even) or odd 16-byte pieces of columns
-    [128 (j // 2), 128 (j // 2) + 128), position 16s + 8f + 2c + e of it column 32c + 4s + 2f + e of those."""
+    [128 (j // 2), 128 (j // 2) + 128), so ``_k_column``'s column 16c + b of a chunk is column 32c + b of those."""
     j = k // 64
-    kk = k % 64
-    return 128 * (j // 2) + 16 * (j % 2) + 32 * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+    cc = _k_column(k % 64, 64)
+    return 128 * (j // 2) + 16 * (j % 2) + 32 * (cc // 16) + cc % 16
 
 
 @gluon.jit

@@ -137,9 +137,10 @@ def test_fp8_pages_heads_tails(bs, H, dtype, kernel, monkeypatch):
 @pytest.mark.parametrize("kernel", ["converter", "registers"])
 @pytest.mark.parametrize("num_splits", [1, None])
 def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
-    """Scores that grow along each sequence (keys scaled up to 7x towards its end), so a head's running max moves
-    by more than FP8_LAZY_RESCALE (log2 units) after its first tile at least twice, o^T rescaled then, and by less
-    on other tiles, o^T left as it is and p above 1: both fp8 kernels against fp64 on the dequantised cache."""
+    """Scores that grow along each sequence (keys scaled up to 7x towards its end; the data checked to grow each
+    head's max by more than twice FP8_LAZY_RESCALE past its first tile), so the register kernel's running max moves
+    after the first tile (o^T rescaled then) and stays put on other tiles (o^T left as it is, p above 1): both fp8
+    kernels against fp64 on the dequantised cache."""
     import kernels.mla.wgmma_decode as wd
     _force_fp8_kernel(monkeypatch, kernel)
     ks = 0.1
