@@ -99,8 +99,8 @@ def mla():
         report(f"mla {kv} TMA tiles, block_n {bn} w {nw} stages {ns}", k)
     from kernels.mla.triton_decode import _mla_decode_combine
     k = compile_kernel(_mla_decode_combine, dict(acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32"),
-                       dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8), num_warps=4)
-    report("mla combine (up to 256 splits, 8 a step)", k)
+                       dict(L=512, BLOCK_L=32, BLOCK_S=256), num_warps=4)
+    report("mla combine (up to 256 splits at once, 32 columns a program)", k)
 
 
 def mla_gluon():

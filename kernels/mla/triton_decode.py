@@ -32,6 +32,7 @@ MIN_TOKENS_PER_SPLIT = 256     # a split shorter than this costs more in partial
 MAX_SPLITS = 256
 PAGE_LOOP_MIN_TILES = 4        # pages of at least this many tiles take the page-by-page loop
 SPLIT_OVERHEAD_TOKENS = 200    # a split's fixed cost (q, partials, pipeline fill) in cache positions, estimated
+COMBINE_ELEMENTS = 8192        # partial values a merge program loads at once (64 a thread at four warps)
 
 
 @triton.jit
@@ -247,38 +248,36 @@ def _mla_decode_split(
 def _mla_decode_combine(
     acc_ptr, ml_ptr, o_ptr, lse_ptr, num_splits,
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
-    L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
+    L: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    """Merge the splits' partials of one sequence's head, BLOCK_L latent columns a program (grid axis 2): every
+    split's (m, l) and partial columns are loaded at once, so the merge waits for memory once, not once a split."""
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    offs_l = tl.arange(0, BLOCK_L)
+    part_l = tl.program_id(2)
+    offs_l = part_l * BLOCK_L + tl.arange(0, BLOCK_L)
     l_ok = offs_l < L
     ml = ml_ptr + n * s_ml_n + h * s_ml_h
     part = acc_ptr + n * s_acc_n + h * s_acc_h
 
-    # The global max over the splits first (empty splits hold m = -inf, l = 0), then the weighted sum of the
-    # partials, SPLIT_CHUNK splits per step: no data-dependent branch, so the partials' loads pipeline.
+    # empty splits hold m = -inf, l = 0: they weigh nothing (where, not a product, so stale bits cannot leak in)
     sidx = tl.arange(0, BLOCK_S)
     s_ok = sidx < num_splits
     l_all = tl.load(ml + sidx * 2 + 1, mask=s_ok, other=0.0)
-    m_all = tl.load(ml + sidx * 2, mask=s_ok, other=float("-inf"))
-    m = tl.max(tl.where(l_all > 0.0, m_all, float("-inf")), axis=0)
+    m_all = tl.load(ml + sidx * 2, mask=s_ok, other=0.0)
+    pv = tl.load(part + sidx[:, None] * s_acc_s + offs_l[None, :], mask=s_ok[:, None] & l_ok[None, :], other=0.0)
+    live = l_all > 0.0
+    m = tl.max(tl.where(live, m_all, float("-inf")), axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l_sum = tl.sum(tl.where(l_all > 0.0, tl.exp2(m_all - m_safe) * l_all, 0.0), axis=0)
-    acc = tl.zeros([BLOCK_L], tl.float32)
-    for s0 in range(0, num_splits, SPLIT_CHUNK):
-        idx = s0 + tl.arange(0, SPLIT_CHUNK)
-        l_c = tl.load(ml + idx * 2 + 1, mask=idx < num_splits, other=0.0)
-        live = l_c > 0.0
-        w = tl.where(live, tl.exp2(tl.load(ml + idx * 2, mask=live, other=0.0) - m_safe), 0.0)
-        pv = tl.load(part + idx[:, None] * s_acc_s + offs_l[None, :], mask=live[:, None] & l_ok[None, :], other=0.0)
-        acc += tl.sum(w[:, None] * pv, axis=0)
+    w = tl.where(live, tl.exp2(m_all - m_safe), 0.0)
+    l_sum = tl.sum(w * l_all, axis=0)
+    acc = tl.sum(tl.where(live[:, None], w[:, None] * pv, 0.0), axis=0)
 
     has = l_sum > 0.0
     out = acc / tl.where(has, l_sum, 1.0)
     tl.store(o_ptr + n * s_o_n + h * s_o_h + offs_l, out.to(o_ptr.dtype.element_ty), mask=l_ok)
     lse = tl.where(has, (m + tl.log2(tl.where(has, l_sum, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(lse_ptr + n * s_lse_n + h, lse)
+    tl.store(lse_ptr + n * s_lse_n + h, lse, mask=part_l == 0)
 
 
 def _cache_descriptors(kv_cache, L: int, R: int, block_n: int):
@@ -319,7 +318,13 @@ def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sm
 
 def combine_width(num_splits: int) -> int:
     """The merge kernel's tile of splits (a compiled variant each)."""
-    return max(16, triton.next_power_of_2(num_splits))
+    return max(4, triton.next_power_of_2(num_splits))
+
+
+def combine_block_l(num_splits: int, L: int) -> int:
+    """Latent columns a merge program: COMBINE_ELEMENTS // (its splits), up to the whole row. Many splits come
+    from few sequences, so their merge is spread over more programs, each still loading all its splits at once."""
+    return max(1, min(triton.next_power_of_2(L), COMBINE_ELEMENTS // combine_width(num_splits)))
 
 
 def variant_num_splits() -> list[int]:
@@ -518,10 +523,10 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
             num_warps=num_warps, num_stages=num_stages,
         )
     if not direct:
-        _mla_decode_combine[(N, H)](
+        block_l = combine_block_l(num_splits, L)
+        _mla_decode_combine[(N, H, triton.cdiv(L, block_l))](
             acc, ml, out, lse, num_splits,
             *acc_strides, *ml_strides, out.stride(0), out.stride(1), lse.stride(0),
-            L=L, BLOCK_L=triton.next_power_of_2(L), BLOCK_S=combine_width(num_splits),
-            SPLIT_CHUNK=8, num_warps=4,
+            L=L, BLOCK_L=block_l, BLOCK_S=combine_width(num_splits), num_warps=4,
         )
     return out, lse

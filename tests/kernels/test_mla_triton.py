@@ -5,6 +5,7 @@ that the kernel must not read (past seq_lens, unused block-table entries) holds 
 outputs before each run, so any stray read or missed write shows up as NaN.
 """
 
+import math
 import os
 
 import pytest
@@ -14,7 +15,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set it before Python starts)",
                 allow_module_level=True)
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from kernels.mla import fp8, paged  # noqa: E402
 from kernels.mla.triton_decode import choose_num_splits, mla_decode  # noqa: E402
@@ -202,6 +203,37 @@ def test_choose_num_splits():
             assert fill >= 0.9 or ctx // (s + 1) < 256 or batch >= 132 * 4, (batch, ctx, s, fill)
 
 
+@pytest.mark.parametrize("S,L", [(3, 512), (130, 128), (256, 512)])
+def test_merge_of_many_splits(S, L):
+    """The split merge against a plain fp64 merge: few splits (one program a head) and many (each head's row over
+    several programs, ``combine_block_l``), with empty splits (m = -inf, l = 0, partial NaN) that must weigh nothing."""
+    from kernels.mla.triton_decode import _mla_decode_combine, combine_block_l, combine_width
+
+    g = torch.Generator().manual_seed(S)
+    N, H = 2, 3
+    acc = torch.randn(N, H, S, L, generator=g)
+    m = torch.randn(N, H, S, generator=g) * 4
+    l = torch.rand(N, H, S, generator=g) + 0.1
+    empty = torch.rand(N, H, S, generator=g) < 0.2
+    empty[1, 2] = True                                  # a head with no position at all: o = 0, lse = -inf
+    m[empty], l[empty], acc[empty] = float("-inf"), 0.0, NAN
+    ml = torch.stack([m, l], -1).to(DEV)
+    out = torch.full((N, H, L), NAN, device=DEV)
+    lse = torch.full((N, H), NAN, device=DEV)
+    block_l = combine_block_l(S, L)
+    assert (S > 64) == (block_l < L)
+    _mla_decode_combine[(N, H, triton.cdiv(L, block_l))](
+        acc.to(DEV), ml, out, lse, S, S * L * H, S * L, L, S * H * 2, S * 2, out.stride(0), out.stride(1),
+        lse.stride(0), L=L, BLOCK_L=block_l, BLOCK_S=combine_width(S))
+    mx = m.double().amax(-1, keepdim=True)
+    w = torch.where(empty, 0.0, torch.exp2(m.double() - mx.clamp(min=-1e300)))
+    ref = (w[..., None] * acc.double().nan_to_num(0.0)).sum(2) / (w * l).sum(-1).clamp(min=1e-300)[..., None]
+    ref_lse = (mx[..., 0] + torch.log2((w * l).sum(-1))) * math.log(2)
+    assert torch.allclose(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(lse.cpu().double()[~empty.all(-1)], ref_lse[~empty.all(-1)], rtol=1e-6, atol=1e-6)
+    assert lse[1, 2].item() == float("-inf") and (out[1, 2] == 0).all()
+
+
 def test_variant_split_counts_cover_every_launch():
     """The warm-up's split counts (the plugin decodes once with each before serving) reach every kernel variant any
     split count the heuristic can pick launches: the direct one and each merge width."""
@@ -378,10 +410,11 @@ for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
     if (kv, bn, nw) == ("bf16", 32, 4):       # the 16-bit default: two programs an SM by shared memory
         assert k.metadata.shared <= 113 * 1024, (direct, page_loop, k.metadata.shared)
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
-       "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S", "SPLIT_CHUNK") else "i32" for a in _mla_decode_combine.arg_names}
-k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=512, BLOCK_S=256, SPLIT_CHUNK=8)),
-                   target=target, options=dict(num_warps=4))
-assert k.asm["cubin"]
+       "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S") else "i32" for a in _mla_decode_combine.arg_names}
+for bl, bs in ((512, 16), (32, 256)):       # the merge's widest rows and its most splits
+    k = triton.compile(ASTSource(_mla_decode_combine, sig, constexprs=dict(L=512, BLOCK_L=bl, BLOCK_S=bs)),
+                       target=target, options=dict(num_warps=4))
+    assert k.asm["cubin"]
 print("LOWERED")
 """
 
