@@ -499,7 +499,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
 
     if wgmma:
         wgmma_decode.launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg, float(scale) * LOG2E,
-                            num_splits, acc, ml, out, lse, acc_strides, ml_strides, positions=N * bound)
+                            num_splits, acc, ml, out, lse, acc_strides, ml_strides)
     else:
         precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
         page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n

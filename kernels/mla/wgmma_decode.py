@@ -24,14 +24,14 @@ Three kernels:
   slots; the four default warps run the products and the softmax from those slots.
 * ``_mla_decode_wgmma_fp8_regs``, fp8 caches, the register-operand kernel: a loader warp keeps four fp8 stages
   filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
-  to wgmma as its register operand (the queries' columns permuted alike, ``_k_latent_column``: each thread reads 16
-  contiguous bytes, and a chunk is every other 16-byte piece of 128 columns, which keeps the reads free of bank
-  conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p in one of
+  to wgmma as its register operand (the queries' columns permuted alike, ``_k_latent_column_bits``: each thread
+  reads 16 contiguous bytes, and a chunk is every other 16-byte piece of 128 columns, which keeps the reads free of
+  bank conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p in one of
   two p slots, moving a head's running max only when it grows by more than ``FP8_LAZY_RESCALE``; four value warps,
   a tile behind, read the tile 16 tokens x 256 columns at a time as the register operand of the value product
-  (o^T's rows permuted, ``_v_column``, so each thread reads 8 contiguous bytes a token), which keeps the fp16 copy
-  of the tile out of shared memory, and rescale o^T only on tiles where a max moved. It is the faster of the two on
-  long batches, the converter kernel on short calls (``fp8_kernel``).
+  (o^T's rows permuted, ``_v_column_bits``, so each thread reads 8 contiguous bytes a token), which keeps the fp16
+  copy of the tile out of shared memory, and rescale o^T only on tiles where a max moved. It serves the model's
+  latent width (512), the converter kernel the others (``fp8_kernel``).
 Both fp8 kernels run fp16 products with the queries at 1/16 (a margin below fp16's largest value); the 16 and
 k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
 by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
@@ -61,13 +61,6 @@ FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # most 2^8 in fp16), so its value warps skip rescaling o^T on most tiles (H200, 2026-12-01: with the score reads free
 # of bank conflicts, 4-5% faster at 32-128 x 128K in the mean of three same-process runs; benchmarks/RESULTS.md)
 FP8_LAZY_RESCALE = gl.constexpr(8.0)
-# positions a call reads (sequences x the longest context) from which an fp8 cache takes the register-operand kernel:
-# it is 1.25-1.32x faster from there on, but each of its tiles takes longer, so calls with few tiles a program run
-# faster on the converter kernel (H200, 2026-12-01, one run, CUDA graphs, register / converter kernel: 1 x 4K 23.8 /
-# 15.5 us, 1 x 128K 69.7 / 61.3, 32 x 4K 57.2 / 50.1; 128 x 4K 125.5 / 160.5, 32 x 32K 255.6 / 312.9;
-# benchmarks/RESULTS.md)
-FP8_REGISTERS_MIN_POSITIONS = 1 << 18
-FP8_REGISTERS_MIN_BATCH = 16    # and sequences a call (see fp8_kernel)
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
 # positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
@@ -121,21 +114,20 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
                      num_warps: gl.constexpr, PERMUTED: gl.constexpr = False):
     """This program's heads of q_lat and q_pe (times ``scale``) in shared memory as ``dtype``, heads x width with
     the width contiguous: the second operand of the score product (as its transposed views). PERMUTED: the
-    columns in the order ``_k_operand`` hands the cache's columns to the product (``_k_column``)."""
+    columns in the order ``_k_operand`` hands the cache's columns to the product (``_k_latent_column_bits``,
+    ``_k_column_bits``), relabelled in registers after plain loads."""
     q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
     qh_ok = qh < num_heads
     offs_l = gl.arange(0, L, layout=gl.SliceLayout(0, q_blk))
     offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, q_blk))
-    col_l = offs_l
-    col_r = offs_r
-    if PERMUTED:
-        col_l = _k_latent_column(offs_l)
-        col_r = _k_column(offs_r, R)
-    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + col_l[None, :],
+    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + offs_l[None, :],
                 mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
-    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + col_r[None, :],
+    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
                  mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
+    if PERMUTED:
+        q = _relabel_rows(q.permute((1, 0)), _k_latent_column_bits(L)).permute((1, 0))
+        qp = _relabel_rows(qp.permute((1, 0)), _k_column_bits(R)).permute((1, 0))
     if scale != 1.0:
         q = q.to(gl.float32) * scale
         qp = qp.to(gl.float32) * scale
@@ -194,20 +186,33 @@ def _out_scale(l_i, o_scale, DIRECT: gl.constexpr):
     return scale
 
 
+@gluon.constexpr_function
+def _rows_first(layout):
+    """``layout`` with each thread's registers listed rows first (the same elements in the same threads), so that a
+    thread's contiguous rows are consecutive registers: what a vectorised store along the rows needs."""
+    rows = sorted((b for b in layout.reg_bases if b[1] == 0), key=lambda b: b[0])
+    return gl.DistributedLinearLayout(rows + [b for b in layout.reg_bases if b[1] != 0], layout.lane_bases,
+                                      layout.warp_bases, layout.block_bases, layout.shape)
+
+
 @gluon.jit
 def _store_o(o, scale, ROW0: gl.constexpr, PERM_ROWS: gl.constexpr, n, hg, split, num_heads, acc_ptr, o_ptr,
              s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h, L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr,
              mma: gl.constexpr):
-    """A block of o^T's rows (latent columns from ROW0; in ``_v_operand``'s order, ``_v_column``, with PERM_ROWS) times
-    ``scale`` a head: into the output (one split) or the split's partial. Stored from the accumulator's registers:
-    a warp writes 32-byte runs of eight heads, and no layout change needs the shared memory o^T would take."""
-    ol = gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, mma))
-    if PERM_ROWS:
-        ol = _v_column(ol, o.shape[0])
-    ol = ol + ROW0
-    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
-    ok = (ol < L)[:, None] & (hh < num_heads)[None, :]
+    """A block of o^T's rows (latent columns from ROW0; in ``_v_operand``'s order, ``_v_column_bits``, with PERM_ROWS)
+    times ``scale`` a head: into the output (one split) or the split's partial. Stored from the accumulator's
+    registers, with no layout change that would need shared memory: in wgmma's order a warp writes 32-byte runs of
+    eight heads; permuted rows are first relabelled into column order (a thread's rows are contiguous columns, so
+    nothing moves) and a thread writes them as 16-byte vectors (one value at a time, the partials of a batch-1 call
+    took longer than 4 of its tiles: H200, 2026-12-01, benchmarks/RESULTS.md)."""
     out = o * scale[None, :]
+    if PERM_ROWS:
+        out = _relabel_rows(out, _inverse_bits(_v_column_bits(o.shape[0])))
+        out = gl.convert_layout(out, _rows_first(out.type.layout))
+    lay: gl.constexpr = out.type.layout
+    ol = gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, lay)) + ROW0
+    hh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, lay))
+    ok = (ol < L)[:, None] & (hh < num_heads)[None, :]
     if DIRECT:
         gl.store(o_ptr + n * s_o_n + hh[None, :] * s_o_h + ol[:, None], out.to(o_ptr.dtype.element_ty), mask=ok)
     else:
@@ -475,30 +480,62 @@ def _v_load_layout(L):
                                       [[0, 8 * per], [0, 16 * per]], [], [16, L])
 
 
-@gluon.jit
-def _k_latent_column(k):
-    """The latent column at position ``k`` of the score product's reduction (``_k_pair_load``'s chunks, each in
-    ``_k_column``'s order): chunk j = k // 64 is the even (j even) or odd 16-byte pieces of columns
-    [128 (j // 2), 128 (j // 2) + 128), so ``_k_column``'s column 16c + b of a chunk is column 32c + b of those."""
-    j = k // 64
-    cc = _k_column(k % 64, 64)
-    return 128 * (j // 2) + 16 * (j % 2) + 32 * (cc // 16) + cc % 16
+@gluon.constexpr_function
+def _k_column_bits(W):
+    """The score product's reduction order within chunks of W columns (``_k_operand``'s), as where each bit of a
+    position k goes in its cache column: position 16s + 8f + 2c + e is column (W/4) c + 4s + 2f + e, so the 8 values
+    a thread of a wgmma holds for one 16-wide step are contiguous and W/16 steps make one W/4-byte read."""
+    nb = W.bit_length() - 1
+    return [0, nb - 2, nb - 1, 1] + [2 + i for i in range(nb - 4)]          # bits e, c, c, f, then s
+
+
+@gluon.constexpr_function
+def _k_latent_column_bits(L):
+    """The same for the latent columns (``_k_pair_load``'s chunks, each in ``_k_column_bits(64)``'s order): chunk
+    j = k // 64 is the even (j even) or odd 16-byte pieces of columns [128 (j // 2), 128 (j // 2) + 128), so a
+    chunk's column 16c + b is column 32c + b of those."""
+    cc = [b if b < 4 else b + 1 for b in _k_column_bits(64)]
+    return cc + [4] + [7 + i for i in range(L.bit_length() - 1 - 7)]      # then j's bits: j % 2, j // 2
+
+
+@gluon.constexpr_function
+def _v_column_bits(W):
+    """The latent column of o^T's row m in a block of W rows (``_v_operand``'s order), bit by bit: row
+    64b + 16w + 8h + g is column (8w + g) W/32 + 2b + h, so the W/32 rows a thread holds are contiguous."""
+    t = W.bit_length() - 1 - 5
+    return [t, t + 1, t + 2, 0, t + 3, t + 4] + [1 + i for i in range(t - 1)]    # bits g, h, w, b
+
+
+@gluon.constexpr_function
+def _bits_shape(src_of_dst, trailing):
+    """A row index of as many bits as ``src_of_dst`` maps as that many dimensions of 2 (the top bit first), then
+    the trailing dimensions."""
+    return [2] * len(src_of_dst) + list(trailing)
+
+
+@gluon.constexpr_function
+def _relabel_order(src_of_dst, trailing):
+    """``_relabel_rows``' permutation of ``_bits_shape``'s dimensions."""
+    nb = len(src_of_dst)
+    return [nb - 1 - src_of_dst[nb - 1 - i] for i in range(nb)] + [nb + i for i in range(len(trailing))]
 
 
 @gluon.jit
-def _k_column(k, W: gl.constexpr):
-    """The cache column that sits at position ``k`` of the score product's reduction (``_k_operand``'s order):
-    within each chunk of W columns, position 16s + 8f + 2c + e is column (W/4) c + 4s + 2f + e, so the 8 values a
-    thread of a wgmma holds for one 16-wide step are contiguous and W/16 steps make one W/4-byte read."""
-    kk = k % W
-    return (k - kk) + (W // 4) * ((kk // 2) % 4) + 4 * (kk // 16) + 2 * ((kk // 8) % 2) + kk % 2
+def _relabel_rows(x, SRC_OF_DST: gl.constexpr):
+    """x's rows reordered: row r of the result is row r' of x, where bit d of r is bit SRC_OF_DST[d] of r'. A
+    permutation of the row index's bits is a relabelling of the layout's bases, so no value moves."""
+    shape: gl.constexpr = _bits_shape(SRC_OF_DST, x.shape[1:])
+    order: gl.constexpr = _relabel_order(SRC_OF_DST, x.shape[1:])
+    return x.reshape(shape).permute(order.value).reshape(x.shape)
 
 
-@gluon.jit
-def _v_column(m, L: gl.constexpr):
-    """The latent column at row ``m`` of the value product's o^T (``_v_operand``'s order): row 64b + 16w + 8h + g
-    is column (8w + g) L/32 + 2b + h, so the L/32 rows a thread holds over the L/64 row blocks are contiguous."""
-    return (((m // 16) % 4) * 8 + m % 8) * (L // 32) + 2 * (m // 64) + (m // 8) % 2
+@gluon.constexpr_function
+def _inverse_bits(bits):
+    """The inverse of a bit map (``_relabel_rows`` the other way)."""
+    inv = [0] * len(bits)
+    for i, b in enumerate(bits):
+        inv[b] = i
+    return inv
 
 
 @gluon.jit
@@ -517,7 +554,7 @@ def _k_pair_load(c_s, q: gl.constexpr):
 
 @gluon.jit
 def _k_operand(x, W: gl.constexpr, mma: gl.constexpr):
-    """``_k_load``'s registers as the fp16 register operand of the score product, its columns in ``_k_column``'s
+    """``_k_load``'s registers as the fp16 register operand of the score product, its columns in ``_k_column_bits``'
     order: two neighbouring values a conversion, then a relabelling that moves nothing."""
     x = x.to(gl.float16).reshape([64, 4, W // 16, 2, 2]).permute((0, 2, 3, 1, 4)).reshape([64, W])
     return gl.convert_layout(x, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
@@ -533,7 +570,7 @@ def _v_load(src, L: gl.constexpr):
 @gluon.jit
 def _v_operand(x, L: gl.constexpr, mma: gl.constexpr):
     """``_v_load``'s registers as the fp16 register operand [L, 16] of the value product, its rows in
-    ``_v_column``'s order (each conversion's pair of values is then re-paired by tokens)."""
+    ``_v_column_bits``' order (each conversion's pair of values is then re-paired by tokens)."""
     x = x.to(gl.float16).reshape([16, 4, 8, L // 64, 2]).permute((3, 1, 4, 2, 0)).reshape([L, 16])
     return gl.convert_layout(x, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
 
@@ -722,7 +759,7 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
                  s_o_h, L, BLOCK_H, DIRECT, mma)
 
 
-@gluon.jit(do_not_specialize=["num_splits", "s_acc_n", "s_acc_h", "s_acc_s", "s_ml_n", "s_ml_h"])
+@gluon.jit(do_not_specialize=["num_splits", "s_ml_n", "s_ml_h"])     # the partials' strides are multiples of L
 def _mla_decode_wgmma_fp8_regs(
     q_lat_ptr, q_pe_ptr, desc_c, desc_r, bt_ptr, seq_lens_ptr, k_scale_ptr, acc_ptr, ml_ptr, o_ptr, lse_ptr,
     num_heads, num_splits, qk_scale_log2,
@@ -871,14 +908,13 @@ def whole_tile_splits(num_splits: int, tiles: int) -> int:
     return -(-tiles // per)
 
 
-def fp8_kernel(positions: int | None, L: int = 512, batch: int = FP8_REGISTERS_MIN_BATCH) -> str:
-    """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) for at least
-    FP8_REGISTERS_MIN_BATCH sequences reading at least FP8_REGISTERS_MIN_POSITIONS positions (sequences x the
-    longest context; unknown counts as many) at the model's latent width of 512 (the only width it has run at on a
-    GPU; it compiles for 128-256), else "converter" (``_mla_decode_wgmma_fp8``). The batch bound keeps small batches
-    on the converter kernel inside full CUDA graphs too, which are captured with the model's longest context."""
-    many = positions is None or positions >= FP8_REGISTERS_MIN_POSITIONS
-    return "registers" if many and batch >= FP8_REGISTERS_MIN_BATCH and L == 512 else "converter"
+def fp8_kernel(L: int) -> str:
+    """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) at the model's latent width of 512
+    (the only width it has run at on a GPU; it compiles for 128-256), else "converter" (``_mla_decode_wgmma_fp8``).
+    Since its partials are stored as 16-byte vectors and its queries loaded so, the register kernel is as fast as the
+    converter one at 1 x 4K and faster everywhere else (H200, 2026-12-01, CUDA graphs, register / converter: 1 x 4K
+    14.2 / 14.4 us, 1 x 128K 36.8 / 49.4, 32 x 4K 37.5 / 49.5, 128 x 4K 102.9 / 162.0; benchmarks/RESULTS.md)."""
+    return "registers" if L == 512 else "converter"
 
 
 def kernel_and_setting(fp8: bool, registers: bool = False):
@@ -893,14 +929,14 @@ def kernel_and_setting(fp8: bool, registers: bool = False):
 
 
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
-           lse, acc_strides, ml_strides, positions: int | None = None):
+           lse, acc_strides, ml_strides):
     """Stage 1 on these kernels, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
-    or into ``out`` / ``lse`` at one split. ``positions``: sequences x the longest context, for ``fp8_kernel``."""
+    or into ``out`` / ``lse`` at one split."""
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
     fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    kernel, setting = kernel_and_setting(fp8, fp8 and fp8_kernel(positions, L, N) == "registers")
+    kernel, setting = kernel_and_setting(fp8, fp8 and fp8_kernel(L) == "registers")
     kernel[(N, triton.cdiv(H, bh), num_splits)](
         q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
         H, num_splits, qk_scale_log2,
