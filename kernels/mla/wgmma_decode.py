@@ -62,11 +62,12 @@ FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # of bank conflicts, 4-5% faster at 32-128 x 128K in the mean of three same-process runs; benchmarks/RESULTS.md)
 FP8_LAZY_RESCALE = gl.constexpr(8.0)
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
-# split counts (``choose_num_splits``): a split may be as short as one tile, and the merge costs about five
-# positions' worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs: 32K 30.1 us at 128 splits, 28.4 at 96;
-# 4K 16.5 at 16, 14.1 at 32; 128K 60.1 at 128-132; benchmarks/RESULTS.md)
+# split counts (``choose_num_splits``): a split may be as short as one tile, and the merge (all of a head's splits
+# loaded at once) costs about one position's worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs, bf16 /
+# fp8: 32K 19.0 / 18.2-19.4 us at 128-132 splits, 21.5 / 19.9 at the 75 that five positions a split gave; 4K 12.2 /
+# 12.4 at 32 / 64, 12.0 / 13.5 at 22; 128K unchanged at 128-132; benchmarks/RESULTS.md)
 MIN_TOKENS_PER_SPLIT = BLOCK_N
-MERGE_TOKENS_PER_SPLIT = 5
+MERGE_TOKENS_PER_SPLIT = 1
 
 
 @gluon.jit

@@ -191,16 +191,15 @@ def test_refused_where_it_cannot_run():
 
 
 def test_split_rule_for_the_wgmma_kernel():
-    """One program an SM, splits as short as one tile, the merge charged five positions a split: more splits than
-    the Triton kernel's rule for short single sequences, fewer at 32K, the same from batch 32 on."""
+    """One program an SM, splits as short as one tile, the merge charged one position a split: more splits than the
+    Triton kernel's rule for short single sequences, one full wave from 32K, the same from batch 32 on."""
     from kernels.mla import wgmma_decode as W
     from kernels.mla.triton_decode import choose_num_splits
 
     def rule(b, ctx):
         return choose_num_splits(b, 1, ctx, 132, W.MIN_TOKENS_PER_SPLIT, W.MERGE_TOKENS_PER_SPLIT)
-    assert 16 < rule(1, 4096) <= 64                     # the Triton rule's floor of 256 positions a split gives 16
-    assert 64 <= rule(1, 32768) < 128 == choose_num_splits(1, 1, 32768, 132)
-    assert rule(1, 131072) == 132                       # one wave
+    assert 32 <= rule(1, 4096) <= 64                    # the Triton rule's floor of 256 positions a split gives 16
+    assert rule(1, 32768) == rule(1, 131072) == 132 > choose_num_splits(1, 1, 32768, 132)     # one wave
     assert rule(32, 131072) == 4 and rule(128, 131072) == 1 and rule(1, 64) == 1
     # a split is whole tiles: 131,072 positions on 1,888-row pages are 69 pages of 30 tiles and 13 more; 132 splits
     # of 16 tiles leave one empty, so the launch takes 131
