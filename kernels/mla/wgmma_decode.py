@@ -527,7 +527,7 @@ def _relabel_rows(x, SRC_OF_DST: gl.constexpr):
     permutation of the row index's bits is a relabelling of the layout's bases, so no value moves."""
     shape: gl.constexpr = _bits_shape(SRC_OF_DST, x.shape[1:])
     order: gl.constexpr = _relabel_order(SRC_OF_DST, x.shape[1:])
-    return x.reshape(shape).permute(order.value).reshape(x.shape)
+    return x.reshape(shape).permute(order.value).reshape(x.shape)     # permute takes a list, not a constexpr
 
 
 @gluon.constexpr_function
