@@ -36,7 +36,8 @@ def short_conv_prefill(x, weight, conv_state, state_indices, has_initial_state, 
     cu = cu_seqlens.long()
     seq = torch.searchsorted(cu[1:], torch.arange(T, device=dev), right=True)   # sequence of each token
     shift = torch.arange(N, device=dev) * P
-    prev = conv_state.index_select(0, slots).to(dtype) * (has_initial_state & valid).to(dtype)[:, None, None]
+    # where, not a product: a reused slot may hold any bits (NaN * 0 is NaN)
+    prev = torch.where((has_initial_state & valid)[:, None, None], conv_state.index_select(0, slots).to(dtype), 0.0)
     ext = torch.empty(T + N * P, D, dtype=dtype, device=dev)
     lanes = torch.arange(P, device=dev)
     ext[((cu[:-1] + shift)[:, None] + lanes).reshape(-1)] = prev.transpose(1, 2).reshape(-1, D)
@@ -59,7 +60,7 @@ def short_conv_decode(x, weight, conv_state, state_indices, has_initial_state):
     valid = state_indices > 0
     slots = state_indices.clamp(min=0).long()
     prev = conv_state.index_select(0, slots).to(dtype)                           # [N, D, W-1]
-    prev = prev * has_initial_state.to(dtype)[:, None, None]
+    prev = torch.where(has_initial_state[:, None, None], prev, 0.0)                # old bits may be NaN
     xx = torch.cat([prev, x.to(dtype)[:, :, None]], dim=2)                       # [N, D, W]
     y = F.silu((xx * weight.to(dtype)[None]).sum(-1))
     # Rows mapped to the null slot write there too (its content is never read): no data-dependent
@@ -100,7 +101,7 @@ def kda_decode(q, k, v, g, beta, scale, recurrent_state, state_indices, has_init
     slots = state_indices.clamp(min=0).long()
     q, k = l2_normalize(q.to(dtype)), l2_normalize(k.to(dtype))
     S = recurrent_state.index_select(0, slots).to(dtype).transpose(-1, -2)        # [N, H, K, V]
-    S = S * has_initial_state.to(dtype)[:, None, None, None]
+    S = torch.where(has_initial_state[:, None, None, None], S, 0.0)              # old bits may be NaN
     S = S * torch.exp(g.to(dtype))[..., None]
     pred = torch.einsum("nhkv,nhk->nhv", S, k)
     S = S + beta.to(dtype)[..., None, None] * k[..., None] * (v.to(dtype) - pred)[..., None, :]

@@ -28,6 +28,7 @@ def test_short_conv_decode_matches_torch(D, W, transposed, block_d):
     state0 = store.transpose(1, 2) if transposed else store            # [slots, D, W-1], maybe a strided view
     slots = torch.tensor([3, 0, 5, 1, -1, 7], dtype=torch.int32)
     has = torch.tensor([True, True, False, True, True, False])
+    store[5] = float("nan")                 # slot 5's sequence has no state: its old bits (any) must not count
 
     want_state = state0.double().clone()
     want = paged.short_conv_decode(x.double(), weight.double(), want_state, slots, has)
@@ -83,6 +84,9 @@ def _view(store, transposed):
     ([3, 3, 1, 20], 40, 3, False, 4, 16)])
 def test_short_conv_prefill_matches_torch(lens, D, W, transposed, block_t, block_d):
     x, weight, store, slots, has, cu = _prefill_case(lens, D, W, transposed, seed=len(lens) * 100 + D)
+    for s, h in zip(slots.tolist(), has.tolist()):
+        if s > 0 and not h:
+            store[s] = float("nan")         # sequences without a state: their slots' old bits must not count
     state0 = _view(store, transposed)
     want_state = state0.double().clone()
     want = paged.short_conv_prefill(x.double(), weight.double(), want_state, slots, has, cu)

@@ -121,15 +121,20 @@ def test_short_conv_prefill_then_decode_equals_one_long_conv():
 
 
 def test_decode_without_initial_state_ignores_stale_slot():
-    """A new 1-token prompt runs as a decode; its reused slot's old content must not leak in."""
+    """A new 1-token prompt runs as a decode; its reused slot's old content must not leak in, even when its
+    bits read as NaN or inf (vLLM's pages are shared by layers of other dtypes)."""
     H, K, V = 2, 32, 16
     q, k, v, raw, A_log, dt_bias, beta = inputs(1, H, K, V, seed=11)
     g = kda_gate(raw, A_log, dt_bias)
     stale = torch.randn(2, H, V, K, dtype=D64)
+    stale[1, 0, :3] = float("nan")
+    stale[1, 1, 5] = float("inf")
     o = paged.kda_decode(q, k, v, g, beta, K ** -0.5, stale, torch.tensor([1]), torch.tensor([False]))
     o_ref, S_ref = recurrent_kda(l2_normalize(q), l2_normalize(k), v, g, beta, K ** -0.5, None)
     assert rel(o, o_ref) < 1e-12 and rel(stale[1].transpose(-1, -2), S_ref) < 1e-12
     conv = torch.randn(2, 6, 3, dtype=D64)
+    conv[1, :2] = float("nan")
+    conv[1, 4, 1] = float("-inf")
     x, w = torch.randn(1, 6, dtype=D64), torch.randn(6, 4, dtype=D64)
     y = paged.short_conv_decode(x, w, conv, torch.tensor([1]), torch.tensor([False]))
     assert torch.allclose(y, torch.nn.functional.silu(x * w[:, -1]), rtol=1e-12, atol=0)
@@ -144,6 +149,8 @@ def test_short_conv_prefill_varlen_with_states_and_null_slot():
     x = torch.randn(sum(lens), D, generator=g, dtype=D64)
     w = torch.randn(D, W, generator=g, dtype=D64)
     state = torch.randn(5, D, W - 1, generator=g, dtype=D64)
+    state[2, :, 0] = float("nan")               # slots of sequences without a state: any bits, NaN included
+    state[3, 1] = float("inf")
     before = state.clone()
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
     y = paged.short_conv_prefill(x, w, state, torch.tensor(slots), torch.tensor(has_init), cu)

@@ -138,6 +138,9 @@ def test_chunk_prefill_matches_fp64(lengths, has_init, slots, regime, K, design)
     A_log, dt_bias = make_params(K, gen)
     scale = K ** -0.5
     state0 = torch.randn(8, H, V, K, generator=gen) * 0.3          # [slots, H, V, K], V-major
+    for slot, init in zip(slots, has_init):
+        if slot > 0 and not init:
+            state0[slot] = float("nan")             # a reused slot holds any bits; it must only be written
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     state = state0.clone()
     out = torch.full((T, H, V), float("nan"))
@@ -660,12 +663,13 @@ def test_decode_matches_fp64(regime, K, state_dtype):
     state0 = (torch.randn(9, H, V, K, generator=gen) * 0.3).to(state_dtype)
     slots = torch.tensor([3, 0, 1, 8, 5, 0, 2], dtype=torch.int32)
     has_init = torch.tensor([True, True, False, True, True, False, True])
+    state0[1] = float("nan")                        # slot 1's sequence has no state: its old bits must not count
     st = state0.clone().to(DEV)
     out = torch.full((N, H, V), float("nan"), device=DEV)
     o = recurrent_kda_decode(*dev(q, k, v, g, beta, A_log, dt_bias), scale, st, slots.to(DEV),
                              has_initial_state=has_init.to(DEV), out=out).cpu()
     st = st.cpu()
-    S = state0.float()[slots.clamp(min=0).long()].transpose(-1, -2) * has_init.float()[:, None, None, None]
+    S = torch.where(has_init[:, None, None, None], state0.float()[slots.clamp(min=0).long()].transpose(-1, -2), 0.0)
     o_ref, S_ref = truth_step(q, k, v, g, beta, A_log, dt_bias, scale, S)
     valid = slots > 0
     tol_s = TOL if state_dtype == torch.float32 else 8e-3
