@@ -48,6 +48,9 @@ def tiny_config(vocab_size: int = 512, semantics: str = "engine") -> dict:
     }
 
 
+LATENT_GAIN = 1.7e-3
+
+
 def random_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors in the real checkpoint's names and shapes, scaled to keep activations O(1)."""
 
@@ -85,7 +88,9 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
             t[a + "o_proj.weight"] = lin(h, H * D)
         else:
             t[a + "q_proj.weight"] = lin(Hm * (P + R), h, 2.0)
-            t[a + "kv_a_proj_with_mqa.weight"] = lin(C + R, h, 2.0)
+            # the latent rows small (mean square ~3e-6, between the two semantics' norm eps, 1e-6 and 1e-5),
+            # so that the latent norm's eps changes the model and a test can tell which eps a layer uses
+            t[a + "kv_a_proj_with_mqa.weight"] = torch.cat([lin(C, h, LATENT_GAIN), lin(R, h, 2.0)])
             t[a + "kv_a_layernorm.weight"] = 1 + 0.1 * torch.randn(C, generator=g)
             t[a + "kv_b_proj.weight"] = lin(Hm * (P + V), C)
             t[a + "o_proj.weight"] = lin(h, Hm * V)
