@@ -11,7 +11,10 @@ from vllm_kimilinear.config import read_layout
 from vllm_kimilinear.tiny import build, tiny_config
 
 LOAD = """
+import os
 import sys
+import vllm
+vllm.__version__ = os.environ.get("FAKE_VLLM_VERSION", vllm.__version__)    # before the plugin registers
 from vllm import LLM
 try:
     LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=2,
@@ -119,3 +122,10 @@ def test_bad_input_fails_at_load_with_clear_message(case, tmp_path):
     out = load_in_subprocess(d, **env)
     assert msg in out, out[-4000:]
     assert "LOAD-ERROR:" in out
+
+
+def test_other_vllm_version_fails_at_load_naming_both_versions(tiny_dir):
+    """register() must not raise (vLLM runs it for every model); serving Kimi-Linear fails at load instead."""
+    out = load_in_subprocess(tiny_dir, FAKE_VLLM_VERSION="0.27.0")
+    assert "LOAD-ERROR: RuntimeError vllm-kimilinear cannot serve KimiLinearForCausalLM" in out
+    assert "supports vLLM 0.26.x only, but vLLM 0.27.0 is installed" in out

@@ -53,15 +53,59 @@ def test_accepts_026(version):
     check_vllm_version(version)
 
 
-def test_register_refuses_wrong_installed_vllm(monkeypatch):
+@pytest.mark.parametrize("broken", ["vllm_version", "kernels_package"])
+def test_unusable_installation_fails_kimi_linear_only(broken, monkeypatch):
+    """Another vLLM version, or PyPI's `kernels` in place of ours: register() must not raise (vLLM runs it for
+    every model), and building Kimi-Linear must fail with the reason."""
+    import sys
+    import types
+
     import vllm
+    from vllm import ModelRegistry
 
     import vllm_kimilinear.plugin as plugin
 
-    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    arch = plugin.ARCHITECTURE
+    monkeypatch.setitem(ModelRegistry.models, arch, ModelRegistry.models[arch])     # restored after the test
     monkeypatch.setattr(plugin, "_registered_pid", None)
-    with pytest.raises(RuntimeError, match="vLLM 0.33.0 is installed"):
-        plugin.register()
+    if broken == "vllm_version":
+        monkeypatch.setattr(vllm, "__version__", "0.33.0")
+        reason = "vLLM 0.33.0 is installed"
+    else:
+        monkeypatch.setitem(sys.modules, "kernels", types.ModuleType("kernels"))
+        reason = r"pip uninstall kernels"
+    plugin.register()
+    cls = ModelRegistry._try_load_model_cls(arch)
+    assert cls is not None and cls.__module__ == plugin.__name__
+    with pytest.raises(RuntimeError, match=reason):
+        cls(vllm_config=None, prefix="")
+    assert ModelRegistry._try_load_model_cls("LlamaForCausalLM") is not None     # other models untouched
+
+
+def test_plugin_environment_variables_are_known_to_vllm(monkeypatch):
+    """vLLM warns about (or, with --fail-on-environ-validation, refuses) VLLM_* variables it does not know; every
+    VLLM_KIMILINEAR_* name the plugin reads is declared to it."""
+    import os
+    import pathlib
+    import re
+
+    import vllm.envs as envs
+
+    import vllm_kimilinear
+    from vllm_kimilinear.plugin import ENV_VARS, declare_env_vars
+
+    root = pathlib.Path(vllm_kimilinear.__file__).parent
+    used = {m for f in root.rglob("*.py") for m in re.findall(r"VLLM_KIMILINEAR_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
+    assert used and used <= set(ENV_VARS), used - set(ENV_VARS)
+    declare_env_vars()
+    for name in [n for n in os.environ if n.startswith("VLLM_") and n not in envs.environment_variables]:
+        monkeypatch.delenv(name)                # whatever else this shell sets is not the question here
+    for name in ENV_VARS:
+        monkeypatch.setenv(name, "0")
+    envs.validate_environ(hard_fail=True)
+    monkeypatch.setenv("VLLM_KIMILINEAR_NOT_A_SETTING", "1")
+    with pytest.raises(ValueError, match="VLLM_KIMILINEAR_NOT_A_SETTING"):
+        envs.validate_environ(hard_fail=True)
 
 
 def test_foreign_kernels_package_is_refused(monkeypatch):

@@ -1,5 +1,7 @@
 """Which implementation each token mixer uses on the current platform (logged once per process)."""
 
+import os
+
 
 def kda_path() -> str:
     from vllm.platforms import current_platform
@@ -16,7 +18,12 @@ def mla_path() -> str:
     from vllm.platforms import current_platform
 
     if current_platform.is_cuda_alike():
-        return "paged latent cache, Triton split-K decode, torch expanded prefill"
+        # the rule of mla/backend.py's wgmma_decode_choice and kernels/mla/wgmma_decode.supported, in words
+        if os.environ.get("VLLM_KIMILINEAR_MLA_WGMMA", "") == "0":
+            decode = "Triton split-K decode"
+        else:
+            decode = "Gluon wgmma decode on sm_90 where it applies, else Triton split-K"
+        return f"paged latent cache, {decode}, FlashAttention expanded prefill (torch in float32)"
     return "paged latent cache, torch absorbed decode + expanded prefill"
 
 
