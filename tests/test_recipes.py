@@ -22,7 +22,10 @@ def test_recipe_parses_with_vllm_serve_parser(path):
         cfg = yaml.safe_load(f)
     parser = make_arg_parser(FlexibleArgumentParser())
     args = parser.parse_args(["--config", path])
-    assert args.model == cfg["model"]
+    if "model" in cfg:         # vLLM takes it literally: a hub id or an absolute path, never ~ or a relative one
+        assert args.model == cfg["model"]
+        assert not cfg["model"].startswith(("~", ".")), cfg["model"]
+        assert cfg["model"].startswith("/") or cfg["model"].count("/") == 1, cfg["model"]
     for key, value in cfg.items():
         if key != "model":
             assert getattr(args, key.replace("-", "_")) == value, key

@@ -1,4 +1,5 @@
-"""`vllm serve` with the tiny model on 127.0.0.1: completions, chat completions and streaming answer.
+"""`vllm serve` with the tiny model and recipes/cpu-tiny.yaml on 127.0.0.1: completions, chat completions and
+streaming answer.
 
 The server runs as a user would start it (engine in its own processes, torch.compile on), is stopped by
 its PID, and leaves no process behind.
@@ -17,6 +18,9 @@ import pytest
 import requests
 
 
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "cpu-tiny.yaml")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,9 +33,9 @@ def server(tiny_dir, tmp_path):
     vllm_bin = shutil.which("vllm", path=os.path.dirname(sys.executable)) or "vllm"
     log = open(tmp_path / "serve.log", "w")
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
-    proc = subprocess.Popen([vllm_bin, "serve", tiny_dir, "--served-model-name", "tiny", "--host", "127.0.0.1",
-                             "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
-                             "--max-num-seqs", "4", "--gpu-memory-utilization", "0.2"],
+    # as recipes/cpu-tiny.yaml says to run it (its host, dtype and memory settings), on a free port
+    proc = subprocess.Popen([vllm_bin, "serve", tiny_dir, "--config", RECIPE, "--served-model-name", "tiny",
+                             "--port", str(port), "--max-model-len", "512", "--max-num-seqs", "4"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 400
