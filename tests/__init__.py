@@ -1,0 +1,1 @@
+"""The project's tests: CPU tests of the plugin in vLLM against the fp64 reference model, and kernel tests."""

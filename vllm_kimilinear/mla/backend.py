@@ -175,7 +175,7 @@ class KimiMLAImpl:
 class KimiMLABackend(MLACommonBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
     # fp8 / fp8_e4m3: an e4m3 latent cache (vLLM allocates it as uint8) with one scale per layer.
-    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3"]
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16", "float16", "fp8", "fp8_e4m3"]
 
     @staticmethod
     def get_name() -> str:
