@@ -85,6 +85,19 @@ def test_unsupported_head_size_and_semantics_unit():
         read_layout(Cfg(cfg))
 
 
+def test_activation_and_hf_router_scoring_unit():
+    cfg = tiny_config()
+    cfg["hidden_act"] = "gelu"
+    with pytest.raises(ValueError, match=r"hidden_act='gelu' is not supported.*allowed: 'silu'"):
+        read_layout(Cfg(cfg))
+    cfg = tiny_config(semantics="hf")
+    cfg["moe_router_activation_func"] = "softmax"
+    with pytest.raises(ValueError, match=r"moe_router_activation_func='softmax' is not supported.*'sigmoid'"):
+        read_layout(Cfg(cfg))
+    cfg["kimi_linear_semantics"] = "engine"             # vLLM's FusedMoE takes either scoring function
+    read_layout(Cfg(cfg))
+
+
 def test_kda_chunk_setting_unit(monkeypatch):
     from vllm_kimilinear.kda.dispatch import CHUNK_ENV, prefill_chunk
     monkeypatch.delenv(CHUNK_ENV, raising=False)

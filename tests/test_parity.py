@@ -32,3 +32,35 @@ def test_semantics_really_differ(tiny_dir, tiny_hf_dir):
     a = ReferenceKimiLinear(tiny_dir).greedy([20, 30, 40], 1)[1]
     b = ReferenceKimiLinear(tiny_hf_dir).greedy([20, 30, 40], 1)[1]
     assert (a - b).norm() / a.norm() > 0.05
+
+
+def test_hf_router_logits_in_fp32_under_a_bf16_model(tiny_hf_dir, in_process):
+    """The remote code computes router logits in fp32 from fp32 gate weights; under a bf16 model the "hf" gate must
+    too (bf16 logits pick other experts for a few percent of tokens). Checked on the logits the MoE block hands
+    to its experts, against fp64."""
+    from safetensors.torch import load_file
+
+    from tests.vllm_helpers import make_llm
+
+    W = load_file(f"{tiny_hf_dir}/model.safetensors")["model.layers.1.block_sparse_moe.gate.weight"].double()
+    llm = make_llm(tiny_hf_dir, dtype="bfloat16")
+
+    class Capture(torch.nn.Module):
+        def forward(self, hidden_states, router_logits):
+            self.logits = router_logits
+            return hidden_states
+
+    def probe(model):
+        moe = model.model.layers[1].block_sparse_moe
+        experts, capture = moe.experts, Capture()
+        moe.experts = capture
+        try:
+            x = torch.randn(6, W.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+            moe(x)
+        finally:
+            moe.experts = experts
+        want = x.double() @ W.t()
+        return str(capture.logits.dtype), ((capture.logits.double() - want).abs().max() / want.abs().max()).item()
+
+    ((dtype, err),) = llm.apply_model(probe)
+    assert dtype == "torch.float32" and err < 1e-5, (dtype, err)

@@ -82,6 +82,10 @@ def read_layout(config, tp_size: int = 1) -> KimiLayout:
         if config.num_attention_heads % tp_size:
             raise ValueError(f"num_attention_heads={config.num_attention_heads} cannot be split over "
                              f"tensor_parallel_size={tp_size}.")
+    act = getattr(config, "hidden_act", None) or "silu"
+    if act != "silu":
+        raise ValueError(f"hidden_act={act!r} is not supported: the plugin's MLPs and experts are SiLU-gated "
+                         "(Kimi-Linear's); allowed: 'silu'.")
     semantics = getattr(config, SEMANTICS_KEY, None) or "engine"
     if semantics not in SEMANTICS:
         raise ValueError(f"{SEMANTICS_KEY}={semantics!r} is not known; allowed: {list(SEMANTICS)} "
@@ -89,6 +93,10 @@ def read_layout(config, tp_size: int = 1) -> KimiLayout:
     if semantics == "hf" and getattr(config, "num_expert_group", 1) not in (None, 1):
         raise ValueError(f"{SEMANTICS_KEY}='hf' supports num_expert_group=1 only "
                          f"(got {config.num_expert_group}).")
+    scoring = getattr(config, "moe_router_activation_func", None) or "sigmoid"
+    if semantics == "hf" and scoring != "sigmoid":
+        raise ValueError(f"{SEMANTICS_KEY}='hf' routes with sigmoid scores, as the released remote code does; "
+                         f"moe_router_activation_func={scoring!r} is not supported there (allowed: 'sigmoid').")
     return KimiLayout(frozenset(i - 1 for i in kda), frozenset(i - 1 for i in full), heads, head_dim,
                       conv, semantics)
 

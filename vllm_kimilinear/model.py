@@ -57,8 +57,11 @@ class KimiMoE(nn.Module):
     def __init__(self, config, quant_config, prefix: str, hf_semantics: bool):
         super().__init__()
         E = config.num_experts
+        # the remote code ("hf") computes the router logits in fp32 from fp32 weights; vLLM's in-tree model
+        # ("engine") in the model dtype
+        self.logits_dtype = torch.float32 if hf_semantics else None
         self.gate = ReplicatedLinear(config.hidden_size, E, bias=False, quant_config=None,
-                                     prefix=f"{prefix}.gate")
+                                     params_dtype=self.logits_dtype, prefix=f"{prefix}.gate")
         self.gate.e_score_correction_bias = nn.Parameter(torch.zeros(E), requires_grad=False)
         shared = None
         if getattr(config, "num_shared_experts", 0):
@@ -79,7 +82,7 @@ class KimiMoE(nn.Module):
                                 prefix=f"{prefix}.experts", **routing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        router_logits, _ = self.gate(x)
+        router_logits, _ = self.gate(x if self.logits_dtype is None else x.to(self.logits_dtype))
         return self.experts(hidden_states=x, router_logits=router_logits)
 
 
