@@ -97,13 +97,16 @@ def context_pieces(total: int, qlen: int, chunk: int = CONTEXT_CHUNK) -> list[tu
     return [(lo, min(lo + chunk, prefix), False) for lo in range(0, prefix, chunk)] + [(prefix, total, True)]
 
 
-def merge_partials(parts):
-    """Attention over disjoint key ranges combined: parts = [(o [Q, H, V], lse [Q, H])], each o normalised
-    over its own range and lse the natural log of that range's softmax denominator."""
-    if len(parts) == 1:
-        return parts[0][0]
-    lse = torch.logsumexp(torch.stack([lse_i for _, lse_i in parts]), dim=0)
-    return sum(o * torch.exp(lse_i - lse)[..., None].to(o.dtype) for o, lse_i in parts)
+def merge_into(acc, part):
+    """Attention over two disjoint key ranges combined: acc and part are (o [Q, H, V], lse [Q, H]), each o
+    normalised over its own range and lse the natural log of that range's softmax denominator; acc None is an
+    empty range. Folding the pieces in one at a time keeps one partial alive, whatever the context length."""
+    if acc is None:
+        return part
+    (o_a, lse_a), (o_b, lse_b) = acc, part
+    lse = torch.logaddexp(lse_a, lse_b)
+    return (o_a * torch.exp(lse_a - lse)[..., None].to(o_a.dtype)
+            + o_b * torch.exp(lse_b - lse)[..., None].to(o_b.dtype)), lse
 
 
 def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scale: float, k_scale=None,
@@ -125,7 +128,7 @@ def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scal
     for i, qlen in enumerate(query_lens):
         total = int(seq_lens[i])
         qi = q[start:start + qlen].to(dtype)
-        parts = []
+        acc = None
         for lo, hi, causal in context_pieces(total, qlen, chunk):
             k, v = expand_latents(rows_as_float(row_range(kv_cache, block_table[i], lo, hi), dtype, k_scale), W, P)
             s = torch.einsum("qhd,khd->hqk", qi, k) * scale
@@ -133,7 +136,7 @@ def prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, scal
                 keep = torch.arange(hi - lo, device=q.device)[None, :] <= torch.arange(qlen, device=q.device)[:, None]
                 s = s.masked_fill(~keep[None], float("-inf"))
             lse = torch.logsumexp(s, dim=-1)                                              # [H, Q]
-            parts.append((torch.einsum("hqk,khv->qhv", torch.exp(s - lse[..., None]), v), lse.t()))
-        out[start:start + qlen] = merge_partials(parts)
+            acc = merge_into(acc, (torch.einsum("hqk,khv->qhv", torch.exp(s - lse[..., None]), v), lse.t()))
+        out[start:start + qlen] = acc[0]
         start += qlen
     return out

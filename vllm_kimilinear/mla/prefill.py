@@ -14,7 +14,7 @@ from itertools import accumulate
 
 import torch
 
-from kernels.mla.paged import CONTEXT_CHUNK, context_pieces, expand_latents, merge_partials, row_range, rows_as_float
+from kernels.mla.paged import CONTEXT_CHUNK, context_pieces, expand_latents, merge_into, row_range, rows_as_float
 
 
 @functools.cache
@@ -71,12 +71,13 @@ def prefill_flash(q, kv_cache, block_table, seq_lens: list[int], query_lens: lis
     for i, (n, ql) in enumerate(zip(seq_lens, query_lens)):
         if n > ql:
             qi = q[start:start + ql]
-            parts = [(out[start:start + ql].float(), lse[:, start:start + ql].t().float())]
+            acc = (out[start:start + ql].float(), lse[:, start:start + ql].t().float())
             for lo, hi, causal in context_pieces(n, ql, chunk)[:-1]:     # the cached prefix, piece by piece
                 kk, vv = expand(i, lo, hi)
                 o_p, lse_p = _flash(qi, kk.contiguous(), padded(vv, kk.shape[-1]), [ql], [hi - lo], scale,
                                     causal=False, with_lse=True)
-                parts.append((o_p[..., :V].float(), lse_p.t().float()))
-            out[start:start + ql] = merge_partials(parts).to(out.dtype)
+                acc = merge_into(acc, (o_p[..., :V].float(), lse_p.t().float()))     # one partial alive at a time
+                del kk, vv, o_p, lse_p
+            out[start:start + ql] = acc[0].to(out.dtype)
         start += ql
     return out
