@@ -23,7 +23,7 @@ from vllm.utils.torch_utils import (LayerNameType, _encode_layer_name, _resolve_
 from vllm.v1.kv_cache_interface import MLAAttentionSpec
 
 from kernels.mla.paged import CONTEXT_CHUNK
-from vllm_kimilinear.mla.backend import KimiMLABackend
+from vllm_kimilinear.mla.backend import KimiMLABackend, check_fp8_cache_support
 
 HF_LATENT_NORM_EPS = 1e-6   # the released remote code's kv_a_layernorm eps ("hf" semantics)
 
@@ -45,6 +45,8 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         if self.cache_dtype_str not in KimiMLABackend.supported_kv_cache_dtypes:
             raise ValueError(f"--kv-cache-dtype {self.cache_dtype_str!r} is not supported by vllm-kimilinear's "
                              f"MLA cache yet; supported: {KimiMLABackend.supported_kv_cache_dtypes}.")
+        check_fp8_cache_support(self.cache_dtype_str,
+                                torch.cuda.get_device_capability() if torch.cuda.is_available() else None)
         # a prefill expands at most this many cached rows at a time: never more than one step's tokens, the
         # most the profile run measures
         self.impl = KimiMLABackend.get_impl_cls()(
@@ -93,15 +95,20 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         prefix expands it at most ``context_chunk`` rows at a time, after freeing the new rows' expansion, so
         it stays within this peak. Later forwards without metadata skip it."""
         T = q.shape[0]
-        if (self._profiled or not q.is_cuda or T == 0 or q.dtype not in (torch.float16, torch.bfloat16)
-                or torch.cuda.is_current_stream_capturing()):
+        if self._profiled or not q.is_cuda or T == 0 or torch.cuda.is_current_stream_capturing():
             return
         self._profiled = True
-        from vllm_kimilinear.mla.prefill import prefill_flash
-
         cache = torch.cat([kv_c, k_pe], dim=-1).unsqueeze(0)              # one page of T rows, in q's dtype
         table = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
-        o = prefill_flash(q, cache, table, [T], [T], self.kv_b_weight(), self.scale)
+        if q.dtype in (torch.float16, torch.bfloat16):
+            from vllm_kimilinear.mla.prefill import prefill_flash
+
+            o = prefill_flash(q, cache, table, [T], [T], self.kv_b_weight(), self.scale)
+        else:       # what forward runs for an fp32 model: score matrices [heads, T, T] in fp32
+            from kernels.mla.paged import prefill_expanded
+
+            o = prefill_expanded(q, cache, table, [T], [T], self.kv_b_weight(), self.scale,
+                                 chunk=self.impl.context_chunk)
         out.copy_(o.reshape(T, -1))
 
 
