@@ -38,7 +38,6 @@ by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a pr
 kernels where ``supported`` holds.
 """
 
-import collections
 import functools
 
 import torch
@@ -835,32 +834,23 @@ def _mla_decode_wgmma_fp8_regs(
     mbarrier.invalidate(done)
 
 
-_DESCRIPTORS: "collections.OrderedDict" = collections.OrderedDict()
-DESCRIPTOR_CACHE = 16   # cache views whose descriptors are kept (each keeps its tensor alive); the 48B model has 7
+@functools.lru_cache(maxsize=None)
+def _tile_layout(width: int, esize: int):
+    """The widest swizzle a tile's row of ``width`` elements holds, as the kernel's shared buffers have."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=min(128, width * esize), element_bitwidth=8 * esize, rank=3)
 
 
 def cache_descriptors(kv_cache: torch.Tensor, L: int, block_n: int = BLOCK_N):
     """Gluon TMA descriptors of the cache [blocks, rows, L + R] for tiles of ``block_n`` rows: the latent part
     (columns [0, L)) and the position part (columns [L, L + R)), each as [blocks, rows, width] so that rows past
-    a page's end read as zeros. Kept for the DESCRIPTOR_CACHE most recent cache views (a serving engine passes
-    the same caches every step)."""
-    key = (kv_cache.data_ptr(), tuple(kv_cache.shape), tuple(kv_cache.stride()), kv_cache.dtype, L, block_n)
-    hit = _DESCRIPTORS.get(key)
-    if hit is not None:
-        _DESCRIPTORS.move_to_end(key)
-        return hit
+    a page's end read as zeros. Built at every call (a few microseconds; CUDA graphs capture them): a descriptor
+    holds its tensor, so a cache of them would keep caches vLLM has freed (its profiling runs') alive."""
     nb, bs, D = kv_cache.shape
     strides = [kv_cache.stride(0), kv_cache.stride(1), 1]
     esize = kv_cache.element_size()
-
-    def layout(width):          # the widest swizzle the tile's row holds, as the kernel's shared buffers have
-        return gl.NVMMASharedLayout(swizzle_byte_width=min(128, width * esize), element_bitwidth=8 * esize, rank=3)
-    descs = (TensorDescriptor(kv_cache, [nb, bs, L], strides, [1, block_n, L], layout(L)),
-             TensorDescriptor(kv_cache[:, :, L:], [nb, bs, D - L], strides, [1, block_n, D - L], layout(D - L)))
-    _DESCRIPTORS[key] = descs
-    while len(_DESCRIPTORS) > DESCRIPTOR_CACHE:
-        _DESCRIPTORS.popitem(last=False)
-    return descs
+    return (TensorDescriptor(kv_cache, [nb, bs, L], strides, [1, block_n, L], _tile_layout(L, esize)),
+            TensorDescriptor(kv_cache[:, :, L:], [nb, bs, D - L], strides, [1, block_n, D - L],
+                             _tile_layout(D - L, esize)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -190,6 +190,22 @@ def test_refused_where_it_cannot_run():
     check(o, _, *reference(q_lat, q_pe, kv, bt, sl, 0.1), tol=2e-5)
 
 
+def test_descriptors_do_not_keep_a_freed_cache_alive():
+    """vLLM profiles with caches it then frees; a descriptor holds its tensor, so none may outlive the caller's."""
+    import gc
+    import weakref
+
+    from kernels.mla import wgmma_decode as W
+
+    kv = torch.zeros(2, 64, 576, dtype=torch.bfloat16)
+    alive = weakref.ref(kv)
+    dc, dr = W.cache_descriptors(kv, 512)
+    assert dc.base is kv and dc.block_shape == [1, W.BLOCK_N, 512] and dr.block_shape == [1, W.BLOCK_N, 64]
+    del kv, dc, dr
+    gc.collect()
+    assert alive() is None
+
+
 def test_split_rule_for_the_wgmma_kernel():
     """One program an SM, splits as short as one tile, the merge charged one position a split: more splits than the
     Triton kernel's rule for short single sequences, one full wave from 32K, the same from batch 32 on."""
