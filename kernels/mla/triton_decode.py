@@ -359,11 +359,15 @@ def default_config(num_heads: int, L: int, cache_bytes: int = 2) -> dict:
     page-by-page loop two tile buffers (Triton 3.6, sm_90: `scripts/inspect_sm90.py mla`). 16-bit caches with up
     to 32 heads a program: 32-token tiles on 4 warps, two programs an SM (one program of 8 warps stalls on its
     shared-memory operand loads; H200, 2026-12-01, batch 32 x 128K 1832 -> 1623 us with twice the splits, 128 x
-    128K 6976 -> 6556). fp8 (and fp32) caches keep 64-token tiles on 8 warps, one program an SM (the fastest of an
-    18-setting sweep on the H100 at batch >= 32; fp8 with 32-token tiles 1.7x slower on the H200)."""
+    128K 6976 -> 6556). fp8 caches keep 64-token tiles on 8 warps, one program an SM (the fastest of an 18-setting
+    sweep on the H100 at batch >= 32; fp8 with 32-token tiles 1.7x slower on the H200); fp32 caches take tiles that
+    fit in shared memory."""
     bh = default_block_h(num_heads)
     if L < 256:
         return dict(block_h=bh, block_n=16, num_warps=4, num_stages=3, programs_per_sm=1, flat_prefetch=True)
+    if cache_bytes == 4:        # fp32 (checks, not speed): one 32-token tile buffer, 148 KiB at L = 512, which fits
+        # sm_80's 163 KiB a block (64-token tiles with two buffers need 368 KiB, over any GPU's limit)
+        return dict(block_h=bh, block_n=32, num_warps=8, num_stages=2, programs_per_sm=1, flat_prefetch=True)
     if cache_bytes != 2 or bh > 32:
         return dict(block_h=bh, block_n=64, num_warps=8, num_stages=3, programs_per_sm=1, flat_prefetch=True)
     # pages under 4 tiles (128 tokens) take the flat loop: no register prefetch there on 4 warps (64-token pages,

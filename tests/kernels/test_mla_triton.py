@@ -380,7 +380,7 @@ _LOWER_SM90 = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split
+from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split, default_config
 
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
@@ -409,6 +409,21 @@ for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
     assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
     if (kv, bn, nw) == ("bf16", 32, 4):       # the 16-bit default: two programs an SM by shared memory
         assert k.metadata.shared <= 113 * 1024, (direct, page_loop, k.metadata.shared)
+cfg = default_config(32, 512, cache_bytes=4)      # fp32 caches (an fp32 model): every loop of the default launch
+for direct, page_loop in ((False, True), (True, True), (False, False)):
+    fn = _mla_decode_split
+    ptrs = dict(q_lat_ptr="*fp32", q_pe_ptr="*fp32", kv_ptr="*fp32", bt_ptr="*i32", seq_lens_ptr="*i32",
+                k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*fp32", lse_ptr="*fp32")
+    const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=976, BLOCK_H=cfg["block_h"],
+                 BLOCK_N=cfg["block_n"], IS_FP8=False, DIRECT=direct, DOT_PRECISION="ieee", PAGE_LOOP=page_loop,
+                 PREFETCH=not page_loop and cfg["flat_prefetch"], TOKENS_AS_ROWS=False, F16_MATH=False, TMA=False,
+                 desc_c=None, desc_r=None)
+    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
+           for a in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
+    k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
+                       options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    assert k.metadata.shared <= 163 * 1024, (direct, page_loop, k.metadata.shared)   # an A100 block's, too
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
        "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S") else "i32" for a in _mla_decode_combine.arg_names}
 for bl, bs in ((512, 16), (32, 256)):       # the merge's widest rows and its most splits
@@ -427,13 +442,15 @@ def test_lowers_for_sm90(tmp_path):
 
 def test_default_launch_by_cache_dtype():
     """16-bit caches: 32-token tiles on 4 warps, two programs an SM, so twice the splits fill the waves; fp8 caches:
-    64-token tiles on 8 warps, one program an SM (H200, 2026-12-01: benchmarks/RESULTS.md)."""
+    64-token tiles on 8 warps, one program an SM (H200, 2026-12-01: benchmarks/RESULTS.md); fp32 caches: one
+    32-token tile buffer (``test_lowers_for_sm90`` checks its shared memory)."""
     from kernels.mla.triton_decode import default_config
 
     bf, f8, f32 = default_config(32, 512), default_config(32, 512, 1), default_config(32, 512, 4)
     assert (bf["block_h"], bf["block_n"], bf["num_warps"], bf["programs_per_sm"]) == (32, 32, 4, 2)
     assert (f8["block_h"], f8["block_n"], f8["num_warps"], f8["programs_per_sm"]) == (32, 64, 8, 1)
-    assert f32 == f8 and default_config(64, 512)["programs_per_sm"] == 1     # 64 heads a program: one an SM
+    assert (f32["block_n"], f32["num_stages"], f32["programs_per_sm"]) == (32, 2, 1)    # fits in shared memory
+    assert default_config(64, 512)["programs_per_sm"] == 1     # 64 heads a program: one an SM
     assert choose_num_splits(32, 1, 131072, 2 * 132) == 8          # 256 programs: one wave of two an SM
     assert choose_num_splits(128, 1, 131072, 2 * 132) == 2
 
