@@ -98,6 +98,18 @@ def test_activation_and_hf_router_scoring_unit():
     read_layout(Cfg(cfg))
 
 
+def test_fp8_cache_needs_sm89_unit():
+    from vllm_kimilinear.mla.backend import check_fp8_cache_support
+
+    for dtype in ("fp8", "fp8_e4m3"):
+        with pytest.raises(ValueError, match=rf"'{dtype}' needs a GPU of compute capability 8.9 .* is 8\.0"):
+            check_fp8_cache_support(dtype, (8, 0))
+        for cap in ((8, 9), (9, 0), (10, 0), None):
+            check_fp8_cache_support(dtype, cap)
+    check_fp8_cache_support("auto", (8, 0))
+    check_fp8_cache_support("bfloat16", (7, 5))
+
+
 def test_kda_chunk_setting_unit(monkeypatch):
     from vllm_kimilinear.kda.dispatch import CHUNK_ENV, prefill_chunk
     monkeypatch.delenv(CHUNK_ENV, raising=False)

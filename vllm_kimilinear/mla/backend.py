@@ -172,6 +172,15 @@ class KimiMLAImpl:
             out[nd_tok:n] = o.reshape(n - nd_tok, -1).to(out.dtype)
 
 
+def check_fp8_cache_support(cache_dtype: str, capability: tuple[int, int] | None) -> None:
+    """An fp8 latent cache needs e4m3 conversions in the CUDA decode kernels: compute capability 8.9 or newer
+    (capability None: no GPU, where the torch path dequantises). Refused at load time, not at the first decode."""
+    if cache_dtype.startswith("fp8") and capability is not None and tuple(capability) < (8, 9):
+        raise ValueError(f"--kv-cache-dtype {cache_dtype!r} needs a GPU of compute capability 8.9 or newer (the MLA "
+                         f"decode kernels convert fp8 e4m3 in hardware); this GPU's is {capability[0]}."
+                         f"{capability[1]}. Use --kv-cache-dtype auto (the model dtype) on it.")
+
+
 class KimiMLABackend(MLACommonBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
     # fp8 / fp8_e4m3: an e4m3 latent cache (vLLM allocates it as uint8) with one scale per layer.
