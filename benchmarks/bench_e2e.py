@@ -147,7 +147,7 @@ def profile_generate(llm, ps, sp, top=20) -> dict:
             "top": [[name, round(ms, 2), cnt] for name, (ms, cnt) in rows]}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--sides", default="plugin,intree")
@@ -170,8 +170,10 @@ def main() -> None:
     if args.worker:
         return worker(args)
     import torch
+    if not torch.cuda.is_available():
+        sys.exit("bench_e2e.py needs a CUDA GPU (none is visible here)")
 
-    results = {}
+    results, failed = {}, []
     for side in args.sides.split(","):
         # every workload decodes greedily, which uses no sampler kernel; with FlashInfer's sampler on, vLLM's
         # warm-up builds its JIT module once per machine (over 4 minutes on a fresh H200, 2026-11-30), which
@@ -205,6 +207,7 @@ def main() -> None:
             p.wait()
             drain.join()
         if p.returncode != 0:
+            failed.append(side)
             print(f"[{side}] failed (rc={p.returncode}) after {time.time() - t:.0f} s:\n{''.join(err)[-3000:]}",
                   flush=True)
         results[side] = rows
@@ -242,7 +245,10 @@ def main() -> None:
             print(f"{side}, {r['cprofile']}: most self time (host s, calls):")
             for fn, own, calls in r["top_self_s"]:
                 print(f"  {own:9.3f} {calls:8d}  {fn}")
+    if failed:
+        print(f"\nfailed: {failed}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -402,6 +402,8 @@ def main():
     ap.add_argument("--splits", default="", help="comma list of prefill batches (sequences x tokens) to time, e.g. "
                     "1x32768,1x8192 (default: " + ",".join(f"{n}x{L}" for n, L in SPLITS) + ", each 32768 tokens)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_kda_kernels.py needs a CUDA GPU (none is visible here)")
     if args.splits:
         asked = [x.split("x") for x in args.splits.split(",") if x]
         if not asked or any(len(x) != 2 or not all(p.isdigit() and int(p) > 0 for p in x) for x in asked):

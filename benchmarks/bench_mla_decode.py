@@ -379,8 +379,8 @@ def main():
         return cpu_selftest()
 
     if not torch.cuda.is_available():
-        log("no CUDA device: nothing to benchmark")
-        return 0
+        log("no CUDA device: nothing to benchmark (--cpu-selftest checks the plumbing on a CPU)")
+        return 1
     dev = torch.device(DEVICE)
     torch.manual_seed(0)
     import triton

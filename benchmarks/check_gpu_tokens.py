@@ -2,7 +2,7 @@
 which the CPU path reproduces exactly in CI, with whole prefills and with prefills split over many steps
 (max_num_batched_tokens=64), and with the fp8 latent cache against the fp8-storage reference.
 
-    python benchmarks/check_gpu_tokens.py
+    python benchmarks/check_gpu_tokens.py [--cases 0,1]      (or CASES=0,1 in the environment)
 """
 
 import os
@@ -19,7 +19,15 @@ os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=os.environ.get("CASES"),
+                    help="comma-separated case numbers to run (default: all; the CASES variable also sets it)")
+    args = ap.parse_args()
     import torch
+    if not torch.cuda.is_available():
+        sys.exit("check_gpu_tokens.py needs a CUDA GPU (none is visible here)")
     from vllm import LLM
 
     from tests.reference_model import ReferenceKimiLinear
@@ -40,7 +48,7 @@ def main() -> int:
              ("torch.compile + CUDA graphs (full for decodes), whole prefills", {}),
              ("torch.compile + CUDA graphs (full for decodes), chunked prefill 64 tokens/step", chunked),
              ("piecewise CUDA graphs only (VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH=0)", dict(piecewise_only=True))]
-    only = os.environ.get("CASES")          # e.g. CASES=0,1 to run the eager cases only
+    only = args.cases          # e.g. CASES=0,1 to run the eager cases only
     for i, (label, kw) in enumerate(cases):
         if only and str(i) not in only.split(","):
             continue

@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--only", default="", help="with --configs: comma list; keep the settings whose label "
                     "contains one of these (\"default\" always runs)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_kda_prefill.py needs a CUDA GPU (none is visible here)")
     if args.only:
         keep = args.only.split(",")
         for label in [lb for lb in CONFIGS if lb != "default" and not any(w in lb for w in keep)]:

@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=131072)
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_mla_decode.py needs a CUDA GPU (none is visible here)")
     gen = torch.Generator().manual_seed(0)
     blocks = args.batch * -(-args.context // BS_REAL) + 1
     cache = torch.empty(blocks, BS_REAL, L + R, dtype=FP8 if args.cache == "fp8" else torch.bfloat16, device="cuda")

@@ -28,6 +28,8 @@ def main():
     ap.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16", help="the latent cache's type")
     ap.add_argument("--shapes", default="1x32768,1x131072,1x4096", help="batch x context, comma-separated")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("sweep_mla_splits.py needs a CUDA GPU (none is visible here)")
     try:
         shapes = [tuple(int(v) for v in x.split("x")) for x in args.shapes.split(",")]
     except ValueError:

@@ -203,6 +203,13 @@ def kda_decode():
 
 
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["mla", "mla-gluon", "kda-prefill", "kda-decode"]
+    import argparse
+    parts = {"mla": mla, "mla-gluon": mla_gluon, "kda-prefill": kda_prefill, "kda-decode": kda_decode}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("which", nargs="*", help=f"kernels to compile, of {list(parts)} (default: all)")
+    which = ap.parse_args().which or list(parts)
     for w in which:
-        {"mla": mla, "mla-gluon": mla_gluon, "kda-prefill": kda_prefill, "kda-decode": kda_decode}[w]()
+        if w not in parts:
+            ap.error(f"unknown kernel {w!r}; choose from {list(parts)}")
+    for w in which:
+        parts[w]()
