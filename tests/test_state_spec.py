@@ -33,12 +33,12 @@ def test_classmethods_match_allocated_states(tiny_dir, in_process, ssm_dtype):
 
 
 class _Cfg:
-    def __init__(self, ssm):
+    def __init__(self, ssm, conv="auto"):
         from types import SimpleNamespace
 
         import torch
 
-        self.cache_config = SimpleNamespace(mamba_cache_dtype="auto", mamba_ssm_cache_dtype=ssm)
+        self.cache_config = SimpleNamespace(mamba_cache_dtype=conv, mamba_ssm_cache_dtype=ssm)
         self.model_config = SimpleNamespace(dtype=torch.bfloat16)
 
 
@@ -51,8 +51,23 @@ def test_recurrent_state_dtype_choice(ssm, expect):
     assert kda_state_dtypes(_Cfg(ssm)) == (torch.bfloat16, getattr(torch, expect))
 
 
+@pytest.mark.parametrize("conv,ssm,expect", [("bfloat16", "auto", ("bfloat16", "bfloat16")),
+                                             ("float32", "auto", ("float32", "float32")),
+                                             ("bfloat16", "float32", ("bfloat16", "float32"))])
+def test_mamba_cache_dtype_sets_both_states_when_ssm_is_auto(conv, ssm, expect):
+    """vLLM's rule: --mamba-cache-dtype applies to the recurrent state too unless --mamba-ssm-cache-dtype says
+    otherwise."""
+    import torch
+
+    from vllm_kimilinear.kda.state import kda_state_dtypes
+
+    assert kda_state_dtypes(_Cfg(ssm, conv)) == tuple(getattr(torch, e) for e in expect)
+
+
 def test_unsupported_recurrent_state_dtype_is_refused():
     from vllm_kimilinear.kda.state import kda_state_dtypes
 
     with pytest.raises(ValueError, match=r"--mamba-ssm-cache-dtype 'float16' is not supported .* allowed"):
         kda_state_dtypes(_Cfg("float16"))
+    with pytest.raises(ValueError, match=r"--mamba-cache-dtype \(with --mamba-ssm-cache-dtype auto\) 'float16'"):
+        kda_state_dtypes(_Cfg("auto", "float16"))

@@ -3,7 +3,9 @@
 One function for both the layers and the model's ``get_mamba_state_*_from_config`` class methods, so the
 cache spec vLLM sizes pages with is exactly what the layers allocate.
     conv state:      vLLM's layout of (W-1) x 3*H*D/tp values (q|k|v channels), the model dtype
-    recurrent state: (H/tp, V, K), float32, or bfloat16 with --mamba-ssm-cache-dtype bfloat16
+    recurrent state: (H/tp, V, K), float32, or bfloat16 with --mamba-ssm-cache-dtype bfloat16 (or with
+                     --mamba-cache-dtype bfloat16 and the ssm dtype left at auto: vLLM's rule, one flag for both)
+Unlike vLLM's in-tree model, "auto" with "auto" keeps the recurrent state in float32, not the model dtype.
 """
 
 import torch
@@ -29,8 +31,10 @@ def kda_state_dtypes(vllm_config) -> tuple[torch.dtype, torch.dtype]:
 
     cache = vllm_config.cache_config
     conv = get_kv_cache_torch_dtype(cache.mamba_cache_dtype, vllm_config.model_config.dtype)
-    ssm = cache.mamba_ssm_cache_dtype or "auto"
+    ssm, flag = cache.mamba_ssm_cache_dtype or "auto", "--mamba-ssm-cache-dtype"
+    if ssm == "auto" and (cache.mamba_cache_dtype or "auto") != "auto":     # vLLM: one flag sets both states
+        ssm, flag = cache.mamba_cache_dtype, "--mamba-cache-dtype (with --mamba-ssm-cache-dtype auto)"
     if ssm not in RECURRENT_DTYPES:
-        raise ValueError(f"--mamba-ssm-cache-dtype {ssm!r} is not supported for the KDA recurrent state; "
+        raise ValueError(f"{flag} {ssm!r} is not supported for the KDA recurrent state; "
                          f"allowed: {list(RECURRENT_DTYPES)} (auto = float32).")
     return conv, RECURRENT_DTYPES[ssm]
