@@ -79,7 +79,7 @@ class KimiMoE(nn.Module):
         self.experts = FusedMoE(shared_experts=shared, num_experts=E, top_k=config.num_experts_per_token,
                                 hidden_size=config.hidden_size, intermediate_size=config.moe_intermediate_size,
                                 renormalize=config.moe_renormalize, quant_config=quant_config,
-                                prefix=f"{prefix}.experts", **routing)
+                                router_logits_dtype=self.logits_dtype, prefix=f"{prefix}.experts", **routing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         router_logits, _ = self.gate(x if self.logits_dtype is None else x.to(self.logits_dtype))

@@ -12,7 +12,7 @@ ARCHITECTURE = "KimiLinearForCausalLM"
 MODEL_CLASS = "vllm_kimilinear.model:KimiLinearForCausalLM"
 # Custom ops that hold each layer's attention core; CUDA graphs are split around them.
 SPLITTING_OPS = ("vllm::kimilinear_kda_core", "vllm::kimilinear_mla_attention")
-# The plugin's environment variables (README, "Settings"), declared to vLLM so that its check of VLLM_* variables
+# The plugin's environment variables (README), declared to vLLM so that its check of VLLM_* variables
 # knows them (it warns about, or with --fail-on-environ-validation refuses, any it does not know).
 ENV_VARS = ("VLLM_KIMILINEAR_KDA", "VLLM_KIMILINEAR_KDA_CHUNK", "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH",
             "VLLM_KIMILINEAR_MLA_WGMMA")
