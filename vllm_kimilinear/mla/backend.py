@@ -161,15 +161,20 @@ class KimiMLAImpl:
             out[:nd_tok] = o.reshape(nd_tok, -1).to(out.dtype)
         if md.num_prefills > 0:
             sl = slice(nd, nd + md.num_prefills)
-            if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):      # FlashAttention has no fp32
-                from vllm_kimilinear.mla.prefill import prefill_flash
-
-                o = prefill_flash(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
-                                  md.query_lens[sl], W_kvb, self.scale, k_scale, chunk=self.context_chunk)
-            else:
-                o = paged.prefill_expanded(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl],
-                                           md.query_lens[sl], W_kvb, self.scale, k_scale, chunk=self.context_chunk)
+            o = self.prefill(q[nd_tok:n], kv_cache, md.block_table[sl], md.seq_lens_host[sl], md.query_lens[sl],
+                             W_kvb, k_scale)
             out[nd_tok:n] = o.reshape(n - nd_tok, -1).to(out.dtype)
+
+    def prefill(self, q, kv_cache, block_table, seq_lens: list[int], query_lens: list[int], W_kvb,
+                k_scale=None) -> torch.Tensor:
+        """The expanded-form prefill of the sequences in ``block_table`` (forward, and the layer's profile run)."""
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):      # FlashAttention has no fp32
+            from vllm_kimilinear.mla.prefill import prefill_flash
+
+            return prefill_flash(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, self.scale, k_scale,
+                                 chunk=self.context_chunk)
+        return paged.prefill_expanded(q, kv_cache, block_table, seq_lens, query_lens, W_kvb, self.scale, k_scale,
+                                      chunk=self.context_chunk)
 
 
 def check_fp8_cache_support(cache_dtype: str, capability: tuple[int, int] | None) -> None:

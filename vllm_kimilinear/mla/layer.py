@@ -100,15 +100,7 @@ class LatentAttention(nn.Module, AttentionLayerBase):
         self._profiled = True
         cache = torch.cat([kv_c, k_pe], dim=-1).unsqueeze(0)              # one page of T rows, in q's dtype
         table = torch.zeros(1, 1, dtype=torch.int32, device=q.device)
-        if q.dtype in (torch.float16, torch.bfloat16):
-            from vllm_kimilinear.mla.prefill import prefill_flash
-
-            o = prefill_flash(q, cache, table, [T], [T], self.kv_b_weight(), self.scale)
-        else:       # what forward runs for an fp32 model: score matrices [heads, T, T] in fp32
-            from kernels.mla.paged import prefill_expanded
-
-            o = prefill_expanded(q, cache, table, [T], [T], self.kv_b_weight(), self.scale,
-                                 chunk=self.impl.context_chunk)
+        o = self.impl.prefill(q, cache, table, [T], [T], self.kv_b_weight())   # as forward would (fp32: torch)
         out.copy_(o.reshape(T, -1))
 
 
