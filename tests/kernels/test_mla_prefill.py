@@ -14,7 +14,7 @@ SMALL = (3, 16, 8, 12, 32)          # H, P (nope), R (pe), V, L (latent)
 KIMI = (4, 128, 64, 128, 512)       # Kimi's widths (4 of its heads): FlashAttention's head sizes
 
 
-def make_case(totals, qlens, bs, seed, dims=SMALL, dtype=torch.float32, fp8=False, device="cpu"):
+def make_case(totals, qlens, bs, seed, dims=SMALL, dtype=torch.float32, fp8=False, device="cpu", k_scale=1.0):
     H, P, R, V, L = dims
     gen = torch.Generator().manual_seed(seed)
     rows = [torch.randn(n, L + R, generator=gen) for n in totals]
@@ -29,8 +29,8 @@ def make_case(totals, qlens, bs, seed, dims=SMALL, dtype=torch.float32, fp8=Fals
         for t in range(n):
             cache[table[i, t // bs], t % bs] = rows[i][t]
     if fp8:
-        cache = quantize_latent(cache, 1.0).view(torch.uint8)
-        rows = [quantize_latent(r, 1.0).float() for r in rows]          # what the cache holds, as numbers
+        cache = quantize_latent(cache, k_scale).view(torch.uint8)
+        rows = [quantize_latent(r, k_scale).double() * k_scale for r in rows]   # what the cache holds, as numbers
     else:
         cache = cache.to(dtype)
         rows = [r.to(dtype).double() for r in rows]
