@@ -385,13 +385,23 @@ from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split, de
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
          "s_o_n", "s_o_h", "s_lse_n", "num_heads")   # what the JIT sees for Kimi's shapes
+
+
+def compile_split(ptrs, const, nw, ns):
+    fn = _mla_decode_split
+    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
+           for a in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
+    return triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
+                          options=dict(num_warps=nw, num_stages=ns))
+
+
 for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
         ("bf16", False, True, False, False, 32, 4, False, 3), ("bf16", True, False, False, False, 32, 4, False, 3),
         ("bf16", False, True, False, False, 64, 8, False, 2), ("bf16", True, False, True, False, 32, 8, False, 2),
         ("fp8e4nv", False, True, True, False, 64, 8, False, 3), ("fp8e4nv", True, False, True, False, 32, 8, False, 2),
         ("bf16", False, True, False, True, 64, 8, False, 2), ("fp8e4nv", False, True, False, False, 64, 8, True, 2)]:
     f16 = kv != "bf16"
-    fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", kv_ptr="*" + kv, bt_ptr="*i32", seq_lens_ptr="*i32",
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32")
     descs = dict(desc_c=f"tensordesc<{kv}[1, {bn}, 512]>", desc_r=f"tensordesc<{kv}[1, {bn}, 64]>") if tma else {}
@@ -400,29 +410,20 @@ for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
                  PREFETCH=prefetch, TOKENS_AS_ROWS=tar, F16_MATH=f16, TMA=tma,
                  **({} if tma else dict(desc_c=None, desc_r=None)))
     ptrs.update(descs)
-    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
-           for a in fn.arg_names}
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
-    k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
-                       options=dict(num_warps=nw, num_stages=ns))
+    k = compile_split(ptrs, const, nw, ns)
     assert k.asm["cubin"], kv
     assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
     if (kv, bn, nw) == ("bf16", 32, 4):       # the 16-bit default: two programs an SM by shared memory
         assert k.metadata.shared <= 113 * 1024, (direct, page_loop, k.metadata.shared)
 cfg = default_config(32, 512, cache_bytes=4)      # fp32 caches (an fp32 model): every loop of the default launch
 for direct, page_loop in ((False, True), (True, True), (False, False)):
-    fn = _mla_decode_split
     ptrs = dict(q_lat_ptr="*fp32", q_pe_ptr="*fp32", kv_ptr="*fp32", bt_ptr="*i32", seq_lens_ptr="*i32",
                 k_scale_ptr="*fp32", acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*fp32", lse_ptr="*fp32")
     const = dict(L=512, R=64, BLOCK_L=512, BLOCK_R=64, BLOCK_SIZE=976, BLOCK_H=cfg["block_h"],
                  BLOCK_N=cfg["block_n"], IS_FP8=False, DIRECT=direct, DOT_PRECISION="ieee", PAGE_LOOP=page_loop,
                  PREFETCH=not page_loop and cfg["flat_prefetch"], TOKENS_AS_ROWS=False, F16_MATH=False, TMA=False,
                  desc_c=None, desc_r=None)
-    sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
-           for a in fn.arg_names}
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in list(ptrs) + list(div16)}
-    k = triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=target,
-                       options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    k = compile_split(ptrs, const, cfg["num_warps"], cfg["num_stages"])
     assert k.metadata.shared <= 163 * 1024, (direct, page_loop, k.metadata.shared)   # an A100 block's, too
 sig = {a: "*fp32" if a in ("acc_ptr", "ml_ptr", "lse_ptr") else "*bf16" if a == "o_ptr" else
        "constexpr" if a in ("L", "BLOCK_L", "BLOCK_S") else "i32" for a in _mla_decode_combine.arg_names}
