@@ -1,6 +1,7 @@
 """On a GPU: the plugin's greedy tokens for the tiny checkpoint (float32) equal the fp64 reference's,
 which the CPU path reproduces exactly in CI, with whole prefills and with prefills split over many steps
-(max_num_batched_tokens=64), and with the fp8 latent cache against the fp8-storage reference.
+(max_num_batched_tokens=64), and with the fp8 latent cache against the fp8-storage reference; with prefix caching
+(vLLM's "align" mode) each prompt runs twice, the second time from its cached blocks, KDA states included.
 
     python benchmarks/check_gpu_tokens.py [--cases 0,1]      (or CASES=0,1 in the environment)
 """
@@ -47,7 +48,11 @@ def main() -> int:
              ("eager, chunked prefill 64 tokens/step", dict(enforce_eager=True, **chunked)),
              ("torch.compile + CUDA graphs (full for decodes), whole prefills", {}),
              ("torch.compile + CUDA graphs (full for decodes), chunked prefill 64 tokens/step", chunked),
-             ("piecewise CUDA graphs only (VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH=0)", dict(piecewise_only=True))]
+             ("piecewise CUDA graphs only (VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH=0)", dict(piecewise_only=True)),
+             ("eager, prefix caching, chunked prefill 64 tokens/step, each prompt twice",
+              dict(enforce_eager=True, enable_prefix_caching=True, twice=True, **chunked)),
+             ("torch.compile + CUDA graphs, prefix caching, chunked prefill 64 tokens/step, each prompt twice",
+              dict(enable_prefix_caching=True, twice=True, **chunked))]
     only = args.cases          # e.g. CASES=0,1 to run the eager cases only
     for i, (label, kw) in enumerate(cases):
         if only and str(i) not in only.split(","):
@@ -59,13 +64,22 @@ def main() -> int:
             os.environ["VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"] = "0"
         else:
             os.environ.pop("VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH", None)
+        twice = kw.pop("twice", False)
         llm = LLM(model=d, dtype="float32", max_model_len=512, max_num_seqs=8, seed=0, gpu_memory_utilization=0.3,
-                  **kw)
+                  disable_log_stats=not twice, **kw)
         t1 = time.time()
         got = greedy(llm, prompts, 32)
         ok = [g == w for g, w in zip(got, want)]
+        note = ""
+        if twice:
+            again = greedy(llm, prompts, 32)
+            ok += [g == w for g, w in zip(again, want)]
+            hits = sum(m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
+            cache = llm.llm_engine.vllm_config.cache_config
+            note = f", prefix-cache hits {hits:.0f} tokens, mamba cache mode {cache.mamba_cache_mode}"
+            failures += hits == 0                   # no hit: the case checked nothing
         print(f"RESULT tokens {label}: {sum(ok)}/{len(ok)} prompts equal the reference "
-              f"(engine start {t1 - t0:.0f} s, generate {time.time() - t1:.1f} s)", flush=True)
+              f"(engine start {t1 - t0:.0f} s, generate {time.time() - t1:.1f} s{note})", flush=True)
         failures += ok.count(False)
         del llm
         torch.cuda.empty_cache()
