@@ -19,6 +19,10 @@ os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
+def first_difference(a, b) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def main() -> int:
     import argparse
 
@@ -78,8 +82,12 @@ def main() -> int:
             cache = llm.llm_engine.vllm_config.cache_config
             note = f", prefix-cache hits {hits:.0f} tokens, mamba cache mode {cache.mamba_cache_mode}"
             failures += hits == 0                   # no hit: the case checked nothing
+        runs = [got, again] if twice else [got]
+        bad = [f"run {r} prompt {i} ({len(prompts[i])} tokens) from token {first_difference(g[i], want[i])}"
+               for r, g in enumerate(runs) for i in range(len(prompts)) if g[i] != want[i]]
         print(f"RESULT tokens {label}: {sum(ok)}/{len(ok)} prompts equal the reference "
-              f"(engine start {t1 - t0:.0f} s, generate {time.time() - t1:.1f} s{note})", flush=True)
+              f"(engine start {t1 - t0:.0f} s, generate {time.time() - t1:.1f} s{note})"
+              + (f"; differ: {', '.join(bad)}" if bad else ""), flush=True)
         failures += ok.count(False)
         del llm
         torch.cuda.empty_cache()
