@@ -49,3 +49,27 @@ def test_tp2_builds_plugin_model_with_sharded_weights(tiny_dir, monkeypatch):
     prompts = random_prompts()[:3]
     ref = ReferenceKimiLinear(tiny_dir)
     assert greedy(llm, prompts, 16) == [ref.greedy(p, 16)[0] for p in prompts]
+
+
+@pytest.mark.slow
+def test_tp2_prefix_cache_hits_match_the_reference(tiny_dir, monkeypatch):
+    """Prefix caching under TP=2: each rank keeps and restores its shard of the KDA states at block boundaries;
+    requests that hit a cached 300-token prefix give the reference's tokens and first-step logits (within test_parity's
+    1e-4 relative)."""
+    from tests.test_prefix_caching import shared_prefix_prompts
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    llm = make_llm(tiny_dir, tensor_parallel_size=2, distributed_executor_backend="mp", enable_prefix_caching=True,
+                   disable_log_stats=False)
+    prompts = shared_prefix_prompts()
+    got = [greedy(llm, [p], 12, logits=True) for p in prompts]    # the first fills the cache, the others hit it
+    hits = sum(m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
+    assert hits >= 256 * (len(prompts) - 1), hits     # two whole 128-token CPU blocks of the prefix a request
+    ref = ReferenceKimiLinear(tiny_dir)
+    for p, (ids, logits) in zip(prompts, got):
+        want, want_logits = ref.greedy(p, 12)
+        assert ids[0] == want
+        rel = (torch.tensor(logits[0], dtype=torch.float64) - want_logits).norm() / want_logits.norm()
+        assert rel < 1e-4, f"prompt of {len(p)} tokens: first-step logits differ by {rel:.2e} relative"
