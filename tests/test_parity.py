@@ -27,6 +27,27 @@ def test_greedy_tokens_and_first_logits_match_reference(semantics, tiny_dir, tin
         assert rel < 1e-4, f"prompt of {len(p)} tokens: first-step logits differ by {rel:.2e} relative"
 
 
+
+@pytest.mark.slow
+def test_prompt_logits_match_reference_at_every_position(tiny_dir, in_process):
+    """prompt_logprobs (raw logits here): every position of a prefill, not only its last, against the reference's
+    logits after that position's token (within 1e-4 of that position's largest; observed ~5e-6). Prompts of 65 and
+    200 tokens cross the 64-token chunks of the KDA prefill."""
+    from vllm import SamplingParams
+
+    prompts = random_prompts(lengths=(65, 200))
+    llm = make_llm(tiny_dir)
+    sp = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, prompt_logprobs=1)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    ref = ReferenceKimiLinear(tiny_dir)
+    for p, o in zip(prompts, outs):
+        state = ref.new_state()
+        for i, t in enumerate(p[:-1]):
+            want = ref.step(t, state)
+            got = o.prompt_logprobs[i + 1][p[i + 1]].logprob       # the logit of the prompt's next token
+            err = abs(got - float(want[p[i + 1]])) / float(want.abs().max())
+            assert err < 1e-4, f"prompt of {len(p)} tokens, position {i}: logit off by {err:.2e} of the largest"
+
 def test_semantics_really_differ(tiny_dir, tiny_hf_dir):
     """The two semantics are different functions on the same weights (so the test above means something)."""
     a = ReferenceKimiLinear(tiny_dir).greedy([20, 30, 40], 1)[1]
