@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.vllm_helpers import greedy, make_llm, random_prompts
+from tests.vllm_helpers import counter, greedy, make_llm, random_prompts
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_same_tokens_alone_batched_and_preempted(tiny_dir, in_process):
     # cache, so the scheduler preempts requests and recomputes them later.
     llm = make_llm(tiny_dir, num_gpu_blocks_override=20, disable_log_stats=False)
     assert greedy(llm, prompts) == alone
-    preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+    preemptions = counter(llm, "vllm:num_preemptions")
     assert preemptions > 0, "the small KV cache did not force any preemption"
 
 

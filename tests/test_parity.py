@@ -27,7 +27,6 @@ def test_greedy_tokens_and_first_logits_match_reference(semantics, tiny_dir, tin
         assert rel < 1e-4, f"prompt of {len(p)} tokens: first-step logits differ by {rel:.2e} relative"
 
 
-
 @pytest.mark.slow
 def test_prompt_logits_match_reference_at_every_position(tiny_dir, in_process):
     """prompt_logprobs (raw logits here): every position of a prefill, not only its last, against the reference's
@@ -47,6 +46,7 @@ def test_prompt_logits_match_reference_at_every_position(tiny_dir, in_process):
             got = o.prompt_logprobs[i + 1][p[i + 1]].logprob       # the logit of the prompt's next token
             err = abs(got - float(want[p[i + 1]])) / float(want.abs().max())
             assert err < 1e-4, f"prompt of {len(p)} tokens, position {i}: logit off by {err:.2e} of the largest"
+
 
 def test_semantics_really_differ(tiny_dir, tiny_hf_dir):
     """The two semantics are different functions on the same weights (so the test above means something)."""

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tests.vllm_helpers import greedy, make_llm
+from tests.vllm_helpers import counter, greedy, make_llm
 
 
 def shared_prefix_prompts(prefix_len=300, suffixes=(1, 5, 80), seed=3):
@@ -34,7 +34,7 @@ def test_prefix_cache_hits_decode_as_without_the_cache(tiny_dir, in_process, cac
     assert cache.mamba_cache_mode == "align", cache.mamba_cache_mode
     # the first prompt fills the cache with the shared prefix's blocks; the others start from them (states included)
     got = [greedy(llm, [p], max_tokens=12, logits=True) for p in prompts]
-    hits = sum(m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
+    hits = counter(llm, "vllm:prefix_cache_hits")
     whole_blocks = 300 // cache.block_size * cache.block_size
     assert hits >= whole_blocks * (len(prompts) - 1), (hits, cache.block_size)
     for (want_ids, want_logits), (ids, logits) in zip(want, got):

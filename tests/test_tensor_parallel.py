@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.reference_model import ReferenceKimiLinear
-from tests.vllm_helpers import greedy, make_llm, random_prompts
+from tests.vllm_helpers import counter, greedy, make_llm, random_prompts
 
 
 def _rank_view(model):
@@ -65,7 +65,7 @@ def test_tp2_prefix_cache_hits_match_the_reference(tiny_dir, monkeypatch):
                    disable_log_stats=False)
     prompts = shared_prefix_prompts()
     got = [greedy(llm, [p], 12, logits=True) for p in prompts]    # the first fills the cache, the others hit it
-    hits = sum(m.value for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
+    hits = counter(llm, "vllm:prefix_cache_hits")
     assert hits >= 256 * (len(prompts) - 1), hits     # two whole 128-token CPU blocks of the prefix a request
     ref = ReferenceKimiLinear(tiny_dir)
     for p, (ids, logits) in zip(prompts, got):

@@ -33,6 +33,11 @@ def greedy(llm, prompts, max_tokens=32, logits=False):
     return ids, firsts
 
 
+def counter(llm, name: str) -> float:
+    """A vLLM counter's total (the engine needs ``disable_log_stats=False``), e.g. "vllm:prefix_cache_hits"."""
+    return sum(m.value for m in llm.get_metrics() if m.name == name)
+
+
 def random_prompts(n=8, lengths=(1, 7, 33, 64, 65, 129, 200, 300), seed=1234):
     rng = random.Random(seed)
     return [[rng.randrange(16, VOCAB - 80) for _ in range(L)] for L in lengths[:n]]
