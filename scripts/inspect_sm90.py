@@ -31,15 +31,28 @@ def compile_kernel(fn, ptrs, const, floats=(), div16=(), **options):
     return triton.compile(ASTSource(fn, sig, constexprs=const, attrs=attrs), target=TARGET, options=options)
 
 
-def report(label, k):
-    ptx = k.asm["ptx"]
+def ptxas_info(ptx: str) -> str:
+    """What ``ptxas -v`` says of a kernel's PTX for sm_90a: registers, spills, and its performance warnings."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
         r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", path, "-o", os.path.join(d, "k.o")], capture_output=True,
                            text=True)
-    info = r.stderr
+    return r.stderr
+
+
+def wgmma_serialized(info: str) -> bool:
+    """Whether ptxas serialised a kernel's wgmma (warnings C7510-C7515, "wgmma.mma_async instructions are
+    serialized due to ..."): it then waits for each wgmma to finish before issuing the next one, in every warp
+    partition of the kernel, which can cost more than the change that caused it (a 2026-12-02 scratch variant of
+    the fp8 MLA decode that ran out of registers in one partition was 16-22% slower for it; benchmarks/RESULTS.md)."""
+    return "wgmma.mma_async instructions are serialized" in info
+
+
+def report(label, k):
+    ptx = k.asm["ptx"]
+    info = ptxas_info(ptx)
     regs = re.search(r"Used (\d+) registers", info)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
     counts = {name: len(re.findall(pat, ptx)) for name, pat in [
@@ -47,6 +60,7 @@ def report(label, k):
         ("tma", r"cp\.async\.bulk"), ("ld.local", r"ld\.local"), ("ld.global", r"ld\.global"),
         ("f64 ops", r"\.f64\b")]}
     counts["loop relayouts"] = loop_relayouts(k.asm["ttgir"])
+    counts["wgmma serialized"] = int(wgmma_serialized(info))
     smem = k.metadata.shared
     too_big = " (over the 227 KiB an H100 block can have: will not launch)" if smem > SMEM_LIMIT else ""
     print(f"{label:60s} regs {regs.group(1) if regs else '?':>4}  spill st/ld "

@@ -1,6 +1,7 @@
 """Every KDA Triton kernel, in the variants the plugin uses or the benchmarks time, compiles for an H100
 (sm_90a, Triton's bundled ptxas; no GPU needed) within the shared memory one block may have. Catches what the
-interpreter cannot: layouts Triton cannot lower (e.g. a gather of fp64), register allocation failures."""
+interpreter cannot: layouts Triton cannot lower (e.g. a gather of fp64), register allocation failures, wgmma that
+ptxas serialises for want of registers."""
 
 from tests.kernels.lowering import run_lowering_script
 
@@ -8,7 +9,7 @@ _LOWER = r"""
 import sys
 sys.path.insert(0, "scripts")
 import triton.language as tl
-from inspect_sm90 import SMEM_LIMIT, compile_kernel
+from inspect_sm90 import SMEM_LIMIT, compile_kernel, ptxas_info, wgmma_serialized
 from kernels.kda.triton_chunk import (BC, BT, _FAST, _chunk16_kernel, _chunk_diag_kernel, _chunk_inter_kernel,
                                       _chunk_intra_kernel, _per_chunk, _segment_start_kernel)
 from kernels.kda.triton_conv import (_short_conv_decode_kernel, _short_conv_prefill_kernel,
@@ -26,6 +27,7 @@ done = []
 def check(label, k):
     assert k.asm["cubin"], label
     assert k.metadata.shared <= SMEM_LIMIT, (label, k.metadata.shared)
+    assert not wgmma_serialized(ptxas_info(k.asm["ptx"])), label
     done.append(label)
 
 # the diagonal kernel: walk (as the reference form's last launch), product, reference row over the whole key

@@ -225,11 +225,13 @@ def test_split_rule_for_the_wgmma_kernel():
 
 
 _LOWER = r"""
-import re, torch, triton
+import re, sys, torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.runtime.jit import mangle_type
 from kernels.mla import wgmma_decode as W
+sys.path.insert(0, "scripts")
+from inspect_sm90 import ptxas_info, wgmma_serialized
 
 f8 = torch.float8_e4m3fn
 for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888, False),
@@ -259,6 +261,7 @@ for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888
     assert len(re.findall(r"wgmma\.mma_async", ptx)) == 68, kv_dt
     assert re.search(r"cp\.async\.bulk\.tensor", ptx), kv_dt
     assert not re.search(r"\bmma\.sync", ptx) and not re.search(r"ld\.local", ptx), kv_dt   # no spills
+    assert not wgmma_serialized(ptxas_info(ptx)), (kv_dt, bh, direct, regs)     # wgmma in flight, not one by one
     if fp8:     # worker warps handing registers to the product warps, fp8 -> fp16 two at a time
         assert re.search(r"setmaxnreg\.dec", ptx) and re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx), kv_dt
     if regs:    # every byte of a tile converted in registers once for each product: (576 + 512) x 64 / 2 / 128
@@ -275,6 +278,6 @@ print("LOWERED")
 
 def test_lowers_for_sm90(tmp_path):
     """The kernel compiles for sm_90 (bf16 / fp16 / fp8 caches, 16 and 32 heads, split and direct): every
-    product on wgmma, tiles by TMA, no spills, shared memory within an H100 block's."""
+    product on wgmma, tiles by TMA, no spills, no wgmma serialised by ptxas, shared memory within an H100 block's."""
     from tests.kernels.lowering import run_lowering_script
     assert "LOWERED" in run_lowering_script(_LOWER, tmp_path, timeout=600)

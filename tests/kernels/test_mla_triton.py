@@ -377,10 +377,13 @@ def test_fp8_kernel_real_dims():
 # ---------------------------------------------------------------- lowering for Hopper, without a GPU
 
 _LOWER_SM90 = r"""
+import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels.mla.triton_decode import _mla_decode_combine, _mla_decode_split, default_config
+sys.path.insert(0, "scripts")
+from inspect_sm90 import ptxas_info, wgmma_serialized
 
 target = GPUTarget("cuda", 90, 32)
 div16 = ("s_ql_n", "s_ql_h", "s_qp_n", "s_qp_h", "s_kv_blk", "s_kv_row", "s_acc_n", "s_acc_h", "s_acc_s",
@@ -412,6 +415,7 @@ for kv, direct, page_loop, prefetch, tar, bn, nw, tma, ns in [
     ptrs.update(descs)
     k = compile_split(ptrs, const, nw, ns)
     assert k.asm["cubin"], kv
+    assert not wgmma_serialized(ptxas_info(k.asm["ptx"])), (kv, direct, bn, nw, tma)
     assert k.metadata.shared <= 227 * 1024, (kv, tar, k.metadata.shared)     # an H100 block's shared memory
     if (kv, bn, nw) == ("bf16", 32, 4):       # the 16-bit default: two programs an SM by shared memory
         assert k.metadata.shared <= 113 * 1024, (direct, page_loop, k.metadata.shared)
@@ -436,7 +440,8 @@ print("LOWERED")
 
 
 def test_lowers_for_sm90(tmp_path):
-    """Both kernels compile to sm_90 cubins (Triton's bundled ptxas; no GPU needed), bf16 and fp8 caches."""
+    """Both kernels compile to sm_90 cubins (Triton's bundled ptxas; no GPU needed), bf16 and fp8 caches, the split
+    kernel's products without wgmma that ptxas serialises."""
     from tests.kernels.lowering import run_lowering_script
     assert "LOWERED" in run_lowering_script(_LOWER_SM90, tmp_path, timeout=600)
 
