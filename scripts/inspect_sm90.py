@@ -43,10 +43,11 @@ def ptxas_info(ptx: str) -> str:
 
 
 def wgmma_serialized(info: str) -> bool:
-    """Whether ptxas serialised a kernel's wgmma (warnings C7510-C7515, "wgmma.mma_async instructions are
-    serialized due to ..."): it then waits for each wgmma to finish before issuing the next one, in every warp
-    partition of the kernel, which can cost more than the change that caused it (a 2026-12-02 scratch variant of
-    the fp8 MLA decode that ran out of registers in one partition was 16-22% slower for it; benchmarks/RESULTS.md)."""
+    """Whether ptxas serialised a kernel's wgmma (its warnings "wgmma.mma_async instructions are serialized due to
+    ...", e.g. C7511 and C7512, both seen here): it then waits for each wgmma to finish before issuing the next one,
+    in every warp partition of the kernel, which can cost more than the change that caused it (a 2026-12-02 scratch
+    variant of the fp8 MLA decode that ran out of registers in one partition was 16-22% slower for it;
+    benchmarks/RESULTS.md)."""
     return "wgmma.mma_async instructions are serialized" in info
 
 
