@@ -26,14 +26,17 @@ Three kernels:
   filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
   to wgmma as its register operand (the queries' columns permuted alike, ``_k_latent_column_bits``: each thread
   reads 16 contiguous bytes, and a chunk is every other 16-byte piece of 128 columns, which keeps the reads free of
-  bank conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p in one of
-  two p slots, moving a head's running max only when it grows by more than ``FP8_LAZY_RESCALE``; four value warps,
-  a tile behind, read the tile 16 tokens x 256 columns at a time as the register operand of the value product
-  (o^T's rows permuted, ``_v_column_bits``, so each thread reads 8 contiguous bytes a token), which keeps the fp16
-  copy of the tile out of shared memory, and rescale o^T only on tiles where a max moved. It serves the model's
-  latent width (512), the converter kernel the others (``fp8_kernel``).
-Both fp8 kernels run fp16 products with the queries at 1/16 (a margin below fp16's largest value); the 16 and
-k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
+  bank conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p,
+  moving a head's running max only when it grows by more than ``FP8_LAZY_RESCALE``, and write p^T in e4m3 (times
+  ``FP8_P_SCALE``) into one of two p slots; four value warps, a tile behind, read the tile 128 columns at a time
+  and hand its bytes, transposed in registers but not converted (``_v8_operand``), to fp8 wgmma as the register
+  operand of the value product (half the tensor cores' time of the fp16 one; o^T's rows permuted,
+  ``_v8_column_bits``), and rescale o^T only on tiles where a max moved. p is thus rounded to e4m3 as the
+  cache's values are (by up to 2^-4 of itself), so o is normalised by the sum of the rounded p and the lse by
+  the exact sum (``_fp8_out_scale``); the tests bound o's error by what that rounding can do. It serves the
+  model's latent width (512) only, the converter kernel the others (``fp8_kernel``).
+Both fp8 kernels run the fp16 score product with the queries at 1/16 (a margin below fp16's largest value); the
+16 and k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
 by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
 kernels where ``supported`` holds.
 """
@@ -56,10 +59,14 @@ FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared me
 FP8_SCORE_REGS = 152  # registers a thread of its score warps (the score product only)
 FP8_SOFTMAX_REGS = 104  # registers a thread of its softmax warps; the value warps get 216 (setmaxnreg: 512 in all)
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
-# the register kernel moves a head's running max only when a tile's exceeds it by more than this (log2 units; p at
-# most 2^8 in fp16), so its value warps skip rescaling o^T on most tiles (H200, 2026-12-01: with the score reads free
-# of bank conflicts, 4-5% faster at 32-128 x 128K in the mean of three same-process runs; benchmarks/RESULTS.md)
-FP8_LAZY_RESCALE = gl.constexpr(8.0)
+# the register kernel moves a head's running max only when a tile's exceeds it by more than this (log2 units), so its
+# value warps skip rescaling o^T on most tiles (H200, 2026-12-01: 4-5% faster at 32-128 x 128K with 8; 2026-12-02:
+# 4 and 8 within the runs' spread, benchmarks/RESULTS.md); its value product takes p times FP8_P_SCALE in e4m3: at
+# most 2^(4 + 4) = 256 (e4m3's largest is 448), and e4m3's normal range (relative rounding <= 2^-4) reaches down to
+# p = 2^-10 of the running max (with 8 and 1 it reached 2^-6: rows below it were rounded coarsely or to zero, which
+# biased o; a head's error on spread attention over 20,000 positions was up to 9.1% against 3.3% with 4 and 16)
+FP8_LAZY_RESCALE = gl.constexpr(4.0)
+FP8_P_SCALE = gl.constexpr(16.0)
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge (all of a head's splits
 # loaded at once) costs about one position's worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs, bf16 /
@@ -139,11 +146,11 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
 
 
 @gluon.jit
-def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.constexpr, LAZY: gl.constexpr = 0.0):
-    """One tile's scores s^T [tokens, heads] (rows from ``valid`` on masked) into the running max and sums, and
-    p^T written to ``p_smem`` for the value product. Returns (m_i, l_acc, alpha: the factor o^T takes first).
-    LAZY > 0: a head's max (log2 units) moves only when the tile's exceeds it by more than LAZY, so most tiles
-    leave o^T as it is (alpha 1) and p stays at most 2^LAZY."""
+def _softmax_step(sc, valid, qk_scale_log2, m_i, mma: gl.constexpr, LAZY: gl.constexpr = 0.0):
+    """One tile's scores s^T [tokens, heads] (rows from ``valid`` on masked) against the running max. Returns
+    (m_new, alpha: the factor o^T and the sums take first, p^T). LAZY > 0: a head's max (log2 units) moves only
+    when the tile's exceeds it by more than LAZY, so most tiles leave o^T as it is (alpha 1) and p stays at most
+    2^LAZY."""
     rows = gl.arange(0, sc.shape[0], layout=gl.SliceLayout(1, mma))
     sc = gl.where((rows < valid)[:, None], sc * qk_scale_log2, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(sc, axis=0))
@@ -151,6 +158,14 @@ def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.conste
         m_new = gl.where(m_new > m_i + LAZY, m_new, m_i)
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(sc - m_new[None, :])
+    return m_new, alpha, p
+
+
+@gluon.jit
+def _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem, mma: gl.constexpr):
+    """``_softmax_step`` with the sums updated and p^T written to ``p_smem`` for the value product. Returns (m_i,
+    l_acc, alpha)."""
+    m_new, alpha, p = _softmax_step(sc, valid, qk_scale_log2, m_i, mma)
     l_acc = l_acc * alpha[None, :] + p
     p_smem.store(p.to(p_smem.dtype))
     fence_async_shared()
@@ -199,15 +214,16 @@ def _rows_first(layout):
 def _store_o(o, scale, ROW0: gl.constexpr, PERM_ROWS: gl.constexpr, n, hg, split, num_heads, acc_ptr, o_ptr,
              s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h, L: gl.constexpr, BLOCK_H: gl.constexpr, DIRECT: gl.constexpr,
              mma: gl.constexpr):
-    """A block of o^T's rows (latent columns from ROW0; in ``_v_operand``'s order, ``_v_column_bits``, with PERM_ROWS)
-    times ``scale`` a head: into the output (one split) or the split's partial. Stored from the accumulator's
-    registers, with no layout change that would need shared memory: in wgmma's order a warp writes 32-byte runs of
-    eight heads; permuted rows are first relabelled into column order (a thread's rows are contiguous columns, so
-    nothing moves) and a thread writes them as 16-byte vectors (one value at a time, the partials of a batch-1 call
-    took longer than 4 of its tiles: H200, 2026-12-01, benchmarks/RESULTS.md)."""
+    """A block of o^T's rows (latent columns from ROW0; with PERM_ROWS, 128 rows in ``_v8_operand``'s order,
+    ``_v8_column_bits``) times ``scale`` a head: into the output (one split) or the split's partial. Stored from the
+    accumulator's registers, with no layout change that would need shared memory: in wgmma's order a warp writes
+    32-byte runs of eight heads; permuted rows are first relabelled into column order (a thread's rows are
+    contiguous columns, so nothing moves) and a thread writes its four as one vector (one value at a time, the
+    partials of a batch-1 call took longer than 4 of its tiles: H200, 2026-12-01, benchmarks/RESULTS.md)."""
     out = o * scale[None, :]
     if PERM_ROWS:
-        out = _relabel_rows(out, _inverse_bits(_v_column_bits(o.shape[0])))
+        gl.static_assert(o.shape[0] == 128, "permuted rows come in blocks of 128")
+        out = _relabel_rows(out, _inverse_bits(_v8_column_bits()))
         out = gl.convert_layout(out, _rows_first(out.type.layout))
     lay: gl.constexpr = out.type.layout
     ol = gl.arange(0, o.shape[0], layout=gl.SliceLayout(1, lay)) + ROW0
@@ -445,12 +461,6 @@ def _mla_decode_wgmma_fp8(
 
 
 @gluon.constexpr_function
-def _v_chunk(L):
-    """Latent columns a register operand of the value product covers (o^T is kept in blocks of that many rows)."""
-    return min(256, L)
-
-
-@gluon.constexpr_function
 def _k_pair_layout():
     """[64 tokens, 128 latent columns] of an fp8 tile as two chunks of the score product's operand: lane 4g + c of
     warp w holds rows 16w + g and 16w + g + 8, columns 32c + 16h + [0, 16) for h = 0, 1 (the last register bit). A
@@ -471,13 +481,12 @@ def _k_load_layout(W):
 
 
 @gluon.constexpr_function
-def _v_load_layout(L):
-    """[16 tokens, L columns] of an fp8 tile as the value product's operand needs it: lane 4g + c of warp w holds
-    tokens 2c, 2c + 1, 2c + 8, 2c + 9 and columns [(8w + g) L/32, (8w + g + 1) L/32): L/32 contiguous bytes a token."""
-    per = L // 32
-    regs = [[0, 1 << i] for i in range(per.bit_length() - 1)] + [[1, 0], [8, 0]]
-    return gl.DistributedLinearLayout(regs, [[2, 0], [4, 0], [0, per], [0, 2 * per], [0, 4 * per]],
-                                      [[0, 8 * per], [0, 16 * per]], [], [16, L])
+def _v8_load_layout():
+    """[64 tokens, 128 latent columns] of an fp8 tile as the value product's operand needs it: lane 4g + c of warp w
+    holds columns [32w + 4g, 32w + 4g + 4) (4 contiguous bytes) of tokens 32s + 8u + 2c + h, s and h in {0, 1}, u
+    in {0, 1, 2, 3}: per (s, h) four words, one a token, that ``_v8_operand`` transposes."""
+    return gl.DistributedLinearLayout([[0, 1], [0, 2], [8, 0], [16, 0], [1, 0], [32, 0]],
+                                      [[2, 0], [4, 0], [0, 4], [0, 8], [0, 16]], [[0, 32], [0, 64]], [], [64, 128])
 
 
 @gluon.constexpr_function
@@ -499,11 +508,19 @@ def _k_latent_column_bits(L):
 
 
 @gluon.constexpr_function
-def _v_column_bits(W):
-    """The latent column of o^T's row m in a block of W rows (``_v_operand``'s order), bit by bit: row
-    64b + 16w + 8h + g is column (8w + g) W/32 + 2b + h, so the W/32 rows a thread holds are contiguous."""
-    t = W.bit_length() - 1 - 5
-    return [t, t + 1, t + 2, 0, t + 3, t + 4] + [1 + i for i in range(t - 1)]    # bits g, h, w, b
+def _v8_column_bits():
+    """The latent column (within the block's 128) of o^T's row r in a block of 128 rows (``_v8_operand``'s order),
+    bit by bit as in ``_k_column_bits``: row 64b + 16w + 8x + g is column 32w + 4g + 2b + x, so the four rows a
+    thread holds (x, b) are four contiguous columns."""
+    return [2, 3, 4, 0, 5, 6, 1]                        # bits g, x, w, b
+
+
+@gluon.constexpr_function
+def _v8_token_bits():
+    """The value product's reduction order within a tile (``_v8_operand``'s), for ``_relabel_rows``: bit d of
+    position k is bit [3, 4, 1, 2, 0, 5][d] of its token, i.e. position 32s + 16h + 4c + u is token 32s + 8u + 2c + h
+    (``_v8_load_layout``'s names), so p^T's rows go into the p slot in that order."""
+    return [3, 4, 1, 2, 0, 5]
 
 
 @gluon.constexpr_function
@@ -561,18 +578,23 @@ def _k_operand(x, W: gl.constexpr, mma: gl.constexpr):
 
 
 @gluon.jit
-def _v_load(src, L: gl.constexpr):
-    """An fp8 slice [16 tokens, L columns] of a tile into registers as the value product's operand needs it: a
-    thread reads L/32 contiguous bytes of each of its four tokens."""
-    return src.load(_v_load_layout(L))
-
-
-@gluon.jit
-def _v_operand(x, L: gl.constexpr, mma: gl.constexpr):
-    """``_v_load``'s registers as the fp16 register operand [L, 16] of the value product, its rows in
-    ``_v_column_bits``' order (each conversion's pair of values is then re-paired by tokens)."""
-    x = x.to(gl.float16).reshape([16, 4, 8, L // 64, 2]).permute((3, 1, 4, 2, 0)).reshape([L, 16])
-    return gl.convert_layout(x, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+def _v8_operand(x, mma: gl.constexpr):
+    """``_v8_load_layout``'s registers as the fp8 register operand [128 rows, 64 k] of the value product: each 4 x 4
+    block of bytes a thread holds (4 columns of 4 tokens, one word a token) transposed by eight byte permutes into
+    one word a column, which is what a register of wgmma's fp8 operand holds (4 consecutive k of one row); rows in
+    ``_v8_column_bits``' order, k in ``_v8_token_bits``'. No conversion: the tensor cores take e4m3 as it is."""
+    t = gl.inline_asm_elementwise(
+        "{ .reg .b32 t0, t1, t2, t3; "
+        "prmt.b32 t0, $4, $5, 0x5140; prmt.b32 t1, $4, $5, 0x7362; "
+        "prmt.b32 t2, $6, $7, 0x5140; prmt.b32 t3, $6, $7, 0x7362; "
+        "prmt.b32 $0, t0, t2, 0x5410; prmt.b32 $1, t0, t2, 0x7632; "
+        "prmt.b32 $2, t1, t3, 0x5410; prmt.b32 $3, t1, t3, 0x7632; }",
+        "=r,=r,=r,=r,r,r,r,r", [x.to(gl.uint8, bitcast=True)], dtype=gl.uint8, is_pure=True, pack=16)
+    # after the transposes, the element at (token 32s + 8X + 2c + h, column 32w + 4g + Y) holds the byte of token
+    # 32s + 8Y + 2c + h, column 32w + 4g + X; row 64b + 16w + 8x + g of the operand is X = 2b + x
+    t = t.to(gl.float8e4nv, bitcast=True).reshape([2, 2, 2, 4, 2, 4, 8, 2, 2])      # s X1 X0 c h | w g Y1 Y0
+    y = t.permute((1, 5, 2, 6, 0, 4, 3, 7, 8)).reshape([128, 64])                    # X1 w X0 g | s h c Y
+    return gl.convert_layout(y, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4))
 
 
 @gluon.jit
@@ -639,33 +661,24 @@ def _score_product(c_s, r_s, q_smem, qp_smem, L: gl.constexpr, R: gl.constexpr, 
 
 
 @gluon.jit
-def _value_product(c_s, p_s, o_lo, o_hi, L: gl.constexpr, BLOCK_N: gl.constexpr, mma: gl.constexpr):
-    """o^T += C_tile^T p^T for an fp8 tile from register operands of 16 tokens x VW columns, each read one operand
-    ahead and converted while the tensor cores take the one before, into o^T's row blocks ``o_lo`` (latent columns
-    [0, VW)) and ``o_hi`` ([VW, L), when VW < L). Returns (o_lo, o_hi) complete."""
-    VW: gl.constexpr = _v_chunk(L)
-    NV: gl.constexpr = L // VW
-    v_next = _v_load(c_s.slice(0, 16, dim=0).slice(0, VW, dim=1), VW)
-    for j in gl.static_range(BLOCK_N // 16):
-        for h in gl.static_range(NV):
-            x = v_next
-            if h + 1 < NV:
-                v_next = _v_load(c_s.slice(16 * j, 16, dim=0).slice((h + 1) * VW, VW, dim=1), VW)
-            elif j + 1 < BLOCK_N // 16:
-                v_next = _v_load(c_s.slice(16 * (j + 1), 16, dim=0).slice(0, VW, dim=1), VW)
-            v = _v_operand(x, VW, mma)
-            if h == 0:
-                o_lo = warpgroup_mma(v, p_s.slice(16 * j, 16, dim=0), o_lo, is_async=True)
-            else:
-                o_hi = warpgroup_mma(v, p_s.slice(16 * j, 16, dim=0), o_hi, is_async=True)
-            if j + h > 0:
-                v_prev = warpgroup_mma_wait(num_outstanding=1, deps=(v_prev,))
-            v_prev = v
-    if NV == 2:
-        o_lo, o_hi, v_prev = warpgroup_mma_wait(num_outstanding=0, deps=(o_lo, o_hi, v_prev))
-    else:
-        o_lo, v_prev = warpgroup_mma_wait(num_outstanding=0, deps=(o_lo, v_prev))
-    return o_lo, o_hi
+def _value_product(c_s, p_t, o0, o1, o2, o3, mma: gl.constexpr):
+    """o^T += C_tile^T p^T for an fp8 tile on fp8 wgmma (m64nHk32): the tile's own bytes as the register operand,
+    128 latent columns at a time (``_v8_operand``) into o^T's blocks o0..o3, p^T in e4m3 from the p slot (``p_t``:
+    [64 k, heads], K-major). Each block's bytes are read while the tensor cores take the block before. Returns the
+    four blocks complete."""
+    x = c_s.slice(0, 128, dim=1).load(_v8_load_layout())
+    o0 = warpgroup_mma(_v8_operand(x, mma), p_t, o0, is_async=True)
+    x = c_s.slice(128, 128, dim=1).load(_v8_load_layout())
+    o1 = warpgroup_mma(_v8_operand(x, mma), p_t, o1, is_async=True)
+    x = c_s.slice(256, 128, dim=1).load(_v8_load_layout())
+    o0 = warpgroup_mma_wait(num_outstanding=1, deps=(o0,))
+    o2 = warpgroup_mma(_v8_operand(x, mma), p_t, o2, is_async=True)
+    x = c_s.slice(384, 128, dim=1).load(_v8_load_layout())
+    o1 = warpgroup_mma_wait(num_outstanding=1, deps=(o1,))
+    o3 = warpgroup_mma(_v8_operand(x, mma), p_t, o3, is_async=True)
+    o2 = warpgroup_mma_wait(num_outstanding=1, deps=(o2,))
+    o3 = warpgroup_mma_wait(num_outstanding=0, deps=(o3,))
+    return o0, o1, o2, o3
 
 
 @gluon.jit
@@ -690,12 +703,14 @@ def _fp8_scores(q_smem, qp_smem, c8, r8, s_smem, ready, empty, s_full, s_empty, 
 def _fp8_softmax(s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empty, done,
                  t_lo, count, seq_len, qk_scale_log2, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n,
                  BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, DIRECT: gl.constexpr):
-    """Softmax warps: per tile, the scores out of their slot, the online softmax into a free p slot with the factor
-    o^T takes first; at the end the program's max and sum (for the merge) or its lse, and the sum for the value
-    warps. Being warps of their own, they run one tile's softmax while the score warps take the next tile."""
+    """Softmax warps: per tile, the scores out of their slot, the online softmax into a free p slot (p^T in e4m3,
+    its rows in the value product's order) with the factor o^T takes first; at the end the program's max and sum
+    (for the merge) or its lse, and for the value warps that sum and the sum of the e4m3 p the value product took.
+    Being warps of their own, they run one tile's softmax while the score warps take the next tile."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, gl.SliceLayout(0, mma))
     l_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    l8_acc = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
     for i in range(count):
         slot = i % 2
         mbarrier.wait(s_full.index(slot), (i // 2) & 1)
@@ -704,17 +719,37 @@ def _fp8_softmax(s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empt
         mbarrier.arrive(s_empty.index(slot))
         _, valid = _tile_rows(t_lo + i, seq_len, BLOCK_SIZE, BLOCK_N)
         mbarrier.wait(p_empty.index(slot), ((i // 2) & 1) ^ 1)
-        m_i, l_acc, alpha = _online_softmax(sc, valid, qk_scale_log2, m_i, l_acc, p_smem.index(slot), mma,
-                                            FP8_LAZY_RESCALE)
+        m_i, alpha, p = _softmax_step(sc, valid, qk_scale_log2, m_i, mma, FP8_LAZY_RESCALE)
+        p8 = (p * FP8_P_SCALE).to(gl.float8e4nv)         # o^T and l8 in these units, normalised by l8
+        l_acc = l_acc * alpha[None, :] + p
+        l8_acc = l8_acc * alpha[None, :] + p8.to(gl.float32)
+        p_smem.index(slot).store(_relabel_rows(p8, _v8_token_bits()).permute((1, 0)))
+        fence_async_shared()
         a_smem.index(slot).store(alpha)
         gl.thread_barrier()
         mbarrier.arrive(p_full.index(slot))
     l_i = gl.sum(l_acc, axis=0)
     _store_ml(m_i, l_i, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h, s_lse_n, BLOCK_H, DIRECT, mma)
-    if DIRECT:                                  # the value warps normalise with the sum
-        l_smem.store(l_i)
-        gl.thread_barrier()
-        mbarrier.arrive(done)
+    l_smem.index(0).store(l_i)                  # for the value warps' normalisation (``_fp8_out_scale``)
+    l_smem.index(1).store(gl.sum(l8_acc, axis=0))
+    gl.thread_barrier()
+    mbarrier.arrive(done)
+
+
+@gluon.jit
+def _fp8_out_scale(l_i, l8, o_scale, DIRECT: gl.constexpr):
+    """What the register kernel's o^T columns are multiplied by when stored. o^T sums p8 v over the e4m3 p (p8) the
+    value product took, so it is normalised by their sum l8, not by the exact sum l_i: o = sum(p8 v) / sum(p8) is
+    then a convex combination of the rows whatever p8's rounding (one dominant row stays exact; with l_i, o would be
+    off by the rounding of that row's p, up to 2^-4). One split: o_scale / l8. A split's partial: o_scale l_i / l8,
+    so that the merge, which weighs and divides by the exact sums (as the lse needs), averages normalised outputs.
+    0-sum heads (no position) as 1."""
+    l8 = gl.where(l8 > 0.0, l8, 1.0)
+    if DIRECT:
+        scale = o_scale / l8
+    else:
+        scale = o_scale * l_i / l8
+    return scale
 
 
 @gluon.jit
@@ -725,10 +760,12 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
     """Value warps: per tile, once its p is ready, o^T rescaled (when a head's max moved) and the value product (rows
     past the sequence's end zeroed first, on the last tile), then the stage and the p slot go back; at the end o^T
     into the output or the split's partial."""
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
-    VW: gl.constexpr = _v_chunk(L)
-    o_lo = gl.zeros([VW, BLOCK_H], gl.float32, mma)
-    o_hi = gl.zeros([VW, BLOCK_H], gl.float32, mma)
+    gl.static_assert(L == 512, "o^T is kept in four blocks of 128 rows")
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 32])
+    o0 = gl.zeros([128, BLOCK_H], gl.float32, mma)
+    o1 = gl.zeros([128, BLOCK_H], gl.float32, mma)
+    o2 = gl.zeros([128, BLOCK_H], gl.float32, mma)
+    o3 = gl.zeros([128, BLOCK_H], gl.float32, mma)
     for i in range(count):
         s = i % STAGES
         slot = i % 2
@@ -740,23 +777,25 @@ def _fp8_values(c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done,
             _zero_rows_from(c_s, left, L, BLOCK_N)
         alpha = a_smem.index(slot).load(gl.SliceLayout(0, mma))
         if gl.min(alpha, axis=0) < 1.0:          # some head's max moved (``FP8_LAZY_RESCALE``)
-            o_lo = o_lo * alpha[None, :]
-            if VW < L:
-                o_hi = o_hi * alpha[None, :]
-        o_lo, o_hi = _value_product(c_s, p_smem.index(slot), o_lo, o_hi, L, BLOCK_N, mma)
+            o0 = o0 * alpha[None, :]
+            o1 = o1 * alpha[None, :]
+            o2 = o2 * alpha[None, :]
+            o3 = o3 * alpha[None, :]
+        o0, o1, o2, o3 = _value_product(c_s, p_smem.index(slot).permute((1, 0)), o0, o1, o2, o3, mma)
         gl.thread_barrier()                     # all four warps done with the stage and the slot
         mbarrier.arrive(empty.index(s))
         mbarrier.arrive(p_empty.index(slot))
-    l_i = gl.zeros([BLOCK_H], gl.float32, gl.SliceLayout(0, mma))
-    if DIRECT:
-        mbarrier.wait(done, 0)
-        l_i = l_smem.load(gl.SliceLayout(0, mma))
-    scale = _out_scale(l_i, o_scale, DIRECT)
-    _store_o(o_lo, scale, 0, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+    mbarrier.wait(done, 0)
+    scale = _fp8_out_scale(l_smem.index(0).load(gl.SliceLayout(0, mma)), l_smem.index(1).load(gl.SliceLayout(0, mma)),
+                           o_scale, DIRECT)
+    _store_o(o0, scale, 0, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
              L, BLOCK_H, DIRECT, mma)
-    if VW < L:
-        _store_o(o_hi, scale, VW, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n,
-                 s_o_h, L, BLOCK_H, DIRECT, mma)
+    _store_o(o1, scale, 128, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+             L, BLOCK_H, DIRECT, mma)
+    _store_o(o2, scale, 256, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+             L, BLOCK_H, DIRECT, mma)
+    _store_o(o3, scale, 384, True, n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
+             L, BLOCK_H, DIRECT, mma)
 
 
 @gluon.jit(do_not_specialize=["num_splits", "s_ml_n", "s_ml_h"])     # the partials' strides are multiples of L
@@ -786,11 +825,11 @@ def _mla_decode_wgmma_fp8_regs(
                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt))
     r8 = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, R],
                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt))
-    p_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, BLOCK_H],
-                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], gl.float16))
+    p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, BLOCK_H, BLOCK_N],      # p^T in e4m3, K-major
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], gl.float8e4nv))
     vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
     a_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], vec)     # alpha of the tile in each p slot
-    l_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_H], vec)
+    l_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], vec)     # the sums of p and of its e4m3 values
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     p_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -901,7 +940,8 @@ def whole_tile_splits(num_splits: int, tiles: int) -> int:
 
 def fp8_kernel(L: int) -> str:
     """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) at the model's latent width of 512
-    (the only width it has run at on a GPU; it compiles for 128-256), else "converter" (``_mla_decode_wgmma_fp8``).
+    (the only width it serves: its value product keeps o^T in four blocks of 128 rows), else "converter"
+    (``_mla_decode_wgmma_fp8``).
     Since its partials are stored as 16-byte vectors and its queries loaded so, the register kernel is as fast as the
     converter one at 1 x 4K and faster everywhere else (H200, 2026-12-01, CUDA graphs, register / converter: 1 x 4K
     14.2 / 14.4 us, 1 x 128K 36.8 / 49.4, 32 x 4K 37.5 / 49.5, 128 x 4K 102.9 / 162.0; benchmarks/RESULTS.md)."""
