@@ -51,7 +51,7 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale):
     assert (lse.cpu().double() - ref_lse).abs().max().item() < 1e-4
     L = q_lat.shape[-1]
     bs = kv8.shape[1]
-    p_scale = float(FP8_P_SCALE.value if hasattr(FP8_P_SCALE, "value") else FP8_P_SCALE)
+    p_scale = float(FP8_P_SCALE.value)
     for n, t in enumerate(sl.tolist()):
         if t == 0:
             continue
