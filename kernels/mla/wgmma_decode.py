@@ -3,8 +3,9 @@
 The same attention as ``triton_decode`` (one query token per sequence, scores over the latent row [c | k_pe],
 values c), written in Gluon so that the kernel decides what Triton's pipeliner would not: every tile of the
 cache travels by TMA into a ring of shared-memory stages, from which the tensor cores read it (16-bit tiles) or
-threads take it into registers (fp8 tiles, which become fp16). Tokens are the rows of both products, so 32 query
-heads fill a wgmma (its rows come in sixty-fours; heads would fill half):
+threads take it into registers (fp8 tiles: converted to fp16, except for the register kernel's value product,
+which takes the bytes as they are). Heads are the columns of both products (tokens the rows of the scores, latent
+columns those of o^T), so 32 query heads fill a wgmma (its rows come in sixty-fours; heads would fill half):
 
     s^T [tokens, heads] = C_tile [tokens, L] q_lat^T + Kpe_tile [tokens, R] q_pe^T
     o^T [L, heads]     += C_tile^T [L, tokens] p^T [tokens, heads]
@@ -942,9 +943,10 @@ def fp8_kernel(L: int) -> str:
     """Which fp8 kernel a call takes: "registers" (``_mla_decode_wgmma_fp8_regs``) at the model's latent width of 512
     (the only width it serves: its value product keeps o^T in four blocks of 128 rows), else "converter"
     (``_mla_decode_wgmma_fp8``).
-    Since its partials are stored as 16-byte vectors and its queries loaded so, the register kernel is as fast as the
-    converter one at 1 x 4K and faster everywhere else (H200, 2026-12-01, CUDA graphs, register / converter: 1 x 4K
-    14.2 / 14.4 us, 1 x 128K 36.8 / 49.4, 32 x 4K 37.5 / 49.5, 128 x 4K 102.9 / 162.0; benchmarks/RESULTS.md)."""
+    Since its partials are stored as 16-byte vectors and its queries loaded so, the register kernel, then with an
+    fp16 value product, was as fast as the converter one at 1 x 4K and faster everywhere else (H200, 2026-12-01, CUDA
+    graphs, register / converter: 1 x 4K 14.2 / 14.4 us, 1 x 128K 36.8 / 49.4, 32 x 4K 37.5 / 49.5, 128 x 4K 102.9 /
+    162.0; its fp8 value product since is faster still at 1 x 128K and equal at 1 x 4K: benchmarks/RESULTS.md)."""
     return "registers" if L == 512 else "converter"
 
 
