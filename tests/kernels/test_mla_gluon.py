@@ -108,6 +108,18 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits):
 
 
 @needs_hopper
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+@pytest.mark.parametrize("bs", [64, 128, 1888])
+def test_pages_and_tails(bs, num_splits):
+    """Sequences ending on, just before and just after tile and page boundaries; pages of 1888 rows (the
+    plugin's: 29.5 tiles, so a page's last tile reads past the page) and of one and two tiles."""
+    lens = [1, 63, 64, 65, bs - 1, bs, bs + 1, 2 * bs + 70]
+    case = _bf16(make_case(lens, bs=bs, H=32, L=512, R=64, seed=31))
+    o, lse = run(*case, SCALE, num_splits=num_splits, wgmma=True)
+    _close(o, lse, *reference(*case, SCALE), tol_o=1e-2)              # bf16 output rounding: ~2e-3
+
+
+@needs_hopper
 @pytest.mark.parametrize("H", [16, 20, 64])
 def test_head_counts(H):
     """16 heads (Kimi at TP = 2), 20 (padded to 32, the rest masked), 64 (two programs of 32)."""
@@ -305,6 +317,7 @@ def test_fp8_long_sequence(num_splits, q_mul):
     qb, qpb = (q_lat * q_mul).bfloat16(), (q_pe * q_mul).bfloat16()
     o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
     _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits)
+
 
 _LOWER = r"""
 import re, sys, torch, triton
