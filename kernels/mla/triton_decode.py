@@ -316,6 +316,15 @@ def choose_num_splits(batch: int, num_head_groups: int, max_seq_len: int, num_sm
     return min(range(1, cap + 1), key=lambda s: (cost(s), s))
 
 
+def wgmma_num_splits(batch: int, num_heads: int, max_seq_len: int, block_size: int, num_sms: int) -> int:
+    """Splits per sequence for the Gluon kernels (``wgmma_decode``): ``choose_num_splits`` with their heads a
+    program, one-tile splits and their merge cost, then the fewest splits that give each split the same whole tiles."""
+    from kernels.mla import wgmma_decode
+    n = choose_num_splits(batch, triton.cdiv(num_heads, wgmma_decode.block_h(num_heads)), max_seq_len, num_sms,
+                          wgmma_decode.MIN_TOKENS_PER_SPLIT, wgmma_decode.MERGE_TOKENS_PER_SPLIT)
+    return wgmma_decode.whole_tile_splits(n, wgmma_decode.tile_count(max_seq_len, block_size))
+
+
 def combine_width(num_splits: int) -> int:
     """The merge kernel's tile of splits (a compiled variant each)."""
     return max(4, triton.next_power_of_2(num_splits))
@@ -462,11 +471,8 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
         wgmma = runs
     bound = max_seq_len if max_seq_len is not None else block_table.shape[1] * bs
     if wgmma:
-        head_groups = triton.cdiv(H, wgmma_decode.block_h(H))
         if num_splits is None:
-            num_splits = choose_num_splits(N, head_groups, bound, num_sms(dev), wgmma_decode.MIN_TOKENS_PER_SPLIT,
-                                           wgmma_decode.MERGE_TOKENS_PER_SPLIT)
-            num_splits = wgmma_decode.whole_tile_splits(num_splits, wgmma_decode.tile_count(bound, bs))
+            num_splits = wgmma_num_splits(N, H, bound, bs, num_sms(dev))
     else:
         cfg = default_config(H, L, kv_cache.element_size())
         launch = (block_h or cfg["block_h"], block_n or cfg["block_n"], num_warps or cfg["num_warps"],

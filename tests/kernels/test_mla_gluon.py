@@ -37,14 +37,19 @@ def _close(o, lse, ref_o, ref_lse, tol_o):
 def _splits_taken(bt, bs, H, num_splits):
     """The split count ``mla_decode`` launches the Gluon kernel with (its own rule when None)."""
     from kernels.device import num_sms
-    from kernels.mla import wgmma_decode as wd
-    from kernels.mla.triton_decode import choose_num_splits
+    from kernels.mla.triton_decode import wgmma_num_splits
     if num_splits is not None:
         return max(1, int(num_splits))
-    bound = bt.shape[1] * bs
-    n = choose_num_splits(bt.shape[0], -(-H // wd.block_h(H)), bound, num_sms(torch.device(DEV)),
-                          wd.MIN_TOKENS_PER_SPLIT, wd.MERGE_TOKENS_PER_SPLIT)
-    return wd.whole_tile_splits(n, wd.tile_count(bound, bs))
+    return wgmma_num_splits(bt.shape[0], H, bt.shape[1] * bs, bs, num_sms(torch.device(DEV)))
+
+
+def _rows_and_scores(q_lat, q_pe, kv8, ks, bt, n, t, scale):
+    """Sequence n's t dequantised cache rows [t, L + R] (fp64) and its scores in log2 units [H, t]."""
+    L = q_lat.shape[-1]
+    bs = kv8.shape[1]
+    rows = torch.cat([kv8[int(bt[n, j])].double() * ks for j in range(-(-t // bs))])[:t]
+    s = (q_lat[n].double() @ rows[:, :L].T + q_pe[n].double() @ rows[:, L:].T) * scale * 1.4426950408889634
+    return rows, s
 
 
 def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits):
@@ -74,8 +79,7 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits):
     for n, t in enumerate(sl.tolist()):
         if t == 0:
             continue
-        rows = torch.cat([kv8[int(bt[n, j])].double() * ks for j in range(-(-t // bs))])[:t]
-        s = (q_lat[n].double() @ rows[:, :L].T + q_pe[n].double() @ rows[:, L:].T) * scale * 1.4426950408889634
+        rows, s = _rows_and_scores(q_lat, q_pe, kv8, ks, bt, n, t, scale)
         rel = torch.exp2(s - s.max(dim=1, keepdim=True).values)          # p at the true max, [H, t]
         w = rel / rel.sum(dim=1, keepdim=True)
         r = torch.clamp(torch.maximum(torch.full_like(rel, 2.0 ** -4), 2.0 ** -10 / (rel * p_scale)), max=1.0)
@@ -226,8 +230,7 @@ def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
     kv8 = (kv / ks).to(torch.float8_e4m3fn)
     qb, qpb = q_lat.bfloat16(), q_pe.bfloat16()
     for n, t in enumerate(lens):        # the data does what the test is for: the max grows well past the threshold
-        rows = torch.cat([kv8[int(bt[n, j])].double() * ks for j in range(-(-t // bs))])[:t]
-        s = (qb[n].double() @ rows[:, :512].T + qpb[n].double() @ rows[:, 512:].T) * SCALE * 1.4426950408889634
+        _, s = _rows_and_scores(qb, qpb, kv8, ks, bt, n, t, SCALE)
         first = s[:, :64].max(dim=1).values
         assert (s.max(dim=1).values - first).min().item() > 2 * wd.FP8_LAZY_RESCALE
     o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
@@ -289,7 +292,7 @@ def test_split_rule_for_the_wgmma_kernel():
     """One program an SM, splits as short as one tile, the merge charged one position a split: more splits than the
     Triton kernel's rule for short single sequences, one full wave from 32K, the same from batch 32 on."""
     from kernels.mla import wgmma_decode as W
-    from kernels.mla.triton_decode import choose_num_splits
+    from kernels.mla.triton_decode import choose_num_splits, wgmma_num_splits
 
     def rule(b, ctx):
         return choose_num_splits(b, 1, ctx, 132, W.MIN_TOKENS_PER_SPLIT, W.MERGE_TOKENS_PER_SPLIT)
@@ -301,7 +304,7 @@ def test_split_rule_for_the_wgmma_kernel():
     assert W.tile_count(131072, 1888) == 2083 and W.tile_count(1888, 1888) == 30 and W.tile_count(0, 1888) == 0
     assert W.whole_tile_splits(132, 2083) == 131 and W.whole_tile_splits(4, 2083) == 4
     assert W.whole_tile_splits(7, W.tile_count(500, 1888)) == 4 and W.whole_tile_splits(5, 0) == 1
-
+    assert wgmma_num_splits(1, 32, 131072, 1888, 132) == 131      # what mla_decode launches: the two rules in turn
 
 
 @needs_hopper
