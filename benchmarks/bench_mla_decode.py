@@ -314,6 +314,7 @@ def correctness(dev, dtype, kernels, lens=(1, 700, 2100), makers=None):
     out = {}
     if makers is None:
         makers = [("ours_fp32_math", make_ours_fp32), ("ours_triton", make_ours_triton),
+                  ("ours_bf16q", lambda c: make_ours(c, fp8_queries=False)),
                   ("ours_tma", lambda c: make_ours(c, tma=True, block_n=32, num_stages=3))] + kernels
     for name, mk in makers:
         try:
@@ -476,6 +477,9 @@ def run_dtype(dt, dev, kernels, batches, contexts, graphs, checks, rows, copy_bw
             if dt == "fp8":                              # the page size the plugin's fp8 cache has
                 case_fp8 = Case(dt, real_fp8, B, ctx, BS_FP8, gen, like=case)
                 entries.insert(2, (f"ours@bs{BS_FP8}", "ours", make_ours, case_fp8))
+                # with the queries kept in 16 bits (VLLM_KIMILINEAR_MLA_FP8_QUERIES=0)
+                entries.insert(3, (f"ours_bf16q@bs{BS_FP8}", "ours_bf16q",
+                                   lambda c: make_ours(c, fp8_queries=False), case_fp8))
             for name, mk in kernels[1:]:
                 entries.append((name, name, mk, case))
                 if name == "flash_attn_mla":

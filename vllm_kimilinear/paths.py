@@ -23,6 +23,8 @@ def mla_path() -> str:
             decode = "Triton split-K decode"
         else:
             decode = "Gluon wgmma decode on sm_90 where it applies, else Triton split-K"
+            if os.environ.get("VLLM_KIMILINEAR_MLA_FP8_QUERIES", "") != "0":
+                decode += " (with --kv-cache-dtype fp8 its queries are rounded to e4m3)"
         return f"paged latent cache, {decode}, FlashAttention expanded prefill (torch in float32)"
     return "paged latent cache, torch absorbed decode + expanded prefill"
 

@@ -15,7 +15,7 @@ SPLITTING_OPS = ("vllm::kimilinear_kda_core", "vllm::kimilinear_mla_attention")
 # The plugin's environment variables (README), declared to vLLM so that its check of VLLM_* variables
 # knows them (it warns about, or with --fail-on-environ-validation refuses, any it does not know).
 ENV_VARS = ("VLLM_KIMILINEAR_KDA", "VLLM_KIMILINEAR_KDA_CHUNK", "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH",
-            "VLLM_KIMILINEAR_MLA_WGMMA")
+            "VLLM_KIMILINEAR_MLA_WGMMA", "VLLM_KIMILINEAR_MLA_FP8_QUERIES")
 
 _registered_pid: int | None = None
 

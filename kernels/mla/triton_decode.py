@@ -389,7 +389,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
                out_lse: torch.Tensor | None = None, block_h: int | None = None, block_n: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None, prefetch: bool | None = None,
                tokens_as_rows: bool = False, fp16_math: bool | None = None, tma: bool = False,
-               wgmma: bool | None = None):
+               wgmma: bool | None = None, fp8_queries: bool = True):
     """Absorbed MLA decode attention over the paged latent cache.
 
     q_lat: [N, H, L] (any strides with unit last stride); q_pe: [N, H, R];
@@ -417,6 +417,11 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
     wgmma: stage 1 on ``wgmma_decode``'s Gluon kernel (TMA ring, both products on wgmma). None (default): where
     ``wgmma_decode.supported`` holds and no launch setting above is given; True: required (an error where it
     cannot run); False: never.
+    fp8_queries (default True): where the wgmma kernel reads an fp8 cache of latent width 512 (its register
+    kernel), the queries are rounded to e4m3 (a power-of-two scale a head, ``fp8.round_queries_e4m3``) and the
+    score product runs on fp8 x fp8 tensor cores, as vLLM's fp8 attention backends do (FlashMLA, FlashInfer,
+    FlashAttention 3): faster, with the score error of the cache's own rounding once more. False keeps the
+    queries' 16 bits there; the other kernels always do.
     """
     N, H, L = q_lat.shape
     R = q_pe.shape[-1]
@@ -509,7 +514,7 @@ def mla_decode(q_lat, q_pe, kv_cache, block_table, seq_lens, scale: float, num_s
 
     if wgmma:
         wgmma_decode.launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale_arg, float(scale) * LOG2E,
-                            num_splits, acc, ml, out, lse, acc_strides, ml_strides)
+                            num_splits, acc, ml, out, lse, acc_strides, ml_strides, fp8_queries)
     else:
         precision = "ieee" if q_lat.dtype == torch.float32 else "tf32"
         page_loop = bs >= PAGE_LOOP_MIN_TILES * block_n

@@ -24,22 +24,27 @@ Three kernels:
   its TMA stage into registers, release the stage for the next tile, and write the tile as fp16 into a ring of two
   slots; the four default warps run the products and the softmax from those slots.
 * ``_mla_decode_wgmma_fp8_regs``, fp8 caches, the register-operand kernel: a loader warp keeps four fp8 stages
-  filled; four score warps read each tile's columns 64 at a time into registers, convert them to fp16 and hand them
-  to wgmma as its register operand (the queries' columns permuted alike, ``_k_latent_column_bits``: each thread
-  reads 16 contiguous bytes, and a chunk is every other 16-byte piece of 128 columns, which keeps the reads free of
-  bank conflicts) and pass the scores on through two padded fp32 slots; four softmax warps turn them into p,
-  moving a head's running max only when it grows by more than ``FP8_LAZY_RESCALE``, and write p^T in e4m3 (times
-  ``FP8_P_SCALE``) into one of two p slots; four value warps, a tile behind, read the tile 128 columns at a time
-  and hand its bytes, transposed in registers but not converted (``_v8_operand``), to fp8 wgmma as the register
-  operand of the value product (half the tensor cores' time of the fp16 one; o^T's rows permuted,
-  ``_v8_column_bits``), and rescale o^T only on tiles where a max moved. p is thus rounded to e4m3 as the
-  cache's values are (by up to 2^-4 of itself), so o is normalised by the sum of the rounded p and the lse by
-  the exact sum (``_fp8_out_scale``); the tests bound o's error by what that rounding can do. It serves the
-  model's latent width (512) only, the converter kernel the others (``fp8_kernel``).
-Both fp8 kernels run the fp16 score product with the queries at 1/16 (a margin below fp16's largest value); the
-16 and k_scale come back in the scores and the output. Caches: bf16 / fp16 read by queries of the same type, or fp8 read
-by bf16 / fp16 queries; pages of at least BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these
-kernels where ``supported`` holds.
+  filled (five with e4m3 queries); by default (``fp8_queries``) the queries are rounded to e4m3 once, with a
+  power-of-two scale a head (``_queries_e4m3``), as vLLM's fp8 attention backends round theirs, and four score
+  warps run the score product on fp8 wgmma straight from the stages (no register reads, no conversions; half the
+  tensor cores' time of the fp16 product), a fresh accumulator every ``FP8_QUERY_GROUP`` columns (the fp8 tensor
+  cores keep ~13 bits of a running sum); with 16-bit queries they read each tile's columns 64 at a time into
+  registers, convert them to fp16 and hand them to wgmma as its register operand (the queries' columns permuted
+  alike, ``_k_latent_column_bits``: each thread reads 16 contiguous bytes, and a chunk is every other 16-byte piece
+  of 128 columns, which keeps the reads free of bank conflicts); either way they pass the scores on through two
+  padded fp32 slots; four softmax warps turn them into p, moving a head's running max only when it grows by more
+  than ``FP8_LAZY_RESCALE``, and write p^T in e4m3 (times ``FP8_P_SCALE``) into one of two p slots; four value
+  warps, a tile behind, read the tile 128 columns at a time and hand its bytes, transposed in registers but not
+  converted (``_v8_operand``), to fp8 wgmma as the register operand of the value product (half the tensor cores'
+  time of the fp16 one; o^T's rows permuted, ``_v8_column_bits``), and rescale o^T only on tiles where a max
+  moved. p is thus rounded to e4m3 as the cache's values are (by up to 2^-4 of itself), so o is normalised by the
+  sum of the rounded p and the lse by the exact sum (``_fp8_out_scale``); the tests bound o's error by what that
+  rounding (and, with e4m3 queries, the fp8 sums of the scores) can do. It serves the model's latent width (512)
+  only, the converter kernel the others (``fp8_kernel``).
+The fp16 score products run with the queries at 1/16 (a margin below fp16's largest value); the 16 and k_scale
+come back in the scores and the output (e4m3 queries: each head's scores times 1 / (16 2^e), its scale undone).
+Caches: bf16 / fp16 read by queries of the same type, or fp8 read by bf16 / fp16 queries; pages of at least
+BLOCK_N positions; 16 or 32 heads a program. ``mla_decode`` takes these kernels where ``supported`` holds.
 """
 
 import functools
@@ -57,6 +62,9 @@ STAGES = 2            # 16-bit tiles in shared memory at once (72 KiB each at L 
 FP8_SLOTS = 2         # fp16 copies of fp8 tiles the converter warps may run ahead by (72 KiB each)
 FP8_CONVERTER_REGS = 200    # registers a thread of the converter warps: one fp8 tile (72) and its fp16 halves
 FP8_STAGES = 4        # the register-operand fp8 kernel's fp8 tiles in shared memory at once (36 KiB each)
+# and with e4m3 queries (18 KiB of queries instead of 36): 223 KiB of shared memory in all (a block may have 227);
+# 3.4% faster than 4 at 128 x 128K, the same at 32 x 128K (H200, 2026-12-02, two runs, benchmarks/RESULTS.md)
+FP8_Q8_STAGES = 5
 FP8_SCORE_REGS = 152  # registers a thread of its score warps (the score product only)
 FP8_SOFTMAX_REGS = 104  # registers a thread of its softmax warps; the value warps get 216 (setmaxnreg: 512 in all)
 FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
@@ -68,6 +76,12 @@ FP8_LOADER_REGS = 40  # registers a thread of its loader warp (TMA issue only)
 # biased o; a head's error on spread attention over 20,000 positions was up to 9.1% against 3.3% with 4 and 16)
 FP8_LAZY_RESCALE = gl.constexpr(4.0)
 FP8_P_SCALE = gl.constexpr(16.0)
+# with fp8 queries the register kernel's score product runs on fp8 wgmma, whose tensor cores keep only about 13
+# bits of a sum's running value (measured: 2^-13 of the sum of the terms' magnitudes), so every FP8_QUERY_GROUP
+# columns start a fresh accumulator that is added into an fp32 sum (256 columns: the lse off the rounded queries'
+# fp64 one by up to 1.9e-2 on peaked attention, 128: 7.2e-3, same speed; 64 and 32 run out of the score warps'
+# registers; H200, 2026-12-02, benchmarks/RESULTS.md)
+FP8_QUERY_GROUP = gl.constexpr(128)
 MAX_BLOCK_H = 32      # heads a program: o^T [L, heads] in fp32 is 128 registers a thread at 32
 # split counts (``choose_num_splits``): a split may be as short as one tile, and the merge (all of a head's splits
 # loaded at once) costs about one position's worth of time a split (H200, 2026-12-01, batch 1, CUDA graphs, bf16 /
@@ -662,6 +676,71 @@ def _score_product(c_s, r_s, q_smem, qp_smem, L: gl.constexpr, R: gl.constexpr, 
 
 
 @gluon.jit
+def _queries_e4m3(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, inv_smem, L: gl.constexpr,
+                  R: gl.constexpr, BLOCK_H: gl.constexpr, num_warps: gl.constexpr):
+    """This program's heads of q_lat and q_pe in shared memory as e4m3, heads x width (the score product's second
+    operand, K-major as fp8 wgmma needs): each head times the power of two 2^e that brings its largest |value| into
+    (224, 448] and rounded (``fp8.round_queries_e4m3`` is the same in torch); 1 / (16 2^e) a head into
+    ``inv_smem``, the factor that puts the head's scores into the fp16 score product's units (queries at 1/16)."""
+    q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
+    qh_ok = qh < num_heads
+    offs_l = gl.arange(0, L, layout=gl.SliceLayout(0, q_blk))
+    offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, q_blk))
+    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + offs_l[None, :],
+                mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0).to(gl.float32)
+    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
+                 mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0).to(gl.float32)
+    amax = gl.maximum(gl.max(gl.abs(q), axis=1), gl.max(gl.abs(qp), axis=1))
+    scale = gl.exp2(gl.floor(gl.log2(448.0 / gl.where(amax > 0.0, amax, 448.0))))
+    f8: gl.constexpr = gl.float8e4nv
+    q8 = gl.allocate_shared_memory(f8, [BLOCK_H, L], gl.NVMMASharedLayout.get_default_for([BLOCK_H, L], f8),
+                                   (q * scale[:, None]).to(f8))
+    qp8 = gl.allocate_shared_memory(f8, [BLOCK_H, R], gl.NVMMASharedLayout.get_default_for([BLOCK_H, R], f8),
+                                    (qp * scale[:, None]).to(f8))
+    inv_smem.store(0.0625 / scale)
+    return q8, qp8
+
+
+@gluon.jit
+def _score_product_e4m3(c_s, r_s, q8, qp8, A, B, L: gl.constexpr, GROUP: gl.constexpr):
+    """s^T [tokens, heads] of an fp8 tile with e4m3 queries, both operands straight from shared memory (fp8 wgmma,
+    m64nHk32): GROUP latent columns a group and the position part as the last one, each group into a fresh
+    accumulator (A and B in turn, the next group in flight while the last one is added) summed in fp32. A and B
+    come back for the next tile (fresh zeros in the loop would be live registers all along). Returns (s^T, A, B)."""
+    NG: gl.constexpr = L // GROUP
+    gl.static_assert(NG >= 2, "at least two latent groups")
+    A = warpgroup_mma(c_s.slice(0, GROUP, dim=1), q8.slice(0, GROUP, dim=1).permute((1, 0)), A, use_acc=False,
+                      is_async=True)
+    B = warpgroup_mma(c_s.slice(GROUP, GROUP, dim=1), q8.slice(GROUP, GROUP, dim=1).permute((1, 0)), B,
+                      use_acc=False, is_async=True)
+    A = warpgroup_mma_wait(num_outstanding=1, deps=(A,))
+    total = A + 0.0
+    for g in gl.static_range(2, NG + 1):
+        if g < NG:
+            a_op = c_s.slice(g * GROUP, GROUP, dim=1)
+            b_op = q8.slice(g * GROUP, GROUP, dim=1).permute((1, 0))
+        else:
+            a_op = r_s
+            b_op = qp8.permute((1, 0))
+        if g % 2 == 0:
+            A = warpgroup_mma(a_op, b_op, A, use_acc=False, is_async=True)
+            B = warpgroup_mma_wait(num_outstanding=1, deps=(B,))
+            total = total + B
+        else:
+            B = warpgroup_mma(a_op, b_op, B, use_acc=False, is_async=True)
+            A = warpgroup_mma_wait(num_outstanding=1, deps=(A,))
+            total = total + A
+    if NG % 2 == 0:
+        A = warpgroup_mma_wait(num_outstanding=0, deps=(A,))
+        total = total + A
+    else:
+        B = warpgroup_mma_wait(num_outstanding=0, deps=(B,))
+        total = total + B
+    return total, A, B
+
+
+@gluon.jit
 def _value_product(c_s, p_t, o0, o1, o2, o3, mma: gl.constexpr):
     """o^T += C_tile^T p^T for an fp8 tile on fp8 wgmma (m64nHk32): the tile's own bytes as the register operand,
     128 latent columns at a time (``_v8_operand``) into o^T's blocks o0..o3, p^T in e4m3 from the p slot (``p_t``:
@@ -683,14 +762,29 @@ def _value_product(c_s, p_t, o0, o1, o2, o3, mma: gl.constexpr):
 
 
 @gluon.jit
-def _fp8_scores(q_smem, qp_smem, c8, r8, s_smem, ready, empty, s_full, s_empty, count,
-                L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """Score warps: per tile, the score product (then the stage is theirs no more) into a free score slot."""
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H, 16])
+def _fp8_scores(q_smem, qp_smem, q_inv, c8, r8, s_smem, ready, empty, s_full, s_empty, count,
+                L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                FP8_QUERIES: gl.constexpr):
+    """Score warps: per tile, the score product (then the stage is theirs no more) into a free score slot. With
+    FP8_QUERIES the product of the e4m3 queries (``_queries_e4m3``) straight from the stage, each head's scores
+    brought back by ``q_inv``; else the fp16 product on register operands."""
+    if FP8_QUERIES:
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                      instr_shape=[16, BLOCK_H, 32])
+        inv = q_inv.load(gl.SliceLayout(0, mma))
+        A = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+        B = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, mma)
+    else:
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                      instr_shape=[16, BLOCK_H, 16])
     for i in range(count):
         s = i % STAGES
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        sc = _score_product(c8.index(s), r8.index(s), q_smem, qp_smem, L, R, BLOCK_H, BLOCK_N, mma)
+        if FP8_QUERIES:
+            sc, A, B = _score_product_e4m3(c8.index(s), r8.index(s), q_smem, qp_smem, A, B, L, FP8_QUERY_GROUP)
+            sc = sc * inv[None, :]
+        else:
+            sc = _score_product(c8.index(s), r8.index(s), q_smem, qp_smem, L, R, BLOCK_H, BLOCK_N, mma)
         gl.thread_barrier()                     # all four warps' reads of the stage before the one-thread arrive
         mbarrier.arrive(empty.index(s))
         slot = i % 2
@@ -807,11 +901,12 @@ def _mla_decode_wgmma_fp8_regs(
     s_acc_n, s_acc_h, s_acc_s, s_ml_n, s_ml_h, s_o_n, s_o_h, s_lse_n,
     L: gl.constexpr, R: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, LOADER_REGS: gl.constexpr, SCORE_REGS: gl.constexpr, SOFTMAX_REGS: gl.constexpr,
-    DIRECT: gl.constexpr, num_warps: gl.constexpr,
+    FP8_QUERIES: gl.constexpr, DIRECT: gl.constexpr, num_warps: gl.constexpr,
 ):
-    """fp8 caches: a loader warp, four score warps, four softmax warps and four value warps (the default partition),
-    each product on register operands read from the fp8 stages; the score warps hand each tile's scores to the
-    softmax warps through two fp32 slots, and those hand p to the value warps, a tile behind, through two p slots."""
+    """fp8 caches: a loader warp, four score warps, four softmax warps and four value warps (the default partition);
+    the value product on register operands read from the fp8 stages, the score product too or, with FP8_QUERIES,
+    on the stages themselves; the score warps hand each tile's scores to the softmax warps through two fp32 slots,
+    and those hand p to the value warps, a tile behind, through two p slots."""
     gl.static_assert(num_warps == 4, "four value warps (one warpgroup) beside the score, softmax and loader warps")
     gl.static_assert(BLOCK_N == 64, "the register operands' layouts are written for 64-token tiles")
     n = gl.program_id(0).to(gl.int64)
@@ -820,15 +915,20 @@ def _mla_decode_wgmma_fp8_regs(
     cache_dt: gl.constexpr = desc_c.dtype
     seq_len, t_lo, count = _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE, BLOCK_N)
     k_scale = gl.load(k_scale_ptr)
-    q_smem, qp_smem = _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, 0.0625,
-                                       gl.float16, L, R, BLOCK_H, num_warps, True)
+    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+    q_inv = gl.allocate_shared_memory(gl.float32, [BLOCK_H], vec)     # a head's score factor (fp8 queries)
+    if FP8_QUERIES:
+        q_smem, qp_smem = _queries_e4m3(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, q_inv,
+                                        L, R, BLOCK_H, num_warps)
+    else:
+        q_smem, qp_smem = _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h,
+                                           0.0625, gl.float16, L, R, BLOCK_H, num_warps, True)
     c8 = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, L],
                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, L], cache_dt))
     r8 = gl.allocate_shared_memory(cache_dt, [STAGES, BLOCK_N, R],
                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, R], cache_dt))
     p_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, BLOCK_H, BLOCK_N],      # p^T in e4m3, K-major
                                        gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], gl.float8e4nv))
-    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
     a_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], vec)     # alpha of the tile in each p slot
     l_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_H], vec)     # the sums of p and of its e4m3 values
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -855,8 +955,8 @@ def _mla_decode_wgmma_fp8_regs(
         (_fp8_values, (c8, p_smem, a_smem, l_smem, ready, empty, p_full, p_empty, done, t_lo, count, seq_len, k_scale,
                        n, hg, split, num_heads, acc_ptr, o_ptr, s_acc_n, s_acc_h, s_acc_s, s_o_n, s_o_h,
                        L, BLOCK_SIZE, BLOCK_H, BLOCK_N, STAGES, DIRECT)),
-        (_fp8_scores, (q_smem, qp_smem, c8, r8, s_smem, ready, empty, s_full, s_empty, count, L, R, BLOCK_H, BLOCK_N,
-                       STAGES)),
+        (_fp8_scores, (q_smem, qp_smem, q_inv, c8, r8, s_smem, ready, empty, s_full, s_empty, count, L, R, BLOCK_H,
+                       BLOCK_N, STAGES, FP8_QUERIES)),
         (_fp8_softmax, (s_smem, p_smem, a_smem, l_smem, s_full, s_empty, p_full, p_empty, done, t_lo, count, seq_len,
                         qk_scale_log2 * 16.0 * k_scale, n, hg, split, num_heads, ml_ptr, lse_ptr, s_ml_n, s_ml_h,
                         s_lse_n, BLOCK_SIZE, BLOCK_H, BLOCK_N, DIRECT)),
@@ -950,26 +1050,30 @@ def fp8_kernel(L: int) -> str:
     return "registers" if L == 512 else "converter"
 
 
-def kernel_and_setting(fp8: bool, registers: bool = False):
+def kernel_and_setting(fp8: bool, registers: bool = False, fp8_queries: bool = True):
     """The Gluon kernel for a cache type (fp8: the register-operand one with ``registers``, else the converter one)
-    and its launch constants besides the shapes."""
+    and its launch constants besides the shapes (``fp8_queries``: the register kernel's score product on e4m3
+    queries)."""
     if fp8 and registers:
-        return _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_STAGES, LOADER_REGS=FP8_LOADER_REGS,
-                                                SCORE_REGS=FP8_SCORE_REGS, SOFTMAX_REGS=FP8_SOFTMAX_REGS)
+        return _mla_decode_wgmma_fp8_regs, dict(STAGES=FP8_Q8_STAGES if fp8_queries else FP8_STAGES,
+                                                LOADER_REGS=FP8_LOADER_REGS,
+                                                SCORE_REGS=FP8_SCORE_REGS, SOFTMAX_REGS=FP8_SOFTMAX_REGS,
+                                                FP8_QUERIES=bool(fp8_queries))
     if fp8:
         return _mla_decode_wgmma_fp8, dict(SLOTS=FP8_SLOTS, CONVERTER_REGS=FP8_CONVERTER_REGS)
     return _mla_decode_wgmma, dict(STAGES=STAGES)
 
 
 def launch(q_lat, q_pe, kv_cache, block_table, seq_lens, k_scale, qk_scale_log2: float, num_splits: int, acc, ml, out,
-           lse, acc_strides, ml_strides):
+           lse, acc_strides, ml_strides, fp8_queries: bool = True):
     """Stage 1 on these kernels, into ``triton_decode``'s partial buffers (their strides as ``mla_decode`` has them),
-    or into ``out`` / ``lse`` at one split."""
+    or into ``out`` / ``lse`` at one split. fp8_queries: the register kernel rounds the queries to e4m3 for its
+    score product (the other kernels keep them as they are)."""
     N, H, L = q_lat.shape
     bh = block_h(H)
     desc_c, desc_r = cache_descriptors(kv_cache, L)
     fp8 = kv_cache.dtype == torch.float8_e4m3fn
-    kernel, setting = kernel_and_setting(fp8, fp8 and fp8_kernel(L) == "registers")
+    kernel, setting = kernel_and_setting(fp8, fp8 and fp8_kernel(L) == "registers", fp8_queries)
     kernel[(N, triton.cdiv(H, bh), num_splits)](
         q_lat, q_pe, desc_c, desc_r, block_table, seq_lens, k_scale, acc, ml, out, lse,
         H, num_splits, qk_scale_log2,

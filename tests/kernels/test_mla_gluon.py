@@ -52,62 +52,107 @@ def _rows_and_scores(q_lat, q_pe, kv8, ks, bt, n, t, scale):
     return rows, s
 
 
-def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits):
+# the fp8 tensor cores' sums (score product with e4m3 queries, groups of FP8_QUERY_GROUP columns): each score within
+# this fraction of the sum of its terms' magnitudes (they keep about 13 bits of a group's running sum; measured on the
+# H200, one-position sequences: at most 2^-14.3 of the whole row's, benchmarks/RESULTS.md)
+FP8_SCORE_REL = 2.0 ** -12
+
+
+def _score_allowance(q_lat, q_pe, rows, scale):
+    """Per head and position [H, t], log2 units: how far fp8 wgmma's sums may put a score of e4m3 queries (already
+    rounded) from its exact value, FP8_SCORE_REL of the sum of its terms' magnitudes."""
+    L = q_lat.shape[-1]
+    mag = q_lat.double().abs() @ rows[:, :L].abs().T + q_pe.double().abs() @ rows[:, L:].abs().T
+    return FP8_SCORE_REL * mag * scale * 1.4426950408889634
+
+
+def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_queries=True):
     """The register fp8 kernel's contract: its value product takes p in e4m3, so o is checked against the error
-    that rounding can make, and lse (from exact sums) within 1e-4 of fp64 as everywhere.
+    that rounding can make, and lse (from exact sums) within 1e-4 of fp64 as everywhere. With fp8_queries the
+    reference takes the queries as the kernel rounds them (``round_queries_e4m3``) and each score may be off by its
+    fp8 sums' allowance d_t (``_score_allowance``): lse then within 1e-4 + ln2 max_t d_t, and o as below with each
+    row's relative error r_t widened to (1 + r_t) 2^d_t - 1 plus the sums' own shift of the weights.
 
     Each split (a run of the kernel's 64-position tiles) normalises its o by the sum of its rounded p, and the
     merge weighs the splits by their exact sums W_s. With each p_t rounded to p_t (1 + e_t), |e_t| <= r_t, split
     s's o is off its exact mean o_s by sum_{t in s} w_t e_t (v_t - o_s) / W_s / (1 + eps_s), so, summed over the
     splits with their weights: |o - o_ref| <= sum_s sum_{t in s} w_t r_t |v_t - o_s| / (1 - eps_s), eps_s = sum_{t in
-    s} w_t r_t / W_s, element by element. r_t is 2^-4 in e4m3's normal range; below it the rounding step is
-    absolute, 2^-10 of the kernel's p units (p = FP8_P_SCALE exp2(s - m) with its running max m at most the true
-    max, so p_t is at least that at the true max), and a row rounded to zero has r_t = 1. Beside it: 2^-8 |o_ref|
-    for the 16-bit output and 1e-3 of the head's largest |o_ref| for the rest (fp32 scores and sums).
+    s} w_t r_t / W_s, element by element (a split with eps_s >= 1/2, whose p may all round to zero, contributes
+    W_s (max_t |v_t - o_s| + |o_s|) instead: its o is 0 or a mean of its rows). r_t is 2^-4 in e4m3's normal
+    range; below it the rounding step is absolute, 2^-10 of the kernel's p units (p = FP8_P_SCALE exp2(s - m) with
+    its running max m at most the true max, so p_t is at least that at the true max), and a row rounded to zero has
+    r_t = 1. Beside it: 2^-8 |o_ref| for the 16-bit output and 1e-3 of the head's largest |o_ref| for the rest
+    (fp32 scores and sums). With the sums' allowance, the per-split terms and the normalisations are taken at
+    their worst (times 2^(2 max_t d_t)), and the shift of the weights by the sums adds sum_t w_t (2^d_t - 1)
+    |v_t - o_ref| / (1 - sum_t w_t (2^d_t - 1)).
     That bound is near zero where a few rows dominate (normalising o by the exact sum instead breaks it there), but
     loose where the weight is spread over many rows, so each head's o is also held to four standard deviations of
     that error with the e_t as independent roundings (variance r_t^2 / 3, 1 for a row rounded to zero): ||o -
-    o_ref|| <= 4 sqrt(sum_t w_t^2 var_t ||v_t - o_s||^2) / (1 - max eps_s) plus the same two terms in L2."""
+    o_ref|| <= 4 sqrt(sum_t w_t^2 var_t ||v_t - o_s||^2) / (1 - max eps_s) plus the same two terms in L2 (and the
+    score sums' terms, which are not random, at their worst)."""
+    from kernels.mla.fp8 import round_queries_e4m3
     from kernels.mla.wgmma_decode import BLOCK_N, FP8_P_SCALE
     assert not torch.isnan(o).any() and not torch.isnan(lse).any()
+    if fp8_queries:
+        q_lat, q_pe = round_queries_e4m3(q_lat, q_pe)
     ref_o, ref_lse = reference(q_lat.float(), q_pe.float(), kv8.float(), bt, sl, scale, k_scale=ks)
-    assert (lse.cpu().double() - ref_lse).abs().max().item() < 1e-4
     H, L = q_lat.shape[1], q_lat.shape[-1]
     bs = kv8.shape[1]
     splits = _splits_taken(bt, bs, H, num_splits)
     p_scale = float(FP8_P_SCALE.value)
+    lse_err = (lse.cpu().double() - ref_lse).abs()
     for n, t in enumerate(sl.tolist()):
         if t == 0:
             continue
         rows, s = _rows_and_scores(q_lat, q_pe, kv8, ks, bt, n, t, scale)
+        d = _score_allowance(q_lat[n], q_pe[n], rows, scale) if fp8_queries else torch.zeros_like(s)
+        d_max = d.amax(dim=1, keepdim=True)                              # [H, 1]
+        assert (lse_err[n].to(d.device) <= 1e-4 + 0.6931471805599453 * d_max[:, 0]).all(), ("lse", n)
         rel = torch.exp2(s - s.max(dim=1, keepdim=True).values)          # p at the true max, [H, t]
         w = rel / rel.sum(dim=1, keepdim=True)
-        r = torch.clamp(torch.maximum(torch.full_like(rel, 2.0 ** -4), 2.0 ** -10 / (rel * p_scale)), max=1.0)
+        r = torch.clamp(torch.maximum(torch.full_like(rel, 2.0 ** -4),
+                                      2.0 ** -10 / (rel * torch.exp2(-d - d_max) * p_scale)), max=1.0)
         var = torch.where(r < 1.0, r * r / 3, torch.ones_like(r))
+        r_all = torch.where(r < 1.0, (1 + r) * torch.exp2(d) - 1, r)     # rounding and sums together
         v = rows[:, :L]
         pos = torch.arange(t, device=v.device)                           # each position's split, as the kernel cuts
         tile = (pos // bs) * -(-bs // BLOCK_N) + (pos % bs) // BLOCK_N
         tiles = int(tile[-1]) + 1
         split = tile // -(-tiles // splits)
         ref = ref_o[n].to(v.device)
-        bound = 2.0 ** -8 * ref.abs() + 1e-3 * ref.abs().amax(dim=1, keepdim=True)     # [H, L]
+        slack = torch.exp2(2 * d_max)                                    # the weights' normalisation, at its worst
+        shift = torch.exp2(d) - 1                                        # the sums' shift of the splits' weights
+        moved = torch.stack([(w[h] * shift[h]) @ (v - ref[h]).abs() for h in range(H)])
+        moved = slack * moved / (1 - (w * shift).sum(dim=1, keepdim=True))  # [H, L]
+        bound = 2.0 ** -8 * ref.abs() + 1e-3 * ref.abs().amax(dim=1, keepdim=True) + moved
         var_sum = torch.zeros(H, dtype=torch.float64, device=v.device)
         eps_max = torch.zeros(H, dtype=torch.float64, device=v.device)
+        dev_sum = torch.zeros(H, L, dtype=torch.float64, device=v.device)     # the rounding and sums, per split
+        dev_sys = torch.zeros(H, L, dtype=torch.float64, device=v.device)     # the sums' part of it alone
         for sp in torch.unique(split).tolist():
             sel = split == sp
-            ws, rs, vs = w[:, sel], r[:, sel], v[sel]
+            ws, rs, vs = w[:, sel], r_all[:, sel], v[sel]
+            ds = rs - r[:, sel]
             W = ws.sum(dim=1, keepdim=True)
             o_s = ws @ vs / W                                             # the split's exact mean, [H, L]
             eps = (ws * rs).sum(dim=1, keepdim=True) / W
-            eps_max = torch.maximum(eps_max, eps[:, 0])
             for h in range(H):
                 dev_s = (vs - o_s[h]).abs()                               # [positions of s, L]
-                bound[h] += (ws[h] * rs[h]) @ dev_s / (1 - eps[h, 0])
+                if eps[h, 0] >= 0.5:
+                    # (nearly) all of the split's p may round to zero: its o is then 0 or some mean of its rows
+                    whole = W[h, 0] * (dev_s.amax(dim=0) + o_s[h].abs())
+                    dev_sum[h] += whole
+                    dev_sys[h] += whole
+                    continue
+                eps_max[h] = torch.maximum(eps_max[h], eps[h, 0])
+                dev_sum[h] += (ws[h] * rs[h]) @ dev_s / (1 - eps[h, 0])
+                dev_sys[h] += (ws[h] * ds[h]) @ dev_s / (1 - eps[h, 0])
                 var_sum[h] += (ws[h] ** 2 * var[h, sel]) @ (dev_s ** 2).sum(dim=1)
+        bound += slack * dev_sum
         err = (o[n].double() - ref).abs()
         assert (err <= bound).all(), ("element", n, (err / bound).amax(dim=1).max().item())
-        l2 = (4 * var_sum.sqrt() / (1 - eps_max) + 2.0 ** -8 * ref.norm(dim=1)
-              + 1e-3 * ref.abs().amax(dim=1) * L ** 0.5)
+        l2 = (slack[:, 0] * 4 * var_sum.sqrt() / (1 - eps_max) + 2.0 ** -8 * ref.norm(dim=1)
+              + 1e-3 * ref.abs().amax(dim=1) * L ** 0.5 + moved.norm(dim=1) + slack[:, 0] * dev_sys.norm(dim=1))
         assert (err.norm(dim=1) <= l2).all(), ("L2", n, (err.norm(dim=1) / l2).max().item())
 
 
@@ -157,9 +202,19 @@ def test_fp16_and_narrow_latent():
 
 
 def _force_fp8_kernel(monkeypatch, kernel):
-    """Make every call take the named fp8 kernel ("converter" or "registers", see ``wgmma_decode.fp8_kernel``)."""
+    """Make every call take the named fp8 kernel ("converter" or "registers", see ``wgmma_decode.fp8_kernel``;
+    "registers_q16" is the register kernel with 16-bit queries). Returns the fp8_queries argument to call with."""
     import kernels.mla.wgmma_decode as wd
-    monkeypatch.setattr(wd, "fp8_kernel", lambda L: kernel)
+    monkeypatch.setattr(wd, "fp8_kernel", lambda L: kernel.split("_")[0])
+    return kernel != "registers_q16"
+
+
+def _check_fp8(kernel, o, lse, qb, qpb, kv8, ks, bt, sl, num_splits):
+    """An fp8 kernel's output against fp64 on the dequantised cache, as its contract has it."""
+    if kernel.startswith("registers"):
+        _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits, fp8_queries=kernel == "registers")
+    else:
+        _close(o, lse, *reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks), tol_o=1e-2)
 
 
 def test_fp8_kernel_choice():
@@ -171,21 +226,19 @@ def test_fp8_kernel_choice():
 
 
 @needs_hopper
-@pytest.mark.parametrize("kernel", ["converter", "registers"])
+@pytest.mark.parametrize("kernel", ["converter", "registers", "registers_q16"])
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_fp8_cache(num_splits, kernel, monkeypatch):
     """An fp8 cache (its uint8 view, as vLLM holds it) read by bf16 queries: fp64 attention over the dequantised
-    cache, NaN bytes outside the live rows; both fp8 kernels."""
-    _force_fp8_kernel(monkeypatch, kernel)
+    cache, NaN bytes outside the live rows; both fp8 kernels, the register one with e4m3 and with bf16 queries."""
+    fp8_queries = _force_fp8_kernel(monkeypatch, kernel)
     ks = 0.03
     q_lat, q_pe, kv, bt, sl = make_case([1, 64, 65, 1887, 1889, 2000], bs=1888, H=32, L=512, R=64, seed=34)
     kv8 = (kv / ks).to(torch.float8_e4m3fn)
     qb, qpb = q_lat.bfloat16(), q_pe.bfloat16()
-    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
-    if kernel == "registers":
-        _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits)
-    else:
-        _close(o, lse, *reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks), tol_o=1e-2)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True,
+                 fp8_queries=fp8_queries)
+    _check_fp8(kernel, o, lse, qb, qpb, kv8, ks, bt, sl, num_splits)
 
 
 @needs_hopper
@@ -203,14 +256,11 @@ def test_fp8_pages_heads_tails(bs, H, dtype, kernel, monkeypatch):
     kv8 = (kv / ks).to(torch.float8_e4m3fn)
     qb, qpb = q_lat.to(dtype), q_pe.to(dtype)
     o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, k_scale=ks, wgmma=True)
-    if kernel == "registers":
-        _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, None)
-    else:
-        _close(o, lse, *reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks), tol_o=1e-2)
+    _check_fp8(kernel, o, lse, qb, qpb, kv8, ks, bt, sl, None)
 
 
 @needs_hopper
-@pytest.mark.parametrize("kernel", ["converter", "registers"])
+@pytest.mark.parametrize("kernel", ["converter", "registers", "registers_q16"])
 @pytest.mark.parametrize("num_splits", [1, None])
 def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
     """Scores that grow along each sequence (keys scaled up to 7x towards its end; the data checked to grow each
@@ -218,7 +268,7 @@ def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
     after the first tile (o^T rescaled then) and stays put on other tiles (o^T left as it is, p above 1): both fp8
     kernels against fp64 on the dequantised cache."""
     import kernels.mla.wgmma_decode as wd
-    _force_fp8_kernel(monkeypatch, kernel)
+    fp8_queries = _force_fp8_kernel(monkeypatch, kernel)
     ks = 0.1
     lens = [1500, 6000]
     bs = 1888
@@ -233,11 +283,9 @@ def test_fp8_running_max_moves(num_splits, kernel, monkeypatch):
         _, s = _rows_and_scores(qb, qpb, kv8, ks, bt, n, t, SCALE)
         first = s[:, :64].max(dim=1).values
         assert (s.max(dim=1).values - first).min().item() > 2 * wd.FP8_LAZY_RESCALE
-    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
-    if kernel == "registers":
-        _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits)
-    else:
-        _close(o, lse, *reference(qb.float(), qpb.float(), kv8.float(), bt, sl, SCALE, k_scale=ks), tol_o=1e-2)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True,
+                 fp8_queries=fp8_queries)
+    _check_fp8(kernel, o, lse, qb, qpb, kv8, ks, bt, sl, num_splits)
 
 
 @needs_hopper
@@ -308,18 +356,51 @@ def test_split_rule_for_the_wgmma_kernel():
 
 
 @needs_hopper
+@pytest.mark.parametrize("fp8_queries", [True, False])
 @pytest.mark.parametrize("q_mul", [1, 4])
 @pytest.mark.parametrize("num_splits", [1, None])
-def test_fp8_long_sequence(num_splits, q_mul):
+def test_fp8_long_sequence(num_splits, q_mul, fp8_queries):
     """The register kernel over one 20,000-position sequence, queries at 1x (weight spread over many positions,
     much of it far below the max) and 4x (a few positions take most of each head's weight), in one split and in
-    the default's: o within what rounding p to e4m3 can do (``_close_e4m3_p``), lse exact."""
+    the default's, e4m3 and bf16 queries: o within what rounding p to e4m3 (and the queries' fp8 sums) can do
+    (``_close_e4m3_p``), lse exact (or within the sums' allowance)."""
     ks = 0.05
     q_lat, q_pe, kv, bt, sl = make_case([20000], bs=1888, H=32, L=512, R=64, seed=39)
     kv8 = (kv / ks).to(torch.float8_e4m3fn)
     qb, qpb = (q_lat * q_mul).bfloat16(), (q_pe * q_mul).bfloat16()
-    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True)
-    _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits)
+    o, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=num_splits, k_scale=ks, wgmma=True,
+                 fp8_queries=fp8_queries)
+    _close_e4m3_p(o, lse, qb, qpb, kv8, ks, bt, sl, SCALE, num_splits, fp8_queries)
+
+
+@needs_hopper
+@pytest.mark.parametrize("q_mul", [1, 8])
+def test_fp8_query_scores(q_mul):
+    """With e4m3 queries, a one-position sequence's lse is its score (times ln 2): every head's within its fp8
+    sums' allowance (``_score_allowance``) of fp64 on the queries rounded as ``round_queries_e4m3`` rounds them,
+    which is what the kernel takes (fp64 on the bf16 queries is further off than that allowance for some score, so
+    a kernel that did not round them, or rounded them differently, fails here)."""
+    from kernels.mla.fp8 import round_queries_e4m3
+    ks = 0.05
+    lens = [1] * 48
+    q_lat, q_pe, kv, bt, sl = make_case(lens, bs=64, H=32, L=512, R=64, seed=41)
+    kv8 = (kv / ks).to(torch.float8_e4m3fn)
+    q_lat[:, 5] *= 1e-3                                       # heads of other sizes: each has its own scale
+    q_pe[:, 9] *= 40
+    qb, qpb = (q_lat * q_mul).bfloat16(), (q_pe * q_mul).bfloat16()
+    _, lse = run(qb, qpb, kv8.view(torch.uint8), bt, sl, SCALE, num_splits=1, k_scale=ks, wgmma=True)
+    assert not torch.isnan(lse).any()
+    qr, qpr = round_queries_e4m3(qb, qpb)
+    got = lse.cpu().double() / 0.6931471805599453                   # log2 units, as the scores
+    worst_rounded = worst_given = 0.0
+    for n in range(len(lens)):
+        rows, s = _rows_and_scores(qr, qpr, kv8, ks, bt, n, 1, SCALE)
+        d = _score_allowance(qr[n], qpr[n], rows, SCALE)[:, 0].cpu()
+        worst_rounded = max(worst_rounded, ((got[n] - s[:, 0].cpu()).abs() / d).max().item())
+        _, s_given = _rows_and_scores(qb, qpb, kv8, ks, bt, n, 1, SCALE)
+        worst_given = max(worst_given, ((got[n] - s_given[:, 0].cpu()).abs() / d).max().item())
+    assert worst_rounded <= 1.0, worst_rounded
+    assert worst_given > 1.0, worst_given
 
 
 _LOWER = r"""
@@ -332,15 +413,19 @@ sys.path.insert(0, "scripts")
 from inspect_sm90 import ptxas_info, wgmma_serialized
 
 f8 = torch.float8_e4m3fn
-for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888, False),
-                                       (torch.bfloat16, "*bf16", 16, True, 64, False),
-                                       (torch.float16, "*fp16", 32, True, 128, False),
-                                       (f8, "*bf16", 32, False, 1888, False), (f8, "*bf16", 16, True, 64, False),
-                                       (f8, "*bf16", 32, False, 3776, True), (f8, "*fp16", 16, True, 64, True)]:
+# the last field: the register kernel's queries in e4m3
+for kv_dt, q, bh, direct, bs, regs, q8 in [(torch.bfloat16, "*bf16", 32, False, 1888, False, False),
+                                           (torch.bfloat16, "*bf16", 16, True, 64, False, False),
+                                           (torch.float16, "*fp16", 32, True, 128, False, False),
+                                           (f8, "*bf16", 32, False, 1888, False, False),
+                                           (f8, "*bf16", 16, True, 64, False, False),
+                                           (f8, "*bf16", 32, False, 3776, True, True),
+                                           (f8, "*fp16", 16, True, 64, True, True),
+                                           (f8, "*bf16", 32, True, 1888, True, False)]:
     kv = torch.zeros(2, bs, 576, dtype=kv_dt)
     dc, dr = W.cache_descriptors(kv, 512)
     fp8 = kv_dt == torch.float8_e4m3fn
-    fn, setting = W.kernel_and_setting(fp8, regs)
+    fn, setting = W.kernel_and_setting(fp8, regs, q8)
     ptrs = dict(q_lat_ptr=q, q_pe_ptr=q, bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32", acc_ptr="*fp32",
                 ml_ptr="*fp32", o_ptr=q, lse_ptr="*fp32", desc_c=mangle_type(dc), desc_r=mangle_type(dr))
     const = dict(L=512, R=64, BLOCK_SIZE=bs, BLOCK_H=bh, BLOCK_N=W.BLOCK_N, DIRECT=direct, num_warps=4, **setting)
@@ -355,9 +440,9 @@ for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888
     ptx = k.asm["ptx"]
     assert k.asm["cubin"]
     assert k.metadata.shared <= 227 * 1024, (kv_dt, k.metadata.shared)      # an H100 block's shared memory
-    # both products on wgmma (scores: 512/16 + 64/16 of k16; values: 512/64 x 64/16 of k16, or 512/64 x 64/32 of
-    # fp8's k32 in the register kernel), tiles by TMA
-    assert len(re.findall(r"wgmma\.mma_async", ptx)) == (52 if regs else 68), kv_dt
+    # both products on wgmma (scores: 512/16 + 64/16 of k16, or 512/32 + 64/32 of fp8's k32 with e4m3 queries;
+    # values: 512/64 x 64/16 of k16, or 512/64 x 64/32 of k32 in the register kernel), tiles by TMA
+    assert len(re.findall(r"wgmma\.mma_async", ptx)) == (34 if q8 else 52 if regs else 68), kv_dt
     assert re.search(r"cp\.async\.bulk\.tensor", ptx), kv_dt
     assert not re.search(r"\bmma\.sync", ptx) and not re.search(r"ld\.local", ptx), kv_dt   # no spills
     assert not wgmma_serialized(ptxas_info(ptx)), (kv_dt, bh, direct, regs)     # wgmma in flight, not one by one
@@ -365,11 +450,14 @@ for kv_dt, q, bh, direct, bs, regs in [(torch.bfloat16, "*bf16", 32, False, 1888
         assert re.search(r"setmaxnreg\.dec", ptx) and re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx), kv_dt
     if regs:
         # the value product on fp8 wgmma, the tile's bytes as they are: 8 blocks of 64 latent columns x 2 k32 steps
-        assert len(re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{bh}k32\.f32\.e4m3\.e4m3", ptx)) == 16, bh
-        # conversions: every byte of a tile once for the score product, 576 x 64 / 2 / 128, and the softmax's
-        # e4m3 p back to fp32 for its sum, 64 x heads / 2 / 128
-        assert len(re.findall(r"cvt\.rn\.f16x2\.e4m3x2", ptx)) == (576 * 64 + 64 * bh) // 256, (kv_dt, bh)
-        assert len(re.findall(r"ld\.shared\.v4\.b32", ptx)) >= 18, kv_dt      # 16 contiguous bytes a read
+        # (and with e4m3 queries the score product's 18 as well)
+        e4m3 = len(re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{bh}k32\.f32\.e4m3\.e4m3", ptx))
+        assert e4m3 == (34 if q8 else 16), (bh, q8)
+        # conversions: the softmax's e4m3 p back to fp32 for its sum, 64 x heads / 2 / 128, and with 16-bit queries
+        # every byte of a tile once for the score product, 576 x 64 / 2 / 128
+        assert len(re.findall(r"cvt\.rn\.f16x2\.e4m3x2", ptx)) == (0 if q8 else 576 * 64) // 256 + bh // 4, q8
+        if not q8:
+            assert len(re.findall(r"ld\.shared\.v4\.b32", ptx)) >= 18, kv_dt      # 16 contiguous bytes a read
         # queries as 16-byte vectors: 576 x 2 bytes over 128 threads is 9 loads a thread at 16 heads and 18 at 32;
         # o^T (its rows relabelled into column order) as 4-value vectors, 512 x heads values over 128 threads: fp32
         # partials in 16-byte stores, 16-bit outputs in 8-byte ones (beside the lse's)

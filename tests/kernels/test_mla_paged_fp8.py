@@ -58,3 +58,31 @@ def _close_per_sequence(got, want, qlens):
         g, w = got[start:start + ql].double(), want[start:start + ql]
         assert (g - w).abs().max() < 1e-5 * w.abs().max()
         start += ql
+
+
+def test_round_queries_e4m3():
+    """The queries as the fp8 register kernel's score product takes them: one power-of-two scale a head over its
+    latent and position parts together (largest |value| into (224, 448]), rounded to e4m3 within 2^-4 of each
+    value in its normal range; a head of zeros stays zeros; heads of very different sizes (1e-4, 1e3) keep
+    their own precision."""
+    g = torch.Generator().manual_seed(3)
+    q_lat = torch.randn(3, 4, 64, generator=g)
+    q_pe = torch.randn(3, 4, 16, generator=g)
+    q_lat[:, 1] *= 1e-4
+    q_pe[:, 2] *= 1e3
+    q_lat[2, 3] = 0
+    q_pe[2, 3] = 0
+    r_lat, r_pe = fp8.round_queries_e4m3(q_lat.bfloat16(), q_pe.bfloat16())
+    assert r_lat.dtype == r_pe.dtype == torch.float32
+    x = torch.cat([q_lat.bfloat16().float(), q_pe.bfloat16().float()], -1)
+    r = torch.cat([r_lat, r_pe], -1)
+    amax = x.abs().amax(-1, keepdim=True)
+    live = amax > 0
+    scale = torch.exp2(torch.floor(torch.log2(448 / torch.where(live, amax, torch.ones_like(amax)))))
+    top = (amax * scale)[live]
+    assert (top > 224).all() and (top <= 448).all()
+    normal = x.abs() * scale >= 2.0 ** -6
+    assert ((r - x).abs() <= 2.0 ** -4 * x.abs())[normal].all()
+    assert ((r - x).abs()[normal] > 0).any()                     # it does round (3 mantissa bits < bf16's 7)
+    assert (r * scale).to(torch.float8_e4m3fn).float().equal(r * scale)    # values of the e4m3 grid, scaled
+    assert (r[2, 3] == 0).all()

@@ -64,6 +64,20 @@ def wgmma_decode_choice() -> bool | None:
     return None if not value else value == "1"
 
 
+FP8_QUERIES_ENV = "VLLM_KIMILINEAR_MLA_FP8_QUERIES"
+
+
+def fp8_queries_choice() -> bool:
+    """``mla_decode``'s ``fp8_queries`` from ``VLLM_KIMILINEAR_MLA_FP8_QUERIES``: unset or 1, with an fp8 cache
+    the Hopper kernel rounds the queries to e4m3 for its score product (as vLLM's own fp8 attention backends do),
+    0 keeps them in 16 bits (slower, the score error of the cache's rounding only)."""
+    value = os.environ.get(FP8_QUERIES_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{FP8_QUERIES_ENV}={value!r}: allowed values are 0 (16-bit queries with the fp8 cache) "
+                         "and 1 (queries rounded to e4m3 with the fp8 cache, the default)")
+    return value != "0"
+
+
 class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
 
@@ -120,6 +134,7 @@ class KimiMLAImpl:
         self.num_heads, self.nope, self.kv_lora_rank, self.scale = num_heads, qk_nope_head_dim, kv_lora_rank, scale
         self.context_chunk = context_chunk           # cached rows a prefill expands at a time
         self._wgmma = wgmma_decode_choice()          # checked at load time: a bad value fails here
+        self._fp8_queries = fp8_queries_choice()     # likewise
         self._variants_built = False
 
     def decode(self, q, kv_cache, W_kvb, md: KimiMLAMetadata, k_scale) -> torch.Tensor:
@@ -136,7 +151,8 @@ class KimiMLAImpl:
         if not self._variants_built and not torch.cuda.is_current_stream_capturing():
             self._build_decode_variants(q_lat, q_pe, kv_cache, md, fp8_scale)
         o_lat, _ = mla_decode(q_lat, q_pe, kv_cache, md.block_table[:nd], md.seq_lens[:nd], self.scale,
-                              k_scale=fp8_scale, max_seq_len=md.max_seq_len, wgmma=self._wgmma)
+                              k_scale=fp8_scale, max_seq_len=md.max_seq_len, wgmma=self._wgmma,
+                              fp8_queries=self._fp8_queries)
         return torch.bmm(o_lat.transpose(0, 1), W[:, self.nope:, :].transpose(1, 2)).transpose(0, 1)
 
     def _build_decode_variants(self, q_lat, q_pe, kv_cache, md: KimiMLAMetadata, fp8_scale) -> None:
@@ -149,7 +165,7 @@ class KimiMLAImpl:
         self._variants_built = True
         for splits in variant_num_splits():
             mla_decode(q_lat[:1], q_pe[:1], kv_cache, md.block_table[:1], md.seq_lens[:1], self.scale,
-                       num_splits=splits, k_scale=fp8_scale, wgmma=self._wgmma)
+                       num_splits=splits, k_scale=fp8_scale, wgmma=self._wgmma, fp8_queries=self._fp8_queries)
 
     def forward(self, q, kv_c, k_pe, kv_cache, W_kvb, md: KimiMLAMetadata, out: torch.Tensor,
                 k_scale: torch.Tensor | None = None) -> None:
