@@ -8,34 +8,31 @@ import pytest
 from vllm_kimilinear.mla.backend import (FP8_QUERIES_ENV, WGMMA_ENV, KimiMLAImpl, fp8_queries_choice,
                                          wgmma_decode_choice)
 
+# variable, its parser, the attribute the attention layer keeps, (value, parsed) pairs (None: unset), a bad value
+SWITCHES = {"wgmma": (WGMMA_ENV, wgmma_decode_choice, "_wgmma", [(None, None), ("0", False), ("1", True)], "triton"),
+            "fp8_queries": (FP8_QUERIES_ENV, fp8_queries_choice, "_fp8_queries",
+                            [(None, True), ("1", True), ("0", False)], "fp8")}
 
-@pytest.mark.parametrize("value,want", [(None, None), ("0", False), ("1", True)])
-def test_values(monkeypatch, value, want):
+
+def _impl():
+    return KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)
+
+
+@pytest.mark.parametrize("switch,case", [(k, c) for k, v in SWITCHES.items() for c in v[3]])
+def test_values(monkeypatch, switch, case):
+    env, parse, attr, _, _ = SWITCHES[switch]
+    value, want = case
     if value is None:
-        monkeypatch.delenv(WGMMA_ENV, raising=False)
+        monkeypatch.delenv(env, raising=False)
     else:
-        monkeypatch.setenv(WGMMA_ENV, value)
-    assert wgmma_decode_choice() is want
-    assert KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)._wgmma is want
+        monkeypatch.setenv(env, value)
+    assert parse() is want
+    assert getattr(_impl(), attr) is want
 
 
-def test_bad_value_fails_at_load(monkeypatch):
-    monkeypatch.setenv(WGMMA_ENV, "triton")
-    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_MLA_WGMMA='triton'.*allowed values are 0"):
-        KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)
-
-
-@pytest.mark.parametrize("value,want", [(None, True), ("1", True), ("0", False)])
-def test_fp8_queries_values(monkeypatch, value, want):
-    if value is None:
-        monkeypatch.delenv(FP8_QUERIES_ENV, raising=False)
-    else:
-        monkeypatch.setenv(FP8_QUERIES_ENV, value)
-    assert fp8_queries_choice() is want
-    assert KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)._fp8_queries is want
-
-
-def test_fp8_queries_bad_value_fails_at_load(monkeypatch):
-    monkeypatch.setenv(FP8_QUERIES_ENV, "fp8")
-    with pytest.raises(ValueError, match=r"VLLM_KIMILINEAR_MLA_FP8_QUERIES='fp8'.*allowed values are 0"):
-        KimiMLAImpl(num_heads=2, qk_nope_head_dim=4, kv_lora_rank=8, scale=0.1)
+@pytest.mark.parametrize("switch", list(SWITCHES))
+def test_bad_value_fails_at_load(monkeypatch, switch):
+    env, _, _, _, bad = SWITCHES[switch]
+    monkeypatch.setenv(env, bad)
+    with pytest.raises(ValueError, match=rf"{env}='{bad}'.*allowed values are 0"):
+        _impl()

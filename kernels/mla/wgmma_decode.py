@@ -131,13 +131,10 @@ def _split_tiles(seq_lens_ptr, n, split, num_splits, BLOCK_SIZE: gl.constexpr, B
 
 
 @gluon.jit
-def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, scale: gl.constexpr,
-                     dtype: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
-                     num_warps: gl.constexpr, PERMUTED: gl.constexpr = False):
-    """This program's heads of q_lat and q_pe (times ``scale``) in shared memory as ``dtype``, heads x width with
-    the width contiguous: the second operand of the score product (as its transposed views). PERMUTED: the
-    columns in the order ``_k_operand`` hands the cache's columns to the product (``_k_latent_column_bits``,
-    ``_k_column_bits``), relabelled in registers after plain loads."""
+def _load_queries(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, L: gl.constexpr,
+                  R: gl.constexpr, BLOCK_H: gl.constexpr, num_warps: gl.constexpr):
+    """This program's heads of q_lat [BLOCK_H, L] and q_pe [BLOCK_H, R] in registers, as stored (zeros for heads
+    past num_heads), eight contiguous values a thread."""
     q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
     qh_ok = qh < num_heads
@@ -147,6 +144,19 @@ def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp
                 mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0)
     qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
                  mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0)
+    return q, qp
+
+
+@gluon.jit
+def _queries_to_smem(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, scale: gl.constexpr,
+                     dtype: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK_H: gl.constexpr,
+                     num_warps: gl.constexpr, PERMUTED: gl.constexpr = False):
+    """This program's heads of q_lat and q_pe (times ``scale``) in shared memory as ``dtype``, heads x width with
+    the width contiguous: the second operand of the score product (as its transposed views). PERMUTED: the
+    columns in the order ``_k_operand`` hands the cache's columns to the product (``_k_latent_column_bits``,
+    ``_k_column_bits``), relabelled in registers after plain loads."""
+    q, qp = _load_queries(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, L, R, BLOCK_H,
+                          num_warps)
     if PERMUTED:
         q = _relabel_rows(q.permute((1, 0)), _k_latent_column_bits(L)).permute((1, 0))
         qp = _relabel_rows(qp.permute((1, 0)), _k_column_bits(R)).permute((1, 0))
@@ -682,15 +692,10 @@ def _queries_e4m3(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n,
     operand, K-major as fp8 wgmma needs): each head times the power of two 2^e that brings its largest |value| into
     (224, 448] and rounded (``fp8.round_queries_e4m3`` is the same in torch); 1 / (16 2^e) a head into
     ``inv_smem``, the factor that puts the head's scores into the fp16 score product's units (queries at 1/16)."""
-    q_blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    qh = hg * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, q_blk))
-    qh_ok = qh < num_heads
-    offs_l = gl.arange(0, L, layout=gl.SliceLayout(0, q_blk))
-    offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, q_blk))
-    q = gl.load(q_lat_ptr + n * s_ql_n + qh[:, None] * s_ql_h + offs_l[None, :],
-                mask=qh_ok[:, None] & (offs_l < L)[None, :], other=0.0).to(gl.float32)
-    qp = gl.load(q_pe_ptr + n * s_qp_n + qh[:, None] * s_qp_h + offs_r[None, :],
-                 mask=qh_ok[:, None] & (offs_r < R)[None, :], other=0.0).to(gl.float32)
+    q, qp = _load_queries(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n, s_qp_h, L, R, BLOCK_H,
+                          num_warps)
+    q = q.to(gl.float32)
+    qp = qp.to(gl.float32)
     amax = gl.maximum(gl.max(gl.abs(q), axis=1), gl.max(gl.abs(qp), axis=1))
     scale = gl.exp2(gl.floor(gl.log2(448.0 / gl.where(amax > 0.0, amax, 448.0))))
     f8: gl.constexpr = gl.float8e4nv
