@@ -126,12 +126,14 @@ def mla_gluon():
 
     from kernels.mla import wgmma_decode as W
     f8 = torch.float8_e4m3fn
-    for kv_dt, bh, direct, regs in [(torch.bfloat16, 32, False, False), (torch.bfloat16, 16, False, False),
-                                    (f8, 32, False, False), (f8, 32, False, True), (f8, 16, True, True),
-                                    (torch.bfloat16, 32, True, False)]:
+    # the last field: the register kernel's queries in e4m3 (its default)
+    for kv_dt, bh, direct, regs, q8 in [(torch.bfloat16, 32, False, False, False),
+                                        (torch.bfloat16, 16, False, False, False), (f8, 32, False, False, False),
+                                        (f8, 32, False, True, True), (f8, 16, True, True, True),
+                                        (f8, 32, False, True, False), (torch.bfloat16, 32, True, False, False)]:
         dc, dr = W.cache_descriptors(torch.zeros(2, 1888, 576, dtype=kv_dt), 512)
         fp8 = kv_dt == f8
-        fn, setting = W.kernel_and_setting(fp8, regs)
+        fn, setting = W.kernel_and_setting(fp8, regs, q8)
         ptrs = dict(q_lat_ptr="*bf16", q_pe_ptr="*bf16", bt_ptr="*i32", seq_lens_ptr="*i32", k_scale_ptr="*fp32",
                     acc_ptr="*fp32", ml_ptr="*fp32", o_ptr="*bf16", lse_ptr="*fp32", desc_c=mangle_type(dc),
                     desc_r=mangle_type(dr))
@@ -140,7 +142,8 @@ def mla_gluon():
         sig = {a: ptrs.get(a, "constexpr" if a in const else "fp32" if a == "qk_scale_log2" else "i32")
                for a in fn.arg_names}
         k = triton.compile(GluonASTSource(fn, sig, constexprs=const), target=TARGET, options=dict(num_warps=4))
-        report(f"mla gluon {str(kv_dt)[6:]}{' registers' if regs else ''} heads {bh} "
+        queries = (" e4m3 queries" if q8 else " 16-bit queries") if regs else ""
+        report(f"mla gluon {str(kv_dt)[6:]}{' registers' if regs else ''}{queries} heads {bh} "
                f"{'direct' if direct else 'split'}", k)
 
 

@@ -59,10 +59,12 @@ def roundtrip_bound(x: torch.Tensor, k_scale=DEFAULT_K_SCALE) -> torch.Tensor:
 def round_queries_e4m3(q_lat: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The queries as the fp8 register kernel's score product takes them (``wgmma_decode``'s fp8 queries): each
     head (the last dim of [..., H, L] / [..., H, R] together) times the power of two 2^e that brings its largest
-    |value| into (224, 448], rounded to e4m3, divided by 2^e again; float32. Relative error at most 2^-4 in e4m3's
-    normal range, which reaches down to 2^-15 of the head's largest value; a head of zeros stays zeros."""
+    |value| into (224, 448] (a head whose largest |value| is below 2^-100 takes 2^-100's scale), rounded to e4m3,
+    divided by 2^e again; float32. Relative error at most 2^-4 in e4m3's normal range, which reaches down to about
+    2^-14 of the head's largest value; a head of zeros stays zeros."""
     q, qp = q_lat.float(), q_pe.float()
     amax = torch.maximum(q.abs().amax(dim=-1), qp.abs().amax(dim=-1))
-    e = torch.floor(torch.log2(FP8_MAX / torch.where(amax > 0, amax, torch.full_like(amax, FP8_MAX))))
+    amax = torch.where(amax > 0, amax.clamp(min=2.0 ** -100), torch.full_like(amax, FP8_MAX))
+    e = torch.floor(torch.log2(FP8_MAX / amax))
     s = torch.exp2(e)[..., None]
     return (q * s).to(FP8_DTYPE).float() / s, (qp * s).to(FP8_DTYPE).float() / s

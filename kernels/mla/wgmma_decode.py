@@ -697,7 +697,9 @@ def _queries_e4m3(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n,
     q = q.to(gl.float32)
     qp = qp.to(gl.float32)
     amax = gl.maximum(gl.max(gl.abs(q), axis=1), gl.max(gl.abs(qp), axis=1))
-    scale = gl.exp2(gl.floor(gl.log2(448.0 / gl.where(amax > 0.0, amax, 448.0))))
+    # a head of zeros takes scale 1; one below 2^-100 (bf16 subnormals) the scale of 2^-100, so that neither the
+    # scale nor 1 / (16 scale) leaves fp32's normal range
+    scale = gl.exp2(gl.floor(gl.log2(448.0 / gl.where(amax > 0.0, gl.maximum(amax, 2.0 ** -100), 448.0))))
     f8: gl.constexpr = gl.float8e4nv
     q8 = gl.allocate_shared_memory(f8, [BLOCK_H, L], gl.NVMMASharedLayout.get_default_for([BLOCK_H, L], f8),
                                    (q * scale[:, None]).to(f8))
@@ -714,7 +716,7 @@ def _score_product_e4m3(c_s, r_s, q8, qp8, A, B, L: gl.constexpr, GROUP: gl.cons
     accumulator (A and B in turn, the next group in flight while the last one is added) summed in fp32. A and B
     come back for the next tile (fresh zeros in the loop would be live registers all along). Returns (s^T, A, B)."""
     NG: gl.constexpr = L // GROUP
-    gl.static_assert(NG >= 2, "at least two latent groups")
+    gl.static_assert(L % GROUP == 0 and NG >= 2, "the latent part is two or more whole groups")
     A = warpgroup_mma(c_s.slice(0, GROUP, dim=1), q8.slice(0, GROUP, dim=1).permute((1, 0)), A, use_acc=False,
                       is_async=True)
     B = warpgroup_mma(c_s.slice(GROUP, GROUP, dim=1), q8.slice(GROUP, GROUP, dim=1).permute((1, 0)), B,

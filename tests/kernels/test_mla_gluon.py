@@ -79,12 +79,13 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
     splits with their weights: |o - o_ref| <= sum_s sum_{t in s} w_t r_t |v_t - o_s| / (1 - eps_s), eps_s = sum_{t in
     s} w_t r_t / W_s, element by element (a split with eps_s >= 1/2, whose p may all round to zero, contributes
     W_s (max_t |v_t - o_s| + |o_s|) instead: its o is 0 or a mean of its rows). r_t is 2^-4 in e4m3's normal
-    range; below it the rounding step is absolute, 2^-10 of the kernel's p units (p = FP8_P_SCALE exp2(s - m) with
-    its running max m at most the true max, so p_t is at least that at the true max), and a row rounded to zero has
-    r_t = 1. Beside it: 2^-8 |o_ref| for the 16-bit output and 1e-3 of the head's largest |o_ref| for the rest
-    (fp32 scores and sums). With the sums' allowance, the per-split terms and the normalisations are taken at
-    their worst (times 2^(2 max_t d_t)), and the shift of the weights by the sums adds sum_t w_t (2^d_t - 1)
-    |v_t - o_ref| / (1 - sum_t w_t (2^d_t - 1)).
+    range; below it the rounding step is absolute, 2^-10 of the kernel's p units (p = FP8_P_SCALE exp2(s - m), the
+    running max m of the split's program at most the split's max, so p_t is at least that at the split's max), and a
+    row rounded to zero has r_t = 1. Beside it: 2^-8 |o_ref| for the 16-bit output and 1e-3 of the head's largest
+    |o_ref| for the rest (fp32 scores and sums). With the sums' allowance, the per-split terms are taken at their worst (times 2^(2 max_t
+    d_t)), and the sums' shift of the splits' weights W_s by factors a_s within 2^(+-d_s) (d_s the split's largest
+    allowance) moves o by sum_s W_s (a_s - 1) (o_s - o_ref) / sum_s W_s a_s, at most 2^max_t d_t sum_s W_s (2^d_s -
+    1) |o_s - o_ref|.
     That bound is near zero where a few rows dominate (normalising o by the exact sum instead breaks it there), but
     loose where the weight is spread over many rows, so each head's o is also held to four standard deviations of
     that error with the e_t as independent roundings (variance r_t^2 / 3, 1 for a row rounded to zero): ||o -
@@ -108,23 +109,25 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
         d = _score_allowance(q_lat[n], q_pe[n], rows, scale) if fp8_queries else torch.zeros_like(s)
         d_max = d.amax(dim=1, keepdim=True)                              # [H, 1]
         assert (lse_err[n].to(d.device) <= 1e-4 + 0.6931471805599453 * d_max[:, 0]).all(), ("lse", n)
-        rel = torch.exp2(s - s.max(dim=1, keepdim=True).values)          # p at the true max, [H, t]
-        w = rel / rel.sum(dim=1, keepdim=True)
-        r = torch.clamp(torch.maximum(torch.full_like(rel, 2.0 ** -4),
-                                      2.0 ** -10 / (rel * torch.exp2(-d - d_max) * p_scale)), max=1.0)
-        var = torch.where(r < 1.0, r * r / 3, torch.ones_like(r))
-        r_all = torch.where(r < 1.0, (1 + r) * torch.exp2(d) - 1, r)     # rounding and sums together
         v = rows[:, :L]
         pos = torch.arange(t, device=v.device)                           # each position's split, as the kernel cuts
         tile = (pos // bs) * -(-bs // BLOCK_N) + (pos % bs) // BLOCK_N
         tiles = int(tile[-1]) + 1
         split = tile // -(-tiles // splits)
+        w = torch.exp2(s - s.max(dim=1, keepdim=True).values)
+        w = w / w.sum(dim=1, keepdim=True)                               # the exact weights, [H, t]
+        # a split's program keeps a running max at most its split's max, so its p_t (FP8_P_SCALE exp2(s_t - m)) is
+        # at least FP8_P_SCALE times exp2(s_t - that max), less the sums' allowances
+        split_max = torch.empty_like(s)
+        for sp in torch.unique(split).tolist():
+            split_max[:, split == sp] = s[:, split == sp].max(dim=1, keepdim=True).values
+        p_low = torch.exp2(s - split_max - d - d_max) * p_scale
+        r = torch.clamp(torch.maximum(torch.full_like(s, 2.0 ** -4), 2.0 ** -10 / p_low), max=1.0)
+        var = torch.where(r < 1.0, r * r / 3, torch.ones_like(r))
+        r_all = torch.where(r < 1.0, (1 + r) * torch.exp2(d) - 1, r)     # rounding and sums together
         ref = ref_o[n].to(v.device)
         slack = torch.exp2(2 * d_max)                                    # the weights' normalisation, at its worst
-        shift = torch.exp2(d) - 1                                        # the sums' shift of the splits' weights
-        moved = torch.stack([(w[h] * shift[h]) @ (v - ref[h]).abs() for h in range(H)])
-        moved = slack * moved / (1 - (w * shift).sum(dim=1, keepdim=True))  # [H, L]
-        bound = 2.0 ** -8 * ref.abs() + 1e-3 * ref.abs().amax(dim=1, keepdim=True) + moved
+        moved = torch.zeros(H, L, dtype=torch.float64, device=v.device)  # the sums' shift of the splits' weights
         var_sum = torch.zeros(H, dtype=torch.float64, device=v.device)
         eps_max = torch.zeros(H, dtype=torch.float64, device=v.device)
         dev_sum = torch.zeros(H, L, dtype=torch.float64, device=v.device)     # the rounding and sums, per split
@@ -136,6 +139,7 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
             W = ws.sum(dim=1, keepdim=True)
             o_s = ws @ vs / W                                             # the split's exact mean, [H, L]
             eps = (ws * rs).sum(dim=1, keepdim=True) / W
+            moved += W * (torch.exp2(d[:, sel].amax(dim=1, keepdim=True)) - 1) * (o_s - ref).abs()
             for h in range(H):
                 dev_s = (vs - o_s[h]).abs()                               # [positions of s, L]
                 if eps[h, 0] >= 0.5:
@@ -148,7 +152,8 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
                 dev_sum[h] += (ws[h] * rs[h]) @ dev_s / (1 - eps[h, 0])
                 dev_sys[h] += (ws[h] * ds[h]) @ dev_s / (1 - eps[h, 0])
                 var_sum[h] += (ws[h] ** 2 * var[h, sel]) @ (dev_s ** 2).sum(dim=1)
-        bound += slack * dev_sum
+        moved *= torch.exp2(d_max)
+        bound = 2.0 ** -8 * ref.abs() + 1e-3 * ref.abs().amax(dim=1, keepdim=True) + moved + slack * dev_sum
         err = (o[n].double() - ref).abs()
         assert (err <= bound).all(), ("element", n, (err / bound).amax(dim=1).max().item())
         l2 = (slack[:, 0] * 4 * var_sum.sqrt() / (1 - eps_max) + 2.0 ** -8 * ref.norm(dim=1)
@@ -421,7 +426,8 @@ for kv_dt, q, bh, direct, bs, regs, q8 in [(torch.bfloat16, "*bf16", 32, False, 
                                            (f8, "*bf16", 16, True, 64, False, False),
                                            (f8, "*bf16", 32, False, 3776, True, True),
                                            (f8, "*fp16", 16, True, 64, True, True),
-                                           (f8, "*bf16", 32, True, 1888, True, False)]:
+                                           (f8, "*bf16", 32, True, 1888, True, False),
+                                           (f8, "*fp16", 16, False, 64, True, False)]:
     kv = torch.zeros(2, bs, 576, dtype=kv_dt)
     dc, dr = W.cache_descriptors(kv, 512)
     fp8 = kv_dt == torch.float8_e4m3fn

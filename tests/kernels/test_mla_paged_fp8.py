@@ -63,8 +63,8 @@ def _close_per_sequence(got, want, qlens):
 def test_round_queries_e4m3():
     """The queries as the fp8 register kernel's score product takes them: one power-of-two scale a head over its
     latent and position parts together (largest |value| into (224, 448]), rounded to e4m3 within 2^-4 of each
-    value in its normal range; a head of zeros stays zeros; heads of very different sizes (1e-4, 1e3) keep
-    their own precision."""
+    value in its normal range; a head of zeros stays zeros, one of subnormals finite; heads of very different
+    sizes (1e-4, 1e3) keep their own precision."""
     g = torch.Generator().manual_seed(3)
     q_lat = torch.randn(3, 4, 64, generator=g)
     q_pe = torch.randn(3, 4, 16, generator=g)
@@ -86,3 +86,6 @@ def test_round_queries_e4m3():
     assert ((r - x).abs()[normal] > 0).any()                     # it does round (3 mantissa bits < bf16's 7)
     assert (r * scale).to(torch.float8_e4m3fn).float().equal(r * scale)    # values of the e4m3 grid, scaled
     assert (r[2, 3] == 0).all()
+    # a head of bf16 subnormals (below 2^-100) takes 2^-100's scale: finite, its values far below e4m3's range
+    tiny_lat, tiny_pe = fp8.round_queries_e4m3((q_lat[:1, :1] * 1e-39).bfloat16(), (q_pe[:1, :1] * 1e-39).bfloat16())
+    assert torch.isfinite(tiny_lat).all() and torch.isfinite(tiny_pe).all() and tiny_lat.abs().max() < 1e-30
