@@ -713,16 +713,17 @@ def _queries_e4m3(q_lat_ptr, q_pe_ptr, n, hg, num_heads, s_ql_n, s_ql_h, s_qp_n,
 def _score_product_e4m3(c_s, r_s, q8, qp8, A, B, L: gl.constexpr, GROUP: gl.constexpr):
     """s^T [tokens, heads] of an fp8 tile with e4m3 queries, both operands straight from shared memory (fp8 wgmma,
     m64nHk32): GROUP latent columns a group and the position part as the last one, each group into a fresh
-    accumulator (A and B in turn, the next group in flight while the last one is added) summed in fp32. A and B
-    come back for the next tile (fresh zeros in the loop would be live registers all along). Returns (s^T, A, B)."""
+    accumulator (two in turn, the next group in flight while the last one is added) summed in fp32. The two come
+    back for the next tile (fresh zeros in the loop would be live registers all along). Returns (s^T, A, B)."""
     NG: gl.constexpr = L // GROUP
     gl.static_assert(L % GROUP == 0 and NG >= 2, "the latent part is two or more whole groups")
     A = warpgroup_mma(c_s.slice(0, GROUP, dim=1), q8.slice(0, GROUP, dim=1).permute((1, 0)), A, use_acc=False,
                       is_async=True)
     B = warpgroup_mma(c_s.slice(GROUP, GROUP, dim=1), q8.slice(GROUP, GROUP, dim=1).permute((1, 0)), B,
                       use_acc=False, is_async=True)
-    A = warpgroup_mma_wait(num_outstanding=1, deps=(A,))
-    total = A + 0.0
+    done = warpgroup_mma_wait(num_outstanding=1, deps=(A,))
+    total = done + 0.0
+    busy = B
     for g in gl.static_range(2, NG + 1):
         if g < NG:
             a_op = c_s.slice(g * GROUP, GROUP, dim=1)
@@ -730,21 +731,13 @@ def _score_product_e4m3(c_s, r_s, q8, qp8, A, B, L: gl.constexpr, GROUP: gl.cons
         else:
             a_op = r_s
             b_op = qp8.permute((1, 0))
-        if g % 2 == 0:
-            A = warpgroup_mma(a_op, b_op, A, use_acc=False, is_async=True)
-            B = warpgroup_mma_wait(num_outstanding=1, deps=(B,))
-            total = total + B
-        else:
-            B = warpgroup_mma(a_op, b_op, B, use_acc=False, is_async=True)
-            A = warpgroup_mma_wait(num_outstanding=1, deps=(A,))
-            total = total + A
-    if NG % 2 == 0:
-        A = warpgroup_mma_wait(num_outstanding=0, deps=(A,))
-        total = total + A
-    else:
-        B = warpgroup_mma_wait(num_outstanding=0, deps=(B,))
-        total = total + B
-    return total, A, B
+        # the group just added frees its accumulator for the next one while the one in flight finishes
+        nxt = warpgroup_mma(a_op, b_op, done, use_acc=False, is_async=True)
+        done = warpgroup_mma_wait(num_outstanding=1, deps=(busy,))
+        total = total + done
+        busy = nxt
+    busy = warpgroup_mma_wait(num_outstanding=0, deps=(busy,))
+    return total + busy, busy, done
 
 
 @gluon.jit

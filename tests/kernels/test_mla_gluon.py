@@ -82,10 +82,10 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
     range; below it the rounding step is absolute, 2^-10 of the kernel's p units (p = FP8_P_SCALE exp2(s - m), the
     running max m of the split's program at most the split's max, so p_t is at least that at the split's max), and a
     row rounded to zero has r_t = 1. Beside it: 2^-8 |o_ref| for the 16-bit output and 1e-3 of the head's largest
-    |o_ref| for the rest (fp32 scores and sums). With the sums' allowance, the per-split terms are taken at their worst (times 2^(2 max_t
-    d_t)), and the sums' shift of the splits' weights W_s by factors a_s within 2^(+-d_s) (d_s the split's largest
-    allowance) moves o by sum_s W_s (a_s - 1) (o_s - o_ref) / sum_s W_s a_s, at most 2^max_t d_t sum_s W_s (2^d_s -
-    1) |o_s - o_ref|.
+    |o_ref| for the rest (fp32 scores and sums). With the sums' allowance, the per-split terms are taken at their
+    worst (times 2^(2 max_t d_t)), and the sums' shift of the splits' weights W_s by factors a_s within 2^(+-d_s)
+    (d_s the split's largest allowance) moves o by sum_s W_s (a_s - 1) (o_s - o_ref) / sum_s W_s a_s, at most
+    2^max_t d_t sum_s W_s (2^d_s - 1) |o_s - o_ref|.
     That bound is near zero where a few rows dominate (normalising o by the exact sum instead breaks it there), but
     loose where the weight is spread over many rows, so each head's o is also held to four standard deviations of
     that error with the e_t as independent roundings (variance r_t^2 / 3, 1 for a row rounded to zero): ||o -
@@ -116,15 +116,6 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
         split = tile // -(-tiles // splits)
         w = torch.exp2(s - s.max(dim=1, keepdim=True).values)
         w = w / w.sum(dim=1, keepdim=True)                               # the exact weights, [H, t]
-        # a split's program keeps a running max at most its split's max, so its p_t (FP8_P_SCALE exp2(s_t - m)) is
-        # at least FP8_P_SCALE times exp2(s_t - that max), less the sums' allowances
-        split_max = torch.empty_like(s)
-        for sp in torch.unique(split).tolist():
-            split_max[:, split == sp] = s[:, split == sp].max(dim=1, keepdim=True).values
-        p_low = torch.exp2(s - split_max - d - d_max) * p_scale
-        r = torch.clamp(torch.maximum(torch.full_like(s, 2.0 ** -4), 2.0 ** -10 / p_low), max=1.0)
-        var = torch.where(r < 1.0, r * r / 3, torch.ones_like(r))
-        r_all = torch.where(r < 1.0, (1 + r) * torch.exp2(d) - 1, r)     # rounding and sums together
         ref = ref_o[n].to(v.device)
         slack = torch.exp2(2 * d_max)                                    # the weights' normalisation, at its worst
         moved = torch.zeros(H, L, dtype=torch.float64, device=v.device)  # the sums' shift of the splits' weights
@@ -134,12 +125,19 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
         dev_sys = torch.zeros(H, L, dtype=torch.float64, device=v.device)     # the sums' part of it alone
         for sp in torch.unique(split).tolist():
             sel = split == sp
-            ws, rs, vs = w[:, sel], r_all[:, sel], v[sel]
-            ds = rs - r[:, sel]
+            ss, dsel = s[:, sel], d[:, sel]
+            # the split's program keeps a running max at most the split's max, so its p_t (FP8_P_SCALE exp2(s_t -
+            # m)) is at least FP8_P_SCALE times exp2(s_t - that max), less the sums' allowances
+            p_low = torch.exp2(ss - ss.max(dim=1, keepdim=True).values - dsel - d_max) * p_scale
+            r = torch.clamp(torch.maximum(torch.full_like(ss, 2.0 ** -4), 2.0 ** -10 / p_low), max=1.0)
+            var = torch.where(r < 1.0, r * r / 3, torch.ones_like(r))
+            rs = torch.where(r < 1.0, (1 + r) * torch.exp2(dsel) - 1, r)  # rounding and sums together
+            ds = rs - r
+            ws, vs = w[:, sel], v[sel]
             W = ws.sum(dim=1, keepdim=True)
             o_s = ws @ vs / W                                             # the split's exact mean, [H, L]
             eps = (ws * rs).sum(dim=1, keepdim=True) / W
-            moved += W * (torch.exp2(d[:, sel].amax(dim=1, keepdim=True)) - 1) * (o_s - ref).abs()
+            moved += W * (torch.exp2(dsel.amax(dim=1, keepdim=True)) - 1) * (o_s - ref).abs()
             for h in range(H):
                 dev_s = (vs - o_s[h]).abs()                               # [positions of s, L]
                 if eps[h, 0] >= 0.5:
@@ -151,7 +149,7 @@ def _close_e4m3_p(o, lse, q_lat, q_pe, kv8, ks, bt, sl, scale, num_splits, fp8_q
                 eps_max[h] = torch.maximum(eps_max[h], eps[h, 0])
                 dev_sum[h] += (ws[h] * rs[h]) @ dev_s / (1 - eps[h, 0])
                 dev_sys[h] += (ws[h] * ds[h]) @ dev_s / (1 - eps[h, 0])
-                var_sum[h] += (ws[h] ** 2 * var[h, sel]) @ (dev_s ** 2).sum(dim=1)
+                var_sum[h] += (ws[h] ** 2 * var[h]) @ (dev_s ** 2).sum(dim=1)
         moved *= torch.exp2(d_max)
         bound = 2.0 ** -8 * ref.abs() + 1e-3 * ref.abs().amax(dim=1, keepdim=True) + moved + slack * dev_sum
         err = (o[n].double() - ref).abs()

@@ -32,6 +32,15 @@ class KimiMLAMetadata:
     seq_lens_host: list[int]        # seq_lens as host ints when the batch has prefills (else empty)
 
 
+def _switch(name: str, allowed: str) -> str:
+    """A 0 / 1 switch from the environment: "", "0" or "1"; any other value is refused, naming it and, in
+    ``allowed``, what each value means."""
+    value = os.environ.get(name, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name}={value!r}: allowed values are {allowed}")
+    return value
+
+
 FULL_CUDAGRAPH_ENV = "VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH"
 
 
@@ -40,10 +49,8 @@ def full_decode_cudagraphs_enabled() -> bool:
     replays one graph per decode step, attention included). On by default on CUDA (tokens checked against the
     fp64 reference on the H100: ``benchmarks/check_gpu_tokens.py``); ``VLLM_KIMILINEAR_MLA_FULL_CUDAGRAPH=0``
     keeps the attention between piecewise graphs, ``=1`` asks for full graphs on any platform."""
-    value = os.environ.get(FULL_CUDAGRAPH_ENV, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{FULL_CUDAGRAPH_ENV}={value!r}: allowed values are 0 (piecewise CUDA graphs only) "
-                         "and 1 (full CUDA graphs for decode-only batches); unset means 1 on CUDA")
+    value = _switch(FULL_CUDAGRAPH_ENV, "0 (piecewise CUDA graphs only) and 1 (full CUDA graphs for decode-only "
+                    "batches); unset means 1 on CUDA")
     if value:
         return value == "1"
     from vllm.platforms import current_platform
@@ -57,10 +64,8 @@ def wgmma_decode_choice() -> bool | None:
     """``mla_decode``'s ``wgmma`` argument from ``VLLM_KIMILINEAR_MLA_WGMMA``: unset means None (the Gluon wgmma
     kernel on Hopper where it supports the cache, the Triton kernel elsewhere), 0 the Triton kernel everywhere, 1
     the wgmma kernel required (an error at the first decode where it cannot run)."""
-    value = os.environ.get(WGMMA_ENV, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{WGMMA_ENV}={value!r}: allowed values are 0 (the Triton decode kernel) and 1 (the Gluon "
-                         "wgmma kernel, Hopper only); unset picks the wgmma kernel on Hopper where it applies")
+    value = _switch(WGMMA_ENV, "0 (the Triton decode kernel) and 1 (the Gluon wgmma kernel, Hopper only); unset "
+                    "picks the wgmma kernel on Hopper where it applies")
     return None if not value else value == "1"
 
 
@@ -71,11 +76,8 @@ def fp8_queries_choice() -> bool:
     """``mla_decode``'s ``fp8_queries`` from ``VLLM_KIMILINEAR_MLA_FP8_QUERIES``: unset or 1, with an fp8 cache
     the Hopper kernel rounds the queries to e4m3 for its score product (as vLLM's own fp8 attention backends do),
     0 keeps them in 16 bits (slower, the score error of the cache's rounding only)."""
-    value = os.environ.get(FP8_QUERIES_ENV, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{FP8_QUERIES_ENV}={value!r}: allowed values are 0 (16-bit queries with the fp8 cache) "
-                         "and 1 (queries rounded to e4m3 with the fp8 cache, the default)")
-    return value != "0"
+    return _switch(FP8_QUERIES_ENV, "0 (16-bit queries with the fp8 cache) and 1 (queries rounded to e4m3 with "
+                   "the fp8 cache, the default)") != "0"
 
 
 class KimiMLAMetadataBuilder(AttentionMetadataBuilder[KimiMLAMetadata]):
